@@ -1,0 +1,1 @@
+"""Pieces both emulators share: throwaway TLS, a threaded HTTPS server, faults and counters."""

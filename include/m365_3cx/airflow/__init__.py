@@ -1,0 +1,1 @@
+"""airflow layer of m365_3cx."""

@@ -1,0 +1,1 @@
+"""graph layer of m365_3cx."""

@@ -1,0 +1,1 @@
+"""pipeline layer of m365_3cx."""

@@ -1,0 +1,1 @@
+"""reconcile layer of m365_3cx."""

@@ -1,0 +1,1 @@
+"""staging layer of m365_3cx."""

@@ -1,0 +1,1 @@
+"""threecx layer of m365_3cx."""

@@ -1,0 +1,1 @@
+"""transform layer of m365_3cx."""
