@@ -1,0 +1,93 @@
+"""
+### Microsoft 365 -> 3CX: near-real-time delta
+
+Every few minutes (`M365_3CX_DELTA_MINUTES`, default 5): follows the Graph users
+delta link into staging and, when users changed, plans and applies just those
+users. An expired delta link falls back to a full extract (logged). When nothing
+changed, the 3CX steps are skipped and nothing is read from or written to 3CX.
+
+Trigger form: `dry_run`, `full_resync` (ignore delta links), `only_users`,
+`allow_mass_removal`.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DeltaTriggerTimetable, dag, task
+
+from m365_3cx.airflow import tasks
+from m365_3cx.airflow.dag_defaults import (
+    DELTA_INTERVAL,
+    GRAPH_POOL,
+    STG_USERS,
+    TAGS,
+    TGT_EXTENSIONS,
+    THREECX_EXTENSIONS,
+    THREECX_POOL,
+    default_args,
+    sync_params,
+)
+from m365_3cx.airflow.operators import ThreeCXApplyOperator
+
+MODE = "delta"
+
+
+@dag(
+    dag_id="m365_3cx_delta",
+    schedule=DeltaTriggerTimetable(DELTA_INTERVAL),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=pendulum.duration(minutes=30),
+    default_args=default_args(pendulum.duration(minutes=10)),
+    params=sync_params(),
+    tags=[*TAGS, "delta"],
+    doc_md=__doc__,
+)
+def m365_3cx_delta() -> None:
+    @task
+    def start_run() -> dict:
+        return tasks.start_run(MODE)
+
+    @task(pool=GRAPH_POOL, outlets=[STG_USERS])
+    def extract_users() -> dict:
+        return tasks.extract_users(MODE)
+
+    @task.short_circuit(ignore_downstream_trigger_rules=False)
+    def users_changed() -> bool:
+        return tasks.has_pending_users(MODE)
+
+    @task(pool=THREECX_POOL)
+    def snapshot_threecx() -> dict:
+        return tasks.snapshot_threecx(MODE)
+
+    @task(inlets=[STG_USERS], outlets=[TGT_EXTENSIONS])
+    def transform_extensions() -> dict:
+        return tasks.transform_extensions(MODE)
+
+    @task
+    def plan_extensions() -> dict:
+        return tasks.plan_extensions(MODE)
+
+    apply_extensions = ThreeCXApplyOperator(
+        task_id="apply_extensions", mode=MODE, pool=THREECX_POOL,
+        inlets=[TGT_EXTENSIONS], outlets=[THREECX_EXTENSIONS],
+    )
+
+    @task(trigger_rule="none_failed")
+    def finish_run(counts: dict | None) -> dict:
+        return tasks.finish_run(MODE, counts)
+
+    (
+        start_run()
+        >> extract_users()
+        >> users_changed()
+        >> snapshot_threecx()
+        >> transform_extensions()
+        >> plan_extensions()
+        >> apply_extensions
+    )
+    finish_run(apply_extensions.output)
+
+
+m365_3cx_delta()

@@ -1,0 +1,60 @@
+"""What all sync DAGs share: default args, the trigger form (Params), pools, Assets.
+
+Imported at parse time, so it imports nothing heavy and reads no Variable or Connection.
+Schedules come from environment variables (cheap, parse-time safe).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import Asset, Param
+
+GRAPH_POOL = "graph_api"
+THREECX_POOL = "threecx_api"
+TAGS = ["m365-3cx-sync"]
+
+SYNC_TIMEZONE = os.environ.get("M365_3CX_TIMEZONE", "UTC")
+FULL_SYNC_CRON = os.environ.get("M365_3CX_FULL_SYNC_CRON", "30 2 * * *")
+HOURLY_CRON = os.environ.get("M365_3CX_HOURLY_CRON", "5 * * * *")
+DELTA_INTERVAL = timedelta(minutes=max(1, int(os.environ.get("M365_3CX_DELTA_MINUTES", "5"))))
+
+STG_USERS = Asset(name="stg_users", uri="m365-3cx-staging://stg_users", group="m365_3cx_staging")
+TGT_EXTENSIONS = Asset(name="tgt_extensions", uri="m365-3cx-staging://tgt_extensions", group="m365_3cx_staging")
+THREECX_EXTENSIONS = Asset(name="threecx_extensions", uri="m365-3cx-threecx://Users", group="threecx")
+
+
+def default_args(execution_timeout: timedelta = timedelta(minutes=30)) -> dict[str, Any]:
+    """Retries with exponential backoff and a timeout on every task."""
+    return {
+        "owner": "telephony-ops",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=15),
+        "execution_timeout": execution_timeout,
+    }
+
+
+def sync_params() -> dict[str, Param]:
+    """The manual trigger form shared by the sync DAGs."""
+    return {
+        "dry_run": Param(
+            False, type="boolean", title="Dry run",
+            description="Plan only: store and log the change set, write nothing to 3CX.",
+        ),
+        "full_resync": Param(
+            False, type="boolean", title="Full resync",
+            description="Ignore stored delta links: extract everything and plan every user.",
+        ),
+        "only_users": Param(
+            [], type="array", items={"type": "string"}, title="Only these users",
+            description="User principal names (or Graph ids) to plan; empty means all.",
+        ),
+        "allow_mass_removal": Param(
+            False, type="boolean", title="Allow mass removal",
+            description="Let this run disable/delete more extensions than the guard allows.",
+        ),
+    }

@@ -1,0 +1,59 @@
+"""The load operator: applies a run's stored plan to 3CX."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from m365_3cx.airflow.hooks import StagingHook, ThreeCXHook
+from m365_3cx.airflow.runtime import fatal_errors_fail_the_task, load_settings, run_info, utcnow
+
+
+class ThreeCXApplyOperator(BaseOperator):
+    """Execute the ``sync_plan`` of this DAG run against the 3CX XAPI.
+
+    Guards (mass removal) run before the first write; every outcome is written to
+    ``sync_audit`` as it happens; only counts go to XCom. With the run's ``dry_run``
+    param nothing is written to 3CX.
+
+    :param mode: ``full`` or ``delta`` (the run's mode in ``sync_runs``).
+    :param threecx_conn_id: ``threecx_xapi`` connection id.
+    :param staging_conn_id: staging database connection id.
+    """
+
+    template_fields: Sequence[str] = ("mode",)
+    ui_color = "#d9ead3"
+
+    def __init__(
+        self,
+        *,
+        mode: str,
+        threecx_conn_id: str = ThreeCXHook.default_conn_name,
+        staging_conn_id: str = StagingHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.mode = mode
+        self.threecx_conn_id = threecx_conn_id
+        self.staging_conn_id = staging_conn_id
+
+    def execute(self, context: Any) -> dict[str, int]:
+        from m365_3cx.pipeline.users import apply_users
+
+        params = context.get("params") or {}
+        run = run_info(context, self.mode)
+        settings = load_settings()
+        engine = StagingHook(self.staging_conn_id).get_engine()
+        client = ThreeCXHook(self.threecx_conn_id).get_client()
+        try:
+            with fatal_errors_fail_the_task():
+                return apply_users(
+                    engine, client, settings, run.run_key, utcnow(),
+                    dry_run=bool(params.get("dry_run", False)),
+                    allow_mass_removal=bool(params.get("allow_mass_removal", False)),
+                )
+        finally:
+            client.close()
+            engine.dispose()

@@ -1,0 +1,60 @@
+"""What every task needs from Airflow: settings, clients, the run's identity, error mapping."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import Variable
+from airflow.sdk.exceptions import AirflowFailException
+
+from m365_3cx.errors import FatalError
+
+if TYPE_CHECKING:
+    from m365_3cx.pipeline.users import RunInfo
+    from m365_3cx.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SETTINGS_VARIABLE = "m365_3cx_settings"
+
+
+def load_settings() -> Settings:
+    """Read and validate the ``m365_3cx_settings`` Variable (defaults when it is absent).
+
+    :raises AirflowFailException: when the settings are invalid (retrying cannot help).
+    """
+    from m365_3cx.settings import Settings
+
+    raw = Variable.get(SETTINGS_VARIABLE, default=None)
+    with fatal_errors_fail_the_task():
+        return Settings.from_json(raw) if raw else Settings.from_mapping(None)
+
+
+def run_info(context: Any, mode: str) -> RunInfo:
+    """The staging identity of the current DAG run, from the task context."""
+    from m365_3cx.pipeline.users import RunInfo
+
+    params = context.get("params") or {}
+    return RunInfo.create(context["dag"].dag_id, context["run_id"], mode, bool(params.get("dry_run", False)))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@contextlib.contextmanager
+def fatal_errors_fail_the_task() -> Iterator[None]:
+    """Turn :class:`~m365_3cx.errors.FatalError` into ``AirflowFailException`` (no retries).
+
+    Retriable errors propagate unchanged, so the task's retries (with exponential
+    backoff) handle throttling and outages that outlast the clients' own retries.
+    """
+    try:
+        yield
+    except FatalError as exc:
+        log.error("fatal: %s", exc)
+        raise AirflowFailException(str(exc)) from None

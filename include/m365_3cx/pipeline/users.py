@@ -1,0 +1,324 @@
+"""Users -> extensions: the steps the DAG tasks call, one function per task.
+
+Each step reads its inputs from staging, does its work and writes its outputs back
+to staging, returning only small counts (what XCom may carry). Steps are
+idempotent: re-running one, or the whole chain, converges on the same 3CX state
+and writes nothing when nothing changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from m365_3cx.errors import DeltaTokenExpiredError
+from m365_3cx.staging import repo
+from m365_3cx.staging.schema import stg_users, sync_runs
+from m365_3cx.staging.state import DeltaStateStore
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from m365_3cx.graph.client import GraphClient
+    from m365_3cx.settings import Settings
+    from m365_3cx.threecx.client import ThreeCXClient
+
+log = logging.getLogger(__name__)
+
+USERS_RESOURCE = "users"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Identity of one DAG run in staging.
+
+    :param run_key: ``"{dag_id}/{run_id}"``.
+    :param mode: ``full`` or ``delta``.
+    """
+
+    run_key: str
+    dag_id: str
+    run_id: str
+    mode: str
+    dry_run: bool = False
+
+    @classmethod
+    def create(cls, dag_id: str, run_id: str, mode: str, dry_run: bool = False) -> RunInfo:
+        return cls(f"{dag_id}/{run_id}"[:250], dag_id, run_id, mode, dry_run)
+
+
+def start_run(engine: Engine, run: RunInfo, now: datetime) -> dict[str, Any]:
+    """Record the run as started (idempotent on retry)."""
+    with engine.begin() as conn:
+        repo.start_run(conn, run.run_key, run.dag_id, run.run_id, run.mode, run.dry_run, now)
+    return {"run_key": run.run_key, "mode": run.mode, "dry_run": run.dry_run}
+
+
+def finish_run(engine: Engine, run_key: str, status: str, counts: dict[str, Any], now: datetime) -> None:
+    """Record the run's final status and counts."""
+    with engine.begin() as conn:
+        repo.finish_run(conn, run_key, status, counts, now)
+
+
+def _scope_ids(graph: GraphClient, settings: Settings) -> set[str] | None:
+    """Ids of in-scope users (group membership and/or filter), or None when everyone is in scope."""
+    scope = settings.scope
+    ids: set[str] | None = None
+    if scope.group_id:
+        ids = graph.group_member_ids(scope.group_id)
+    if scope.user_filter:
+        matching = {u["id"] for page in graph.list_users(select=("id",), filter=scope.user_filter) for u in page}
+        ids = matching if ids is None else ids & matching
+    return ids
+
+
+def extract_users(
+    engine: Engine,
+    graph: GraphClient,
+    settings: Settings,
+    run_key: str,
+    mode: str,
+    now: datetime,
+) -> dict[str, Any]:
+    """Bring ``stg_users`` up to date from Graph.
+
+    ``full`` lists every user, soft-deletes the ones no longer listed and stores a
+    fresh delta link taken *before* the listing (so nothing changed meanwhile is
+    missed). ``delta`` follows the stored delta link; each page's rows commit on
+    their own and the new link commits with the last page. An expired link falls
+    back to a full extract, logged as such.
+
+    :return: counts: mode actually used, pages, inserted, updated, unchanged, deleted, scope_changed.
+    """
+    store = DeltaStateStore()
+    if mode == "delta":
+        with engine.connect() as conn:
+            link = store.get(conn, USERS_RESOURCE)
+        if link is None:
+            log.warning("users: no delta link stored yet; running a full extract")
+        else:
+            try:
+                counts = _extract_delta(engine, graph, store, link, run_key, now)
+            except DeltaTokenExpiredError:
+                log.warning("users: delta token expired (syncStateNotFound); falling back to a full extract")
+                with engine.begin() as conn:
+                    store.clear(conn, USERS_RESOURCE)
+            else:
+                counts.update(_apply_scope(engine, graph, settings, run_key, now))
+                return counts
+    counts = _extract_full(engine, graph, store, run_key, now)
+    counts.update(_apply_scope(engine, graph, settings, run_key, now))
+    return counts
+
+
+def _extract_full(
+    engine: Engine, graph: GraphClient, store: DeltaStateStore, run_key: str, now: datetime
+) -> dict[str, Any]:
+    fresh_link = None
+    for page in graph.users_delta(None, repo.GRAPH_USER_SELECT, latest=True):
+        fresh_link = page.delta_link or fresh_link
+    totals = {"mode": "full", "pages": 0, "inserted": 0, "updated": 0, "unchanged": 0, "deleted": 0}
+    seen: set[str] = set()
+    for items in graph.list_users(select=repo.GRAPH_USER_SELECT):
+        rows = [repo.user_row_from_graph(item) for item in items]
+        seen.update(row["user_id"] for row in rows)
+        with engine.begin() as conn:
+            merged = repo.merge_users(conn, rows, run_key, now)
+        totals["pages"] += 1
+        totals["inserted"] += merged.inserted
+        totals["updated"] += merged.updated
+        totals["unchanged"] += merged.unchanged
+    with engine.begin() as conn:
+        totals["deleted"] = repo.mark_missing_deleted(conn, seen, run_key, now)
+        if fresh_link:
+            store.save(conn, USERS_RESOURCE, fresh_link, run_key)
+    log.info(
+        "users full extract: %d pages, %d inserted, %d updated, %d unchanged, %d deleted",
+        totals["pages"], totals["inserted"], totals["updated"], totals["unchanged"], totals["deleted"],
+    )
+    return totals
+
+
+def _extract_delta(
+    engine: Engine, graph: GraphClient, store: DeltaStateStore, link: str, run_key: str, now: datetime
+) -> dict[str, Any]:
+    totals = {"mode": "delta", "pages": 0, "inserted": 0, "updated": 0, "unchanged": 0, "deleted": 0}
+    for page in graph.users_delta(link, repo.GRAPH_USER_SELECT):
+        removed = [item["id"] for item in page.items if "@removed" in item]
+        rows = [repo.user_row_from_graph(item) for item in page.items if "@removed" not in item]
+        with engine.begin() as conn:
+            merged = repo.merge_users(conn, rows, run_key, now, partial=True)
+            totals["deleted"] += repo.mark_users_deleted(conn, removed, run_key, now)
+            if page.delta_link:
+                store.save(conn, USERS_RESOURCE, page.delta_link, run_key)
+        totals["pages"] += 1
+        totals["inserted"] += merged.inserted
+        totals["updated"] += merged.updated
+        totals["unchanged"] += merged.unchanged
+    log.info(
+        "users delta extract: %d pages, %d inserted, %d updated, %d removed",
+        totals["pages"], totals["inserted"], totals["updated"], totals["deleted"],
+    )
+    return totals
+
+
+def _apply_scope(engine: Engine, graph: GraphClient, settings: Settings, run_key: str, now: datetime) -> dict[str, int]:
+    ids = _scope_ids(graph, settings)
+    with engine.begin() as conn:
+        flipped = repo.set_scope(conn, ids, run_key, now)
+    return {"scope_changed": flipped}
+
+
+def pending_user_keys(engine: Engine, run_key: str) -> set[str]:
+    """Users changed in staging since the start of the last successful run (or by this run).
+
+    A delta run plans only these, so a change whose apply failed earlier is retried
+    by the next delta run instead of waiting for the nightly full sync.
+    """
+    with engine.connect() as conn:
+        last_ok = conn.execute(
+            sa.select(sa.func.max(sync_runs.c.started_at)).where(
+                sync_runs.c.status == "success", sync_runs.c.dry_run.is_(False)
+            )
+        ).scalar()
+        query = sa.select(stg_users.c.user_id)
+        if last_ok is not None:
+            query = query.where(sa.or_(stg_users.c.updated_at >= last_ok, stg_users.c.last_run_key == run_key))
+        return {row[0] for row in conn.execute(query)}
+
+
+def resolve_only_users(engine: Engine, upns: list[str]) -> set[str]:
+    """Map the ``only_users`` param (UPNs or ids) to user ids; unknown entries are logged."""
+    wanted = {u.strip().lower() for u in upns if u and u.strip()}
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(stg_users.c.user_id, stg_users.c.user_principal_name)).all()
+    found = {uid for uid, upn in rows if uid.lower() in wanted or (upn or "").lower() in wanted}
+    known = {uid.lower() for uid, _ in rows} | {(upn or "").lower() for _, upn in rows}
+    missing = sorted(wanted - known)
+    if missing:
+        log.warning("only_users: %d entries not found in staging", len(missing))
+    return found
+
+
+def snapshot_threecx(engine: Engine, threecx: ThreeCXClient, run_key: str, now: datetime) -> dict[str, int]:
+    """Read every 3CX user (one paged OData read) into ``cur_extensions``."""
+    rows = [repo.pbx_row_from_xapi(user) for page in threecx.list_users() for user in page]
+    with engine.begin() as conn:
+        repo.replace_snapshot(conn, rows, run_key, now)
+    log.info("3CX snapshot: %d extensions", len(rows))
+    return {"extensions": len(rows)}
+
+
+def transform_users(engine: Engine, settings: Settings, run_key: str, now: datetime) -> dict[str, int]:
+    """Staging users -> desired extensions (``tgt_extensions``), new numbers and per-record notes."""
+    from m365_3cx.transform.extensions import ExtensionParams, desired_extensions
+
+    with engine.begin() as conn:
+        repo.purge_expired_quarantine(conn, settings.numbering.quarantine_days, now)
+        users = repo.load_frame(conn, "stg_users")
+        mapping = repo.load_frame(conn, "extension_map")
+        pbx = repo.load_frame(conn, "cur_extensions")
+    result = desired_extensions(users, mapping, pbx, ExtensionParams.from_settings(settings), now)
+    rows = result.frame.to_dict("records")
+    with engine.begin() as conn:
+        repo.replace_targets(conn, rows, run_key, now)
+        repo.assign_numbers(conn, result.new_assignments)
+        repo.add_notes(conn, run_key, [n.as_dict() for n in result.notes], step="transform")
+    active = int((result.frame["state"] == "active").sum()) if len(result.frame) else 0
+    log.info(
+        "transform: %d desired extensions (%d active), %d new numbers, %d notes",
+        len(rows), active, len(result.new_assignments), len(result.notes),
+    )
+    return {"desired": len(rows), "active": active, "new_numbers": len(result.new_assignments),
+            "notes": len(result.notes)}
+
+
+def plan_users(
+    engine: Engine, settings: Settings, run_key: str, only_keys: set[str] | None
+) -> dict[str, int]:
+    """Diff desired vs current 3CX state into ``sync_plan`` (logged before anything is written)."""
+    from m365_3cx.reconcile.plan import PlanParams, plan_extensions
+
+    with engine.connect() as conn:
+        desired = repo.load_frame(conn, "tgt_extensions")
+        mapping = repo.load_frame(conn, "extension_map")
+        pbx = repo.load_frame(conn, "cur_extensions")
+    result = plan_extensions(desired, mapping, pbx, PlanParams.from_settings(settings), only_keys=only_keys)
+    with engine.begin() as conn:
+        repo.save_plan(conn, run_key, [change.as_plan_row() for change in result.changes])
+        repo.add_notes(conn, run_key, [n.as_dict() for n in result.notes], step="plan")
+    counts: dict[str, int] = {"create": 0, "update": 0, "disable": 0, "delete": 0}
+    for change in result.changes:
+        counts[change.action] += 1
+    counts["notes"] = len(result.notes)
+    log.info(
+        "plan: %d create, %d update, %d disable, %d delete, %d notes",
+        counts["create"], counts["update"], counts["disable"], counts["delete"], counts["notes"],
+    )
+    return counts
+
+
+def apply_users(
+    engine: Engine,
+    threecx: ThreeCXClient,
+    settings: Settings,
+    run_key: str,
+    now: datetime,
+    *,
+    dry_run: bool,
+    allow_mass_removal: bool,
+) -> dict[str, int]:
+    """Execute the stored plan against 3CX: guards first, then each change, audited one by one.
+
+    :raises MassRemovalError: before any write, when the plan removes too many extensions.
+    """
+    from m365_3cx.reconcile.apply import Outcome, apply_changes, audit_rows, check_mass_removal
+
+    with engine.connect() as conn:
+        changes = repo.load_plan(conn, run_key)
+        managed_count = repo.managed_extension_count(conn)
+    check_mass_removal(
+        changes, managed_count, settings.guards.mass_removal_min, settings.guards.mass_removal_fraction,
+        allow=allow_mass_removal,
+    )
+    create_defaults = _create_defaults(threecx, settings) if any(c.action == "create" for c in changes) else {}
+
+    def record(outcome: Outcome) -> None:
+        with engine.begin() as conn:
+            repo.add_audit(conn, audit_rows(outcome, run_key, now))
+            repo.set_plan_status(conn, run_key, outcome.seq, outcome.plan_status)
+            change = outcome.change
+            if outcome.result != "ok":
+                return
+            if change.action == "create" and outcome.threecx_id is not None:
+                repo.set_threecx_id(conn, change.object_key, outcome.threecx_id)
+            elif change.action == "delete":
+                repo.release_number(conn, change.object_key, now)
+
+    counts = apply_changes(changes, threecx, on_outcome=record, create_defaults=create_defaults, dry_run=dry_run)
+    result = counts.as_dict()
+    log.info(
+        "apply%s: %d created, %d updated, %d disabled, %d deleted, %d failed, %d skipped",
+        " (dry run)" if dry_run else "", result["created"], result["updated"], result["disabled"],
+        result["deleted"], result["failed"], result["skipped"],
+    )
+    return result
+
+
+def _create_defaults(threecx: ThreeCXClient, settings: Settings) -> dict[str, Any]:
+    """Department membership for new extensions: the configured group, else the PBX default group."""
+    name = settings.extensions.group_name
+    group = None
+    if name:
+        group = next((g for page in threecx.iter_collection("Groups", filter=f"Name eq '{name}'") for g in page),
+                     None)
+        if group is None:
+            log.warning("3CX group %r not found; new extensions go to the default group", name)
+    group = group or threecx.default_group()
+    if not group:
+        return {}
+    return {"PrimaryGroupId": group["Id"], "Groups": [{"GroupId": group["Id"], "Rights": {"RoleName": "users"}}]}
