@@ -1,0 +1,244 @@
+"""The demo: both emulators, real Airflow (``airflow dags test``), SQLite staging.
+
+1. starts the Graph and 3CX emulators (HTTPS, throwaway CA) and wires the Airflow
+   connections to them through ``AIRFLOW_CONN_*`` environment variables;
+2. runs ``m365_3cx_full_sync`` and shows what it created in 3CX;
+3. runs it again and shows that the second run wrote nothing;
+4. renames, disables and deletes users in the Graph emulator (and adds one),
+   runs ``m365_3cx_delta`` and shows what changed in 3CX.
+
+``--ui`` then keeps everything running under ``airflow standalone`` so the runs can
+be inspected in the Airflow UI (http://127.0.0.1:8080).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / ".demo"
+VENV_BIN = Path(sys.executable).parent
+
+
+def start_emulator(module: str, args: list[str], log_name: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Start ``python -m module`` and read its one JSON start line."""
+    log = open(DEMO / log_name, "w")  # noqa: SIM115 - lives as long as the process
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        raise SystemExit(f"{module} did not start; see {DEMO / log_name}")
+    return proc, json.loads(line)
+
+
+class Admin:
+    """Tiny client for an emulator's /_emulator admin API."""
+
+    def __init__(self, base_url: str, ca_bundle: str) -> None:
+        self.base_url = base_url.rstrip("/") + "/_emulator"
+        self.ca_bundle = ca_bundle
+
+    def __call__(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = requests.request(method, f"{self.base_url}/{path.lstrip('/')}", verify=self.ca_bundle,
+                                    timeout=30, **kwargs)
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+
+def airflow_env(graph: dict[str, Any], threecx: dict[str, Any]) -> dict[str, str]:
+    """Environment for Airflow: home, connections and the settings Variable."""
+    env = os.environ.copy()
+    env.update({
+        "AIRFLOW_HOME": str(DEMO / "airflow"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        "AIRFLOW_CONN_M365_GRAPH": json.dumps({
+            "conn_type": "m365_graph", "login": graph["client_id"], "password": graph["client_secret"],
+            "extra": {"tenant_id": graph["tenant_id"], "authority": graph["authority"].rsplit("/", 1)[0],
+                      "base_url": graph["graph_url"], "ca_bundle": graph["ca_bundle"]},
+        }),
+        "AIRFLOW_CONN_THREECX_XAPI": json.dumps({
+            "conn_type": "threecx_xapi", "host": threecx["base_url"], "login": threecx["client_id"],
+            "password": threecx["client_secret"], "extra": {"ca_bundle": threecx["ca_bundle"]},
+        }),
+        "AIRFLOW_CONN_M365_3CX_STAGING": json.dumps({"conn_type": "sqlite", "host": str(DEMO / "staging.db")}),
+        "AIRFLOW_VAR_M365_3CX_SETTINGS": json.dumps({
+            "numbering": {"policy": "attribute", "attribute": "extensionAttribute1", "fallback_to_pool": True,
+                          "pool_first": "300", "pool_last": "399"},
+            "extensions": {"removal_policy": "disable", "default_region": "US"},
+        }),
+    })
+    return env
+
+
+def airflow(env: dict[str, str], *args: str, quiet: bool = True) -> None:
+    """Run the ``airflow`` CLI of this venv; show its output only when it fails."""
+    result = subprocess.run([str(VENV_BIN / "airflow"), *args], env=env, cwd=ROOT, text=True,
+                            capture_output=quiet)
+    if result.returncode != 0:
+        if quiet:
+            sys.stdout.write(result.stdout[-6000:])
+            sys.stderr.write(result.stderr[-6000:])
+        raise SystemExit(f"airflow {' '.join(args)} failed with exit code {result.returncode}")
+
+
+def run_dag(env: dict[str, str], dag_id: str, conf: dict[str, Any] | None = None) -> str:
+    print(f"\n==> airflow dags test {dag_id}")
+    started = time.monotonic()
+    args = ["dags", "test", dag_id]
+    if conf:
+        args += ["-c", json.dumps(conf)]
+    airflow(env, *args)
+    print(f"    finished in {time.monotonic() - started:.1f} s")
+    return latest_run_key(dag_id)
+
+
+def staging_query(sql: str, params: dict[str, Any] | None = None) -> list[Any]:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"sqlite:///{DEMO / 'staging.db'}")
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(sa.text(sql), params or {}))
+    finally:
+        engine.dispose()
+
+
+def latest_run_key(dag_id: str) -> str:
+    rows = staging_query("SELECT run_key FROM sync_runs WHERE dag_id = :d ORDER BY started_at DESC LIMIT 1",
+                         {"d": dag_id})
+    return rows[0][0] if rows else ""
+
+
+def show_run(run_key: str) -> None:
+    """Print the run's counts, its 3CX writes and per-record notes."""
+    rows = staging_query("SELECT status, counts FROM sync_runs WHERE run_key = :k", {"k": run_key})
+    writes = staging_query(
+        "SELECT action, number, object_key, field, before, after, result FROM sync_audit "
+        "WHERE run_key = :k ORDER BY id", {"k": run_key})
+    ok_writes = sum(1 for w in writes if w[-1] == "ok")
+    status, counts = rows[0] if rows else ("?", "{}")
+    print(f"    run {run_key}: status={status} counts={counts}")
+    print(f"    3CX writes recorded in sync_audit for this run: {ok_writes}")
+    shown = 0
+    for action, number, _key, field, before, after, result in writes:
+        if shown >= 25:
+            print(f"    ... {len(writes) - shown} more audit rows")
+            break
+        detail = f"{field}: {before!r} -> {after!r}" if field else ""
+        print(f"      {action:<7} ext {number:<5} {detail} [{result}]")
+        shown += 1
+    notes = staging_query("SELECT severity, message FROM sync_notes WHERE run_key = :k ORDER BY id LIMIT 8",
+                          {"k": run_key})
+    if notes:
+        print("    per-record notes (first 8):")
+        for severity, message in notes:
+            print(f"      {severity}: {message}")
+
+
+def show_pbx(threecx_admin: Admin, title: str) -> None:
+    state = threecx_admin("GET", "state")
+    users = sorted(state["users"], key=lambda u: u["Number"])
+    print(f"\n--- 3CX emulator: {title} ({len(users)} extensions) ---")
+    for user in users:
+        flag = "enabled " if user.get("Enabled") else "DISABLED"
+        print(f"  {user['Number']:<5} {flag} {user.get('FirstName') or ''} {user.get('LastName') or ''}"
+              f" <{user.get('EmailAddress') or ''}> {user.get('Mobile') or ''}")
+
+
+def change_tenant(graph_admin: Admin) -> None:
+    """Rename, disable and delete a user, and add one, in the Graph emulator."""
+    users = [u for u in graph_admin("GET", "state")["users"]
+             if u.get("accountEnabled") and u.get("userType", "Member") == "Member" and not u.get("deleted")]
+    renamed, disabled, deleted = users[0], users[1], users[2]
+    print("\n==> changing the tenant in the Graph emulator")
+    graph_admin("PATCH", f"users/{renamed['id']}", json={"surname": "Renamed-Smith",
+                                                          "displayName": f"{renamed['givenName']} Renamed-Smith"})
+    print(f"    renamed  {renamed['userPrincipalName']} -> surname 'Renamed-Smith'")
+    graph_admin("POST", f"users/{disabled['id']}/disable")
+    print(f"    disabled {disabled['userPrincipalName']}")
+    graph_admin("DELETE", f"users/{deleted['id']}")
+    print(f"    deleted  {deleted['userPrincipalName']}")
+    new = graph_admin("POST", "users", json={
+        "givenName": "Nova", "surname": "Newcomer", "displayName": "Nova Newcomer",
+        "userPrincipalName": "nova.newcomer@contoso.example", "mail": "nova.newcomer@contoso.example",
+        "mobilePhone": "+1 425 555 0199", "accountEnabled": True, "usageLocation": "US", "userType": "Member",
+    })
+    print(f"    added    {new.get('userPrincipalName', 'nova.newcomer@contoso.example')}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=40, help="users in the emulated tenant")
+    parser.add_argument("--ui", action="store_true", help="keep running under 'airflow standalone' afterwards")
+    args = parser.parse_args()
+
+    shutil.rmtree(DEMO, ignore_errors=True)
+    (DEMO / "airflow").mkdir(parents=True)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        graph_proc, graph = start_emulator(
+            "emulators.graph", ["--port", "0", "--tls-dir", str(DEMO / "tls"), "--users", str(args.users)],
+            "graph-emulator.log")
+        procs.append(graph_proc)
+        threecx_proc, threecx = start_emulator(
+            "emulators.threecx", ["--port", "0", "--tls-dir", str(DEMO / "tls")], "threecx-emulator.log")
+        procs.append(threecx_proc)
+        print(f"==> Graph emulator at {graph['graph_url']}, 3CX emulator at {threecx['base_url']}")
+        graph_admin = Admin(graph["graph_url"], graph["ca_bundle"])
+        threecx_admin = Admin(threecx["base_url"], threecx["ca_bundle"])
+        env = airflow_env(graph, threecx)
+        print("==> preparing Airflow (metadata DB, pools)")
+        airflow(env, "db", "migrate")
+        airflow(env, "pools", "set", "graph_api", "4", "Microsoft Graph requests")
+        airflow(env, "pools", "set", "threecx_api", "1", "3CX XAPI (one live token per client)")
+
+        show_pbx(threecx_admin, "before the first sync (unmanaged extensions only)")
+        show_run(run_dag(env, "m365_3cx_full_sync"))
+        show_pbx(threecx_admin, "after the full sync")
+
+        print("\n==> running the full sync again: it must write nothing")
+        show_run(run_dag(env, "m365_3cx_full_sync"))
+
+        change_tenant(graph_admin)
+        show_run(run_dag(env, "m365_3cx_delta"))
+        show_pbx(threecx_admin, "after the delta run")
+
+        if args.ui:
+            print("\n==> starting 'airflow standalone' on http://127.0.0.1:8080 (Ctrl-C to stop)")
+            print(f"    login: see {DEMO / 'airflow' / 'simple_auth_manager_passwords.json.generated'}")
+            env["AIRFLOW__API__HOST"] = "127.0.0.1"
+            env["AIRFLOW__API__PORT"] = "8080"
+            standalone = subprocess.Popen([str(VENV_BIN / "airflow"), "standalone"], env=env, cwd=ROOT)
+            procs.append(standalone)
+            standalone.wait()
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Shared fixtures: emulators over real HTTPS, a throwaway PostgreSQL database, Airflow home.
+
+Airflow reads its configuration at import time, so the environment it needs is set
+here, before any test module imports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("AIRFLOW_HOME", str(ROOT / ".airflow-test"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
+os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
+
+PG_ADMIN_URL = os.environ.get("M365_3CX_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def tls_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One throwaway CA and server certificate for every emulator of the session."""
+    return tmp_path_factory.mktemp("tls")
+
+
+@pytest.fixture(scope="session")
+def graph_emulator(tls_dir: Path) -> Iterator[Any]:
+    """The Graph + identity emulator (seed 42, 40 users) on a free port."""
+    from emulators.graph import start
+
+    handle = start(tls_dir, seed=42, users=40)
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="session")
+def threecx_emulator(tls_dir: Path) -> Iterator[Any]:
+    """The 3CX XAPI emulator (seed 7, with unmanaged extensions) on a free port."""
+    from emulators.threecx import start
+
+    handle = start(tls_dir, seed=7, unmanaged=True)
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_emulators(request: pytest.FixtureRequest) -> None:
+    """Before each test that uses an emulator: reseed its state, clear faults and counters."""
+    for name in ("graph_emulator", "threecx_emulator"):
+        if name in request.fixturenames:
+            handle = request.getfixturevalue(name)
+            handle.admin("DELETE", "faults")
+            handle.admin("POST", "reset")
+            handle.admin("DELETE", "counters")
+
+
+def _create_database(name: str) -> None:
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+
+
+def _drop_database(name: str) -> None:
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"
+            ), {"n": name})
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test; yields its SQLAlchemy URL."""
+    name = f"m365_3cx_t_{uuid.uuid4().hex[:10]}"
+    _create_database(name)
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with contextlib.suppress(Exception):
+        _drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> str:
+    """Airflow's metadata database (SQLite in AIRFLOW_HOME), migrated once per session."""
+    import subprocess
+    import sys
+
+    home = Path(os.environ["AIRFLOW_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    airflow = Path(sys.executable).with_name("airflow")
+    subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
+    return str(home)
