@@ -135,14 +135,11 @@ def show_run(run_key: str) -> None:
     status, counts = rows[0] if rows else ("?", "{}")
     print(f"    run {run_key}: status={status} counts={counts}")
     print(f"    3CX writes recorded in sync_audit for this run: {ok_writes}")
-    shown = 0
-    for action, number, _key, field, before, after, result in writes:
-        if shown >= 25:
-            print(f"    ... {len(writes) - shown} more audit rows")
-            break
+    for action, number, _key, field, before, after, result in writes[:25]:
         detail = f"{field}: {before!r} -> {after!r}" if field else ""
         print(f"      {action:<7} ext {number:<5} {detail} [{result}]")
-        shown += 1
+    if len(writes) > 25:
+        print(f"    ... {len(writes) - 25} more audit rows")
     notes = staging_query("SELECT severity, message FROM sync_notes WHERE run_key = :k ORDER BY id LIMIT 8",
                           {"k": run_key})
     if notes:
