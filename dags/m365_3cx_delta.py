@@ -75,19 +75,20 @@ def m365_3cx_delta() -> None:
     )
 
     @task(trigger_rule="none_failed")
-    def finish_run(counts: dict | None) -> dict:
-        return tasks.finish_run(MODE, counts)
+    def finish_run(extracted: dict, applied: dict | None) -> dict:
+        return tasks.finish_run(MODE, {"extract": extracted, "apply": applied})
 
+    extracted = extract_users()
     (
         start_run()
-        >> extract_users()
+        >> extracted
         >> users_changed()
         >> snapshot_threecx()
         >> transform_extensions()
         >> plan_extensions()
         >> apply_extensions
     )
-    finish_run(apply_extensions.output)
+    finish_run(extracted, apply_extensions.output)
 
 
 m365_3cx_delta()

@@ -72,18 +72,19 @@ def m365_3cx_full_sync() -> None:
     )
 
     @task
-    def finish_run(counts: dict) -> dict:
-        return tasks.finish_run(MODE, counts)
+    def finish_run(extracted: dict, applied: dict | None) -> dict:
+        return tasks.finish_run(MODE, {"extract": extracted, "apply": applied})
 
+    extracted = extract_users()
     (
         start_run()
-        >> extract_users()
+        >> extracted
         >> snapshot_threecx()
         >> transform_extensions()
         >> plan_extensions()
         >> apply_extensions
     )
-    finish_run(apply_extensions.output)
+    finish_run(extracted, apply_extensions.output)
 
 
 m365_3cx_full_sync()

@@ -1,0 +1,232 @@
+"""The sync DAGs end to end: real Airflow (``dag.test()``), both emulators over HTTPS,
+staging in a throwaway PostgreSQL database.
+
+What the product promises, checked on the 3CX emulator's state:
+a full sync creates exactly the expected extensions and a second run writes nothing;
+renames, disables and deletes reach 3CX after one delta run; unmanaged extensions are
+never modified; the mass-removal guard stops a run unless allowed; an expired delta
+token falls back to a full extract; throttling and 503s do not change the outcome.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+
+pytestmark = [pytest.mark.dag, pytest.mark.postgres, pytest.mark.integration]
+
+SETTINGS = {
+    "numbering": {"policy": "attribute", "attribute": "extensionAttribute1", "fallback_to_pool": True,
+                  "pool_first": "300", "pool_last": "399"},
+    "extensions": {"removal_policy": "disable", "default_region": "US"},
+    "guards": {"mass_removal_min": 5, "mass_removal_fraction": 0.10},
+}
+
+
+@pytest.fixture
+def sync_env(monkeypatch: pytest.MonkeyPatch, airflow_db: str, graph_emulator: Any, threecx_emulator: Any,
+             pg_database: str) -> dict[str, Any]:
+    """Point the Airflow connections and settings Variable at the emulators and a fresh database."""
+    graph, pbx = graph_emulator.info, threecx_emulator.info
+    url = sa.engine.make_url(pg_database)
+    monkeypatch.setenv("AIRFLOW_CONN_M365_GRAPH", json.dumps({
+        "conn_type": "m365_graph", "login": graph["client_id"], "password": graph["client_secret"],
+        "extra": {"tenant_id": graph["tenant_id"], "authority": graph["authority"].rsplit("/", 1)[0],
+                  "base_url": graph["graph_url"], "ca_bundle": graph["ca_bundle"]},
+    }))
+    monkeypatch.setenv("AIRFLOW_CONN_THREECX_XAPI", json.dumps({
+        "conn_type": "threecx_xapi", "host": pbx["base_url"], "login": pbx["client_id"],
+        "password": pbx["client_secret"], "extra": {"ca_bundle": pbx["ca_bundle"]},
+    }))
+    monkeypatch.setenv("AIRFLOW_CONN_M365_3CX_STAGING", json.dumps({
+        "conn_type": "postgres", "host": url.host, "port": url.port, "login": url.username,
+        "schema": url.database,
+    }))
+    monkeypatch.setenv("AIRFLOW_VAR_M365_3CX_SETTINGS", json.dumps(SETTINGS))
+    engine = sa.create_engine(pg_database)
+    yield {"graph": graph_emulator, "pbx": threecx_emulator, "engine": engine}
+    engine.dispose()
+
+
+def _dag(dag_id: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS / f"{dag_id}.py"))
+    assert bag.import_errors == {}
+    return bag.dags[dag_id]
+
+
+def run_dag(dag_id: str, **conf: Any) -> Any:
+    """Run a DAG in-process with real Airflow; return the DagRun."""
+    return _dag(dag_id).test(run_conf=conf or None)
+
+
+def pbx_users(env: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {u["Number"]: u for u in env["pbx"].admin("GET", "state").json()["users"]}
+
+
+def graph_users(env: dict[str, Any]) -> list[dict[str, Any]]:
+    return env["graph"].admin("GET", "state").json()["users"]
+
+
+def pbx_writes(env: dict[str, Any]) -> int:
+    counters = env["pbx"].admin("GET", "counters").json()
+    return sum(n for key, n in counters["requests"].items()
+               if key.split(" ", 1)[0] in ("POST", "PATCH", "DELETE") and "/xapi/" in key)
+
+
+def last_run(env: dict[str, Any], dag_id: str) -> dict[str, Any]:
+    with env["engine"].connect() as conn:
+        row = conn.execute(sa.text(
+            "SELECT run_key, status, counts FROM sync_runs WHERE dag_id = :d ORDER BY started_at DESC LIMIT 1"
+        ), {"d": dag_id}).mappings().one()
+    counts = row["counts"] if isinstance(row["counts"], dict) else json.loads(row["counts"] or "{}")
+    return {"run_key": row["run_key"], "status": row["status"], "counts": counts}
+
+
+def audit_ok_writes(env: dict[str, Any], run_key: str) -> int:
+    with env["engine"].connect() as conn:
+        return conn.execute(sa.text("SELECT count(*) FROM sync_audit WHERE run_key = :k AND result = 'ok'"),
+                            {"k": run_key}).scalar_one()
+
+
+def managed_members(env: dict[str, Any]) -> list[dict[str, Any]]:
+    """Graph users the default settings put in 3CX: enabled, not deleted members."""
+    return [u for u in graph_users(env)
+            if u.get("accountEnabled") and not u.get("deleted") and u.get("userType", "Member") != "Guest"]
+
+
+def assert_success(dag_run: Any) -> None:
+    assert str(dag_run.state) in ("success", "DagRunState.SUCCESS"), dag_run.state
+
+
+def test_full_sync_creates_expected_extensions_and_is_idempotent(sync_env: dict[str, Any]) -> None:
+    before = pbx_users(sync_env)
+    assert_success(run_dag("m365_3cx_full_sync"))
+
+    after = pbx_users(sync_env)
+    expected = managed_members(sync_env)
+    by_mail = {u.get("EmailAddress"): u for u in after.values()}
+    for user in expected:
+        if user.get("mail"):
+            ext = by_mail.get(user["mail"].lower())
+            assert ext is not None, user["userPrincipalName"]
+            assert ext["Enabled"] is True
+            assert ext["LastName"] == user["surname"]
+    assert len(after) == len(before) + len(expected)
+    for number, unmanaged in before.items():
+        assert after[number] == unmanaged, f"unmanaged extension {number} was modified"
+    first = last_run(sync_env, "m365_3cx_full_sync")
+    assert first["counts"]["apply"]["created"] == len(expected)
+    assert audit_ok_writes(sync_env, first["run_key"]) > 0
+
+    sync_env["pbx"].admin("DELETE", "counters")
+    assert_success(run_dag("m365_3cx_full_sync"))
+    second = last_run(sync_env, "m365_3cx_full_sync")
+    assert second["run_key"] != first["run_key"]
+    assert audit_ok_writes(sync_env, second["run_key"]) == 0
+    assert pbx_writes(sync_env) == 0
+    assert pbx_users(sync_env) == after
+
+
+def test_delta_reflects_rename_disable_delete_and_leaves_unmanaged_alone(sync_env: dict[str, Any]) -> None:
+    assert_success(run_dag("m365_3cx_full_sync"))
+    unmanaged_before = {n: u for n, u in pbx_users(sync_env).items() if n in ("100", "101", "999")}
+    members = [u for u in managed_members(sync_env) if u.get("mail")]
+    renamed, disabled, deleted = members[0], members[1], members[2]
+    graph = sync_env["graph"]
+    graph.admin("PATCH", f"users/{renamed['id']}", json={"surname": "Renamed"})
+    graph.admin("POST", f"users/{disabled['id']}/disable")
+    graph.admin("DELETE", f"users/{deleted['id']}")
+
+    assert_success(run_dag("m365_3cx_delta"))
+    by_mail = {u.get("EmailAddress"): u for u in pbx_users(sync_env).values()}
+    assert by_mail[renamed["mail"].lower()]["LastName"] == "Renamed"
+    assert by_mail[disabled["mail"].lower()]["Enabled"] is False
+    assert by_mail[deleted["mail"].lower()]["Enabled"] is False
+    run = last_run(sync_env, "m365_3cx_delta")
+    assert run["counts"]["extract"]["mode"] == "delta"
+    assert run["counts"]["apply"]["updated"] == 1
+    assert run["counts"]["apply"]["disabled"] == 2
+    after = pbx_users(sync_env)
+    for number, user in unmanaged_before.items():
+        assert after[number] == user
+
+    sync_env["pbx"].admin("DELETE", "counters")
+    assert_success(run_dag("m365_3cx_delta"))
+    assert pbx_writes(sync_env) == 0
+
+
+def test_hand_edit_of_managed_field_is_put_back_by_full_sync(sync_env: dict[str, Any]) -> None:
+    assert_success(run_dag("m365_3cx_full_sync"))
+    member = next(u for u in managed_members(sync_env) if u.get("mail"))
+    ext = next(u for u in pbx_users(sync_env).values() if u.get("EmailAddress") == member["mail"].lower())
+    sync_env["pbx"].admin("PATCH", f"users/{ext['Id']}", json={"FirstName": "Edited by hand"})
+
+    assert_success(run_dag("m365_3cx_full_sync"))
+    assert pbx_users(sync_env)[ext["Number"]]["FirstName"] == ext["FirstName"]
+
+
+def test_mass_removal_guard_stops_the_run_unless_allowed(sync_env: dict[str, Any]) -> None:
+    assert_success(run_dag("m365_3cx_full_sync"))
+    victims = managed_members(sync_env)[:8]
+    for user in victims:
+        sync_env["graph"].admin("POST", f"users/{user['id']}/disable")
+    sync_env["pbx"].admin("DELETE", "counters")
+
+    failed = run_dag("m365_3cx_delta")
+    assert "failed" in str(failed.state).lower()
+    assert pbx_writes(sync_env) == 0
+    enabled = [u for u in pbx_users(sync_env).values() if u.get("Enabled")]
+
+    assert_success(run_dag("m365_3cx_delta", allow_mass_removal=True))
+    still_enabled = [u for u in pbx_users(sync_env).values() if u.get("Enabled")]
+    assert len(enabled) - len(still_enabled) == len(victims)
+
+
+def test_dry_run_writes_nothing(sync_env: dict[str, Any]) -> None:
+    before = pbx_users(sync_env)
+    assert_success(run_dag("m365_3cx_full_sync", dry_run=True))
+    assert pbx_users(sync_env) == before
+    assert pbx_writes(sync_env) == 0
+    with sync_env["engine"].connect() as conn:
+        planned = conn.execute(sa.text("SELECT count(*) FROM sync_plan WHERE action = 'create'")).scalar_one()
+    assert planned == len(managed_members(sync_env))
+
+
+def test_expired_delta_token_falls_back_to_full_extract(sync_env: dict[str, Any]) -> None:
+    assert_success(run_dag("m365_3cx_full_sync"))
+    member = next(u for u in managed_members(sync_env) if u.get("mail"))
+    sync_env["graph"].admin("PATCH", f"users/{member['id']}", json={"givenName": "Changed"})
+    sync_env["graph"].admin("POST", "delta/expire")
+
+    assert_success(run_dag("m365_3cx_delta"))
+    run = last_run(sync_env, "m365_3cx_delta")
+    assert run["counts"]["extract"]["mode"] == "full"
+    by_mail = {u.get("EmailAddress"): u for u in pbx_users(sync_env).values()}
+    assert by_mail[member["mail"].lower()]["FirstName"] == "Changed"
+
+
+def test_throttling_and_503s_do_not_change_the_outcome(sync_env: dict[str, Any]) -> None:
+    for handle, path in ((sync_env["graph"], "^/v1.0/"), (sync_env["pbx"], "^/xapi/")):
+        handle.admin("POST", "faults", json={"kind": "status", "status": 429, "retry_after": 0.05, "rate": 0.1,
+                                             "path": path})
+        handle.admin("POST", "faults", json={"kind": "status", "status": 503, "rate": 0.1, "path": path})
+    assert_success(run_dag("m365_3cx_full_sync"))
+    faulted = (sync_env["graph"].admin("GET", "counters").json()["faults"],
+               sync_env["pbx"].admin("GET", "counters").json()["faults"])
+    assert any(faulted), "the fault plan did not fire"
+    for handle in (sync_env["graph"], sync_env["pbx"]):
+        handle.admin("DELETE", "faults")
+    managed = {n: u for n, u in pbx_users(sync_env).items() if u.get("EmailAddress")}
+    expected_mails = {u["mail"].lower() for u in managed_members(sync_env) if u.get("mail")}
+    assert expected_mails <= {u["EmailAddress"] for u in managed.values()}
+    sync_env["pbx"].admin("DELETE", "counters")
+    assert_success(run_dag("m365_3cx_full_sync"))
+    assert pbx_writes(sync_env) == 0
