@@ -1,0 +1,290 @@
+"""Diff desired extensions against 3CX: the change set.
+
+Only *managed* extensions are ever changed: a user in ``extension_map`` whose
+``threecx_id`` is present in the 3CX snapshot with the same number. A 3CX
+extension that is not managed is never touched, and a new user whose number
+is held by such an extension is skipped with a note. For a managed extension
+only the managed fields are compared (``FirstName``, ``LastName``,
+``EmailAddress``, ``Mobile``, ``Enabled`` and, when configured,
+``OutboundCallerID``); empty string and null are equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from m365_3cx.errors import ConfigError
+from m365_3cx.transform.notes import ERROR, Note, user_note
+from m365_3cx.transform.numbering import number_sort_key
+from m365_3cx.transform.values import as_bool, as_int, ensure_columns, text
+
+REMOVAL_POLICIES = ("disable", "delete", "ignore")
+
+CREATE = "create"
+UPDATE = "update"
+DISABLE = "disable"
+DELETE = "delete"
+ACTION_ORDER = {CREATE: 0, UPDATE: 1, DISABLE: 2, DELETE: 3}
+
+# 3CX field -> column in the desired frame and in the pbx (cur_extensions) frame
+FIELD_COLUMNS = {
+    "FirstName": "first_name",
+    "LastName": "last_name",
+    "EmailAddress": "email",
+    "Mobile": "mobile",
+    "OutboundCallerID": "outbound_caller_id",
+    "Enabled": "enabled",
+}
+
+_REMOVAL_REASONS = {
+    "deleted": "user deleted",
+    "disabled": "user disabled",
+    "out_of_scope": "user out of scope",
+}
+
+
+@dataclass(frozen=True)
+class Change:
+    """One planned write to 3CX (the contract in ``docs/internals.md``)."""
+
+    action: str  # create | update | disable | delete
+    object_key: str  # Graph user id
+    number: str
+    threecx_id: int | None  # None for create
+    fields: dict[str, tuple[object, object]]  # 3CX field -> (before, after)
+    reason: str  # short, e.g. "new user", "fields changed", "user disabled"
+    object_type: str = "extension"
+    label: str = ""  # UPN, for notes and audit
+
+
+@dataclass(frozen=True)
+class PlanParams:
+    """What :func:`plan_extensions` needs from the settings.
+
+    :param removal_policy: ``"disable"``, ``"delete"`` or ``"ignore"``.
+    :param manage_outbound_caller_id: ``OutboundCallerID`` is a managed field.
+    :raises ConfigError: for an unknown removal policy.
+    """
+
+    removal_policy: str = "disable"
+    manage_outbound_caller_id: bool = False
+
+    def __post_init__(self) -> None:
+        if self.removal_policy not in REMOVAL_POLICIES:
+            raise ConfigError(
+                f"extensions.removal_policy must be one of {', '.join(REMOVAL_POLICIES)}, not {self.removal_policy!r}"
+            )
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> PlanParams:
+        """Build the parameters from ``settings.extensions`` (attributes are only read).
+
+        :param settings: an object with an ``extensions`` attribute.
+        :return: the parameters.
+        :raises ConfigError: for an unknown removal policy.
+        """
+        ext = settings.extensions
+        return cls(
+            removal_policy=str(ext.removal_policy),
+            manage_outbound_caller_id=bool(ext.manage_outbound_caller_id),
+        )
+
+    @property
+    def managed_fields(self) -> tuple[str, ...]:
+        """The 3CX fields the sync owns, in body order."""
+        base = ("FirstName", "LastName", "EmailAddress", "Mobile")
+        extra = ("OutboundCallerID",) if self.manage_outbound_caller_id else ()
+        return (*base, *extra, "Enabled")
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """Result of :func:`plan_extensions`.
+
+    :param changes: the change set in apply order (creates, updates, disables,
+        deletes; each by number).
+    :param notes: per-user problems (number held by an unmanaged extension, ...).
+    :param managed_count: how many extensions are managed (for the mass-removal guard).
+    """
+
+    changes: list[Change] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
+    managed_count: int = 0
+
+
+def _norm(fld: str, value: object) -> object:
+    """Normalise a field value for comparison: empty and null are ``None``."""
+    if fld == "Enabled":
+        return as_bool(value, False)
+    return text(value)
+
+
+def _change_key(change: Change) -> tuple[int, tuple[int, str], str]:
+    return (ACTION_ORDER[change.action], number_sort_key(change.number), change.object_key)
+
+
+def plan_extensions(
+    desired: pd.DataFrame,
+    mapping: pd.DataFrame,
+    pbx: pd.DataFrame,
+    params: PlanParams,
+    only_keys: Collection[str] | None = None,
+    *,
+    labels: Mapping[str, str] | None = None,
+) -> PlanResult:
+    """Diff the desired extensions against the 3CX snapshot.
+
+    :param desired: desired frame (``tgt_extensions`` columns).
+    :param mapping: ``extension_map`` frame (the whole table).
+    :param pbx: ``cur_extensions`` frame (the whole snapshot).
+    :param params: removal policy and managed fields.
+    :param only_keys: plan only these user ids (``None``: everyone).
+    :param labels: user id -> UPN for notes and :attr:`Change.label`.
+    :return: the change set, notes and the managed-extension count.
+    """
+    labels = labels or {}
+    fields = params.managed_fields
+    d = ensure_columns(desired, ["user_id", "number", "state", "removal_reason", *FIELD_COLUMNS.values()])
+    m = ensure_columns(mapping, ["user_id", "number", "threecx_id"])
+    p = ensure_columns(pbx, ["threecx_id", "number", *FIELD_COLUMNS.values()])
+
+    pbx_by_id: dict[int, dict[str, Any]] = {}
+    pbx_by_number: dict[str, int] = {}
+    for row in p.to_dict("records"):
+        tid = as_int(row["threecx_id"])
+        if tid is None:
+            continue
+        pbx_by_id[tid] = row
+        num = text(row["number"])
+        if num is not None:
+            pbx_by_number[num] = tid
+
+    # user id -> (mapped number, threecx id or None)
+    mapped: dict[str, tuple[str, int | None]] = {}
+    managed: dict[str, int] = {}
+    for uid_raw, num_raw, tid_raw in zip(m["user_id"], m["number"], m["threecx_id"], strict=True):
+        uid, num, tid = text(uid_raw), text(num_raw), as_int(tid_raw)
+        if uid is None or num is None:
+            continue
+        mapped[uid] = (num, tid)
+        if tid is not None and tid in pbx_by_id and text(pbx_by_id[tid]["number"]) == num:
+            managed[uid] = tid
+    managed_ids = set(managed.values())
+
+    keys = None if only_keys is None else set(only_keys)
+    changes: list[Change] = []
+    notes: list[Note] = []
+    for row in d.to_dict("records"):
+        uid = text(row["user_id"])
+        if uid is None or (keys is not None and uid not in keys):
+            continue
+        label = labels.get(uid, "")
+        number = text(row["number"])
+        state = text(row["state"])
+        want = {f: _norm(f, row[FIELD_COLUMNS[f]]) for f in fields}
+
+        if state != "active":
+            tid = managed.get(uid)
+            if tid is None or params.removal_policy == "ignore":
+                continue
+            current = pbx_by_id[tid]
+            reason = _REMOVAL_REASONS.get(text(row["removal_reason"]) or "", "user removed")
+            if params.removal_policy == "delete":
+                changes.append(Change(DELETE, uid, mapped[uid][0], tid, {}, reason, label=label))
+            elif as_bool(current["enabled"], True):
+                changes.append(
+                    Change(DISABLE, uid, mapped[uid][0], tid, {"Enabled": (True, False)}, reason, label=label)
+                )
+            continue
+
+        if uid in managed:
+            tid = managed[uid]
+            current = pbx_by_id[tid]
+            diff: dict[str, tuple[object, object]] = {}
+            for f in fields:
+                before = _norm(f, current[FIELD_COLUMNS[f]])
+                if before != want[f]:
+                    diff[f] = (before, want[f])
+            if diff:
+                reenable = diff.get("Enabled") == (False, True)
+                reason = "user re-enabled" if reenable else "fields changed"
+                changes.append(Change(UPDATE, uid, mapped[uid][0], tid, diff, reason, label=label))
+            continue
+
+        if uid in mapped:
+            map_number, map_tid = mapped[uid]
+            if number is not None and number != map_number:
+                notes.append(
+                    user_note(
+                        uid,
+                        label,
+                        "number",
+                        f"desired extension {number} differs from the mapped {map_number}; using {map_number}",
+                    )
+                )
+            number = map_number
+            if map_tid is not None and map_tid in pbx_by_id:
+                notes.append(
+                    user_note(
+                        uid,
+                        label,
+                        "number",
+                        f"3CX user {map_tid} mapped to extension {map_number} now has number "
+                        f"{text(pbx_by_id[map_tid]['number'])}; left untouched",
+                        ERROR,
+                    )
+                )
+                continue
+            reason = "extension missing in 3CX, re-created"
+        else:
+            if number is None:
+                continue  # numbering already explained why
+            reason = "new user"
+
+        holder = pbx_by_number.get(number)
+        if holder is not None:
+            whose = "another managed" if holder in managed_ids else "an unmanaged"
+            notes.append(
+                user_note(
+                    uid,
+                    label,
+                    "number",
+                    f"extension {number} is held by {whose} 3CX extension (3CX user {holder}); no extension created",
+                    ERROR,
+                )
+            )
+            continue
+        created = {f: (None, v) for f, v in want.items() if v is not None}
+        changes.append(Change(CREATE, uid, number, None, created, reason, label=label))
+
+    changes.sort(key=_change_key)
+    return PlanResult(changes=changes, notes=notes, managed_count=len(managed))
+
+
+def plan_rows(changes: list[Change], run_key: str, status: str = "planned") -> list[dict[str, Any]]:
+    """Turn a change set into ``sync_plan`` rows.
+
+    :param changes: the change set, in apply order.
+    :param run_key: the run it belongs to.
+    :param status: initial status (``"planned"`` or ``"dry_run"``).
+    :return: one dict per change, ``seq`` from 1; ``changes`` is ``{field: [before, after]}``.
+    """
+    return [
+        {
+            "run_key": run_key,
+            "seq": seq,
+            "action": c.action,
+            "object_type": c.object_type,
+            "object_key": c.object_key,
+            "number": c.number,
+            "threecx_id": c.threecx_id,
+            "changes": {f: [b, a] for f, (b, a) in c.fields.items()},
+            "reason": c.reason,
+            "status": status,
+        }
+        for seq, c in enumerate(changes, start=1)
+    ]
