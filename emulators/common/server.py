@@ -38,6 +38,9 @@ def _config(app: Any, tls: TlsFiles, host: str, port: int) -> Any:
         access_log=False,
         lifespan="off",
         timeout_keep_alive=30,
+        # An idle keep-alive TLS connection would otherwise hold shutdown (SIGTERM) open until the
+        # peer goes away; cap the graceful shutdown.
+        timeout_graceful_shutdown=2,
         loop="asyncio",
         http="h11",
     )
