@@ -1,0 +1,32 @@
+"""``python -m emulators.graph --port 0 --tls-dir DIR``: serve in the foreground, print one JSON line."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m emulators.graph", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--tls-dir", required=True, help="folder for CA, server and app certificates")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--users", type=int, default=40)
+    parser.add_argument("--delta-token-max-age", type=float, default=7 * 24 * 3600, metavar="SECONDS")
+    parser.add_argument("--token-lifetime", type=int, default=3599, metavar="SECONDS")
+    parser.add_argument("--domain", default=None)
+    args = parser.parse_args(argv)
+
+    from emulators.common.server import serve_forever
+    from emulators.graph import build, describe
+
+    app, backend, tls = build(args.tls_dir, seed=args.seed, users=args.users,
+                              delta_token_max_age=args.delta_token_max_age,
+                              token_lifetime=args.token_lifetime, domain=args.domain)
+    serve_forever(app, tls, args.host, args.port,
+                  announce=lambda url, _port: describe(url, backend, args.tls_dir, tls))
+
+
+if __name__ == "__main__":
+    main()
