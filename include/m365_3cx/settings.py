@@ -1,0 +1,503 @@
+"""Typed, validated settings of the sync (the ``m365_3cx_settings`` Variable).
+
+Every key has a default, so ``Settings()`` and ``Settings.from_mapping({})`` are
+complete. :meth:`Settings.from_mapping` checks the whole document at once and
+raises a single :class:`~m365_3cx.errors.ConfigError` that lists every problem
+with its dotted key path, e.g.::
+
+    invalid settings (2 problems):
+      - numbering.pool_first: must be digits, got '2a0'
+      - timezone: unknown IANA time zone 'Mars/Olympus'
+
+Sections ``contacts`` and ``presence`` are validated now and used by the
+contacts and presence features.
+"""
+
+from __future__ import annotations
+
+import json
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final
+
+from m365_3cx.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_SETTINGS_JSON",
+    "PROFILE_NAMES",
+    "ContactsSettings",
+    "ExtensionsSettings",
+    "GuardSettings",
+    "NumberingSettings",
+    "PresenceSettings",
+    "ScopeSettings",
+    "Settings",
+]
+
+#: The XAPI's internal names of the five 3CX V20 status profiles.
+PROFILE_NAMES: Final = ("Available", "Away", "Out of office", "Custom 1", "Custom 2")
+
+#: Keys of ``presence.mapping``: Graph ``showAs`` values plus ``automatic_replies`` and ``default``.
+PRESENCE_MAPPING_DEFAULTS: Final[Mapping[str, str | None]] = MappingProxyType(
+    {
+        "busy": "Away",
+        "oof": "Out of office",
+        "automatic_replies": "Out of office",
+        "workingElsewhere": "Custom 2",
+        "tentative": None,
+        "default": "Available",
+    }
+)
+
+_EXTENSION_ATTRIBUTES: Final = tuple(f"extensionAttribute{i}" for i in range(1, 16))
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class ScopeSettings:
+    """Which Entra users are in scope.
+
+    :param group_id: only (transitive) members of this group; ``None`` = all users.
+    :param include_guests: include ``userType == "Guest"`` users.
+    :param user_filter: a Graph ``$filter`` fragment ANDed to the user query.
+    """
+
+    group_id: str | None = None
+    include_guests: bool = False
+    user_filter: str | None = None
+
+
+@dataclass(frozen=True)
+class NumberingSettings:
+    """How a new user gets an extension number.
+
+    :param policy: ``attribute``, ``phone_suffix`` or ``pool``.
+    :param attribute: the ``onPremisesExtensionAttributes`` key read by policy ``attribute``.
+    :param suffix_digits: how many trailing digits of ``businessPhones[0]`` policy ``phone_suffix`` uses.
+    :param pool_first: first number of the pool (digits).
+    :param pool_last: last number of the pool (digits, same length as ``pool_first``).
+    :param min_length: shortest acceptable extension number.
+    :param max_length: longest acceptable extension number.
+    :param fallback_to_pool: take a pool number when the policy yields none or an unusable one.
+    :param quarantine_days: days a released number stays reserved for its former user.
+    """
+
+    policy: str = "pool"
+    attribute: str = "extensionAttribute1"
+    suffix_digits: int = 3
+    pool_first: str = "200"
+    pool_last: str = "899"
+    min_length: int = 2
+    max_length: int = 7
+    fallback_to_pool: bool = True
+    quarantine_days: int = 30
+
+
+@dataclass(frozen=True)
+class ExtensionsSettings:
+    """How 3CX extensions are managed.
+
+    :param removal_policy: what happens to the extension of a deleted, disabled or out-of-scope
+        user: ``disable``, ``delete`` or ``ignore``.
+    :param manage_outbound_caller_id: also sync ``OutboundCallerID`` (from ``businessPhones[0]``).
+    :param default_region: ISO 3166 alpha-2 region for numbers without a country code when the
+        user has no ``usageLocation``.
+    :param group_name: 3CX department for new users; ``None`` = the PBX's default group.
+    """
+
+    removal_policy: str = "disable"
+    manage_outbound_caller_id: bool = False
+    default_region: str = "US"
+    group_name: str | None = None
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """Safety guards of the apply step.
+
+    :param mass_removal_min: removals always allowed in one run.
+    :param mass_removal_fraction: share of managed extensions that may be removed in one run;
+        the limit is ``max(mass_removal_min, fraction * managed)``.
+    """
+
+    mass_removal_min: int = 5
+    mass_removal_fraction: float = 0.10
+
+
+@dataclass(frozen=True)
+class ContactsSettings:
+    """Sources of the company phonebook (contacts feature).
+
+    :param personal_contacts: ``all`` folders, one ``folder`` or ``off``.
+    :param folder_name: the contact folder read when ``personal_contacts == "folder"``.
+    :param exclude_category: contacts with this Outlook category are skipped; ``None`` = none.
+    :param org_contacts: also sync organisational (Exchange) contacts.
+    """
+
+    personal_contacts: str = "off"
+    folder_name: str = "3CX"
+    exclude_category: str | None = "Private"
+    org_contacts: bool = False
+
+
+def _default_mapping() -> Mapping[str, str | None]:
+    return MappingProxyType(dict(PRESENCE_MAPPING_DEFAULTS))
+
+
+@dataclass(frozen=True)
+class PresenceSettings:
+    """Calendar presence (presence feature).
+
+    :param enabled: switch 3CX profiles from calendars and automatic replies.
+    :param mode: ``respect`` (switch back only from a profile the sync set) or ``override``.
+    :param mapping: ``showAs`` value / ``automatic_replies`` / ``default`` -> 3CX profile name
+        (``None`` = does not count). Read-only mapping.
+    :param window_days_back: calendar window start, days before now.
+    :param window_days_ahead: calendar window end, days after now.
+    """
+
+    enabled: bool = False
+    mode: str = "respect"
+    mapping: Mapping[str, str | None] = field(default_factory=_default_mapping)
+    window_days_back: int = 1
+    window_days_ahead: int = 7
+
+
+# --------------------------------------------------------------------------- validators
+
+
+class _Invalid(Exception):
+    """One problem with one value (message without the key path)."""
+
+
+_MISSING: Final = object()
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"must be true or false, got {_type_name(value)}")
+    return value
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"must be a string, got {_type_name(value)}")
+    if not value.strip():
+        raise _Invalid("must not be empty")
+    return value
+
+
+def _optional(check: Callable[[object], Any]) -> Callable[[object], Any]:
+    def _check(value: object) -> Any:
+        return None if value is None else check(value)
+
+    return _check
+
+
+def _choice(*allowed: str) -> Callable[[object], str]:
+    def _check(value: object) -> str:
+        if not isinstance(value, str) or value not in allowed:
+            shown = repr(value) if isinstance(value, str) else _type_name(value)
+            raise _Invalid(f"must be one of {', '.join(allowed)}; got {shown}")
+        return value
+
+    return _check
+
+
+def _int(minimum: int | None = None, maximum: int | None = None) -> Callable[[object], int]:
+    def _check(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(f"must be an integer, got {_type_name(value)}")
+        if minimum is not None and value < minimum:
+            raise _Invalid(f"must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise _Invalid(f"must be <= {maximum}, got {value}")
+        return value
+
+    return _check
+
+
+def _float(minimum: float, maximum: float) -> Callable[[object], float]:
+    def _check(value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _Invalid(f"must be a number, got {_type_name(value)}")
+        if not minimum <= value <= maximum:
+            raise _Invalid(f"must be between {minimum} and {maximum}, got {value}")
+        return float(value)
+
+    return _check
+
+
+def _digits(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"must be a string of digits, got {_type_name(value)}")
+    if not value.isascii() or not value.isdigit():
+        raise _Invalid(f"must be digits, got {value!r}")
+    return value
+
+
+def _region(value: object) -> str:
+    import phonenumbers
+
+    if not isinstance(value, str) or value not in phonenumbers.SUPPORTED_REGIONS:
+        shown = repr(value) if isinstance(value, str) else _type_name(value)
+        raise _Invalid(f"must be an ISO 3166 alpha-2 region known to phonenumbers (e.g. 'US'), got {shown}")
+    return value
+
+
+def _timezone(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"must be an IANA time zone name, got {_type_name(value)}")
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise _Invalid(f"unknown IANA time zone {value!r}") from None
+    return value
+
+
+def _profile(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in PROFILE_NAMES:
+        shown = repr(value) if isinstance(value, str) else _type_name(value)
+        raise _Invalid(f"must be one of {', '.join(PROFILE_NAMES)} or null; got {shown}")
+    return value
+
+
+# key -> validator, per section; the dataclass supplies the defaults.
+_SECTIONS: Final[dict[str, tuple[type, dict[str, Callable[[object], Any]]]]] = {
+    "scope": (
+        ScopeSettings,
+        {"group_id": _optional(_str), "include_guests": _bool, "user_filter": _optional(_str)},
+    ),
+    "numbering": (
+        NumberingSettings,
+        {
+            "policy": _choice("attribute", "phone_suffix", "pool"),
+            "attribute": _choice(*_EXTENSION_ATTRIBUTES),
+            "suffix_digits": _int(1, 15),
+            "pool_first": _digits,
+            "pool_last": _digits,
+            "min_length": _int(1, 15),
+            "max_length": _int(1, 15),
+            "fallback_to_pool": _bool,
+            "quarantine_days": _int(0, 3650),
+        },
+    ),
+    "extensions": (
+        ExtensionsSettings,
+        {
+            "removal_policy": _choice("disable", "delete", "ignore"),
+            "manage_outbound_caller_id": _bool,
+            "default_region": _region,
+            "group_name": _optional(_str),
+        },
+    ),
+    "guards": (
+        GuardSettings,
+        {"mass_removal_min": _int(0), "mass_removal_fraction": _float(0.0, 1.0)},
+    ),
+    "contacts": (
+        ContactsSettings,
+        {
+            "personal_contacts": _choice("all", "folder", "off"),
+            "folder_name": _str,
+            "exclude_category": _optional(_str),
+            "org_contacts": _bool,
+        },
+    ),
+    "presence": (
+        PresenceSettings,
+        {
+            "enabled": _bool,
+            "mode": _choice("respect", "override"),
+            "mapping": lambda value: value,  # checked key by key in _parse_mapping
+            "window_days_back": _int(0, 366),
+            "window_days_ahead": _int(0, 366),
+        },
+    ),
+}
+
+
+def _parse_section(name: str, raw: object, problems: list[str]) -> dict[str, Any]:
+    """Validate one section; append problems; return the valid keyword arguments."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        problems.append(f"{name}: must be an object, got {_type_name(raw)}")
+        return {}
+    _, fields = _SECTIONS[name]
+    values: dict[str, Any] = {}
+    for key in raw:
+        if key not in fields:
+            problems.append(f"{name}.{key}: unknown key (known: {', '.join(fields)})")
+    for key, check in fields.items():
+        if key not in raw:
+            continue
+        try:
+            values[key] = check(raw[key])
+        except _Invalid as exc:
+            problems.append(f"{name}.{key}: {exc}")
+    return values
+
+
+def _parse_mapping(raw: object, problems: list[str]) -> Mapping[str, str | None] | None:
+    path = "presence.mapping"
+    if not isinstance(raw, Mapping):
+        problems.append(f"{path}: must be an object, got {_type_name(raw)}")
+        return None
+    merged = dict(PRESENCE_MAPPING_DEFAULTS)
+    ok = True
+    for key, value in raw.items():
+        if key not in PRESENCE_MAPPING_DEFAULTS:
+            problems.append(f"{path}.{key}: unknown key (known: {', '.join(PRESENCE_MAPPING_DEFAULTS)})")
+            ok = False
+            continue
+        try:
+            merged[key] = _profile(value)
+        except _Invalid as exc:
+            problems.append(f"{path}.{key}: {exc}")
+            ok = False
+            continue
+        if key == "default" and merged[key] is None:
+            problems.append(f"{path}.default: must be a profile name, not null")
+            ok = False
+    return MappingProxyType(merged) if ok else None
+
+
+def _check_numbering(n: NumberingSettings, problems: list[str]) -> None:
+    p = "numbering"
+    if n.min_length > n.max_length:
+        problems.append(f"{p}.min_length: must be <= max_length ({n.max_length}), got {n.min_length}")
+        return
+    if len(n.pool_first) != len(n.pool_last):
+        problems.append(f"{p}.pool_last: must have the same length as pool_first ({len(n.pool_first)} digits)")
+    elif int(n.pool_first) > int(n.pool_last):
+        problems.append(f"{p}.pool_first: must be <= pool_last ({n.pool_last}), got {n.pool_first}")
+    if not n.min_length <= len(n.pool_first) <= n.max_length:
+        problems.append(
+            f"{p}.pool_first: length must be between min_length ({n.min_length}) "
+            f"and max_length ({n.max_length}), got {len(n.pool_first)}"
+        )
+    if not n.min_length <= n.suffix_digits <= n.max_length:
+        problems.append(
+            f"{p}.suffix_digits: must be between min_length ({n.min_length}) "
+            f"and max_length ({n.max_length}), got {n.suffix_digits}"
+        )
+
+
+# --------------------------------------------------------------------------- root
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings of the sync; build with :meth:`from_mapping` or :meth:`from_json`.
+
+    :param scope: :class:`ScopeSettings`.
+    :param numbering: :class:`NumberingSettings`.
+    :param extensions: :class:`ExtensionsSettings`.
+    :param guards: :class:`GuardSettings`.
+    :param timezone: IANA time zone name used for schedules and calendar windows.
+    :param contacts: :class:`ContactsSettings`.
+    :param presence: :class:`PresenceSettings`.
+    """
+
+    scope: ScopeSettings = field(default_factory=ScopeSettings)
+    numbering: NumberingSettings = field(default_factory=NumberingSettings)
+    extensions: ExtensionsSettings = field(default_factory=ExtensionsSettings)
+    guards: GuardSettings = field(default_factory=GuardSettings)
+    timezone: str = "UTC"
+    contacts: ContactsSettings = field(default_factory=ContactsSettings)
+    presence: PresenceSettings = field(default_factory=PresenceSettings)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | None) -> Settings:
+        """Validate a settings document and build :class:`Settings`.
+
+        :param data: the parsed document; ``None`` or ``{}`` gives the defaults.
+        :raises ConfigError: listing every unknown key and wrong type or value, each with its
+            dotted key path.
+        """
+        if data is None:
+            return cls()
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"invalid settings: must be a JSON object, got {_type_name(data)}")
+        problems: list[str] = []
+        known = (*_SECTIONS, "timezone")
+        for key in data:
+            if key not in known:
+                problems.append(f"{key}: unknown key (known: {', '.join(known)})")
+
+        sections: dict[str, Any] = {}
+        for name, (klass, _) in _SECTIONS.items():
+            values = _parse_section(name, data.get(name), problems)
+            if name == "presence" and "mapping" in values:
+                mapping = _parse_mapping(values.pop("mapping"), problems)
+                if mapping is not None:
+                    values["mapping"] = mapping
+            sections[name] = klass(**values)
+        if not any(p.startswith("numbering.") for p in problems):  # cross-checks need valid keys
+            _check_numbering(sections["numbering"], problems)
+        presence: PresenceSettings = sections["presence"]
+        if presence.window_days_back + presence.window_days_ahead == 0:
+            problems.append("presence.window_days_ahead: the calendar window must not be empty")
+
+        timezone = "UTC"
+        if "timezone" in data:
+            try:
+                timezone = _timezone(data["timezone"])
+            except _Invalid as exc:
+                problems.append(f"timezone: {exc}")
+
+        if problems:
+            lines = "\n".join(f"  - {p}" for p in problems)
+            noun = "problem" if len(problems) == 1 else "problems"
+            raise ConfigError(f"invalid settings ({len(problems)} {noun}):\n{lines}")
+        return cls(timezone=timezone, **sections)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Settings:
+        """Parse and validate a JSON settings document (the Airflow Variable's value).
+
+        :param text: JSON text; ``None`` or blank gives the defaults.
+        :raises ConfigError: when the text is not JSON or not valid settings.
+        """
+        if text is None or not text.strip():
+            return cls()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"invalid settings: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+            ) from None
+        return cls.from_mapping(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the settings as a JSON-serialisable dict (round-trips through :meth:`from_mapping`)."""
+        result: dict[str, Any] = {}
+        for name in ("scope", "numbering", "extensions", "guards", "timezone", "contacts", "presence"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                result[name] = value
+                continue
+            section = {key: getattr(value, key) for key in _SECTIONS[name][1]}
+            if "mapping" in section:
+                section["mapping"] = dict(section["mapping"])
+            result[name] = section
+        return result
+
+
+#: The default settings as JSON: a documented starting point for the Variable.
+DEFAULT_SETTINGS_JSON: Final[str] = json.dumps(Settings().to_dict(), indent=2)

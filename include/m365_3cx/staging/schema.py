@@ -1,0 +1,389 @@
+"""Staging schema: SQLAlchemy Core tables for PostgreSQL and SQLite.
+
+Table and column names are the contract of ``docs/internals.md``. Portable types
+only: strings, text, booleans, integers (``BigInteger`` autoincrement ids),
+:class:`UTCDateTime` (``DateTime(timezone=True)`` that always hands back aware UTC
+datetimes, also on SQLite) and :class:`sqlalchemy.JSON`.
+
+:func:`create_schema` creates what is missing and records :data:`SCHEMA_VERSION` in
+``schema_version``; it is idempotent and safe to run from several processes at
+once (PostgreSQL: transaction-level advisory lock; SQLite: ``BEGIN IMMEDIATE``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Final
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.engine import Connection, Dialect
+
+from m365_3cx.errors import ConfigError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "UTCDateTime",
+    "create_schema",
+    "current_schema_version",
+    "metadata",
+    "table",
+]
+
+#: Version of the schema this code creates; bump with a migration step in :func:`create_schema`.
+SCHEMA_VERSION: Final = 1
+
+# Arbitrary constant key of the PostgreSQL advisory lock that serialises create_schema().
+_ADVISORY_LOCK_KEY: Final = 0x6D3336355F337378  # "m365_3sx"
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """``DateTime(timezone=True)`` that stores UTC and always returns aware UTC datetimes.
+
+    Binding a naive datetime raises :class:`ValueError` (every timestamp is aware UTC).
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive datetime given to a UTC column; use an aware datetime")
+        value = value.astimezone(dt.UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+def _json() -> JSON:
+    return JSON(none_as_null=True)
+
+
+def _id() -> BigInteger:
+    # SQLite only autoincrements an INTEGER PRIMARY KEY.
+    return BigInteger().with_variant(Integer(), "sqlite")  # type: ignore[return-value]
+
+
+RUN_KEY = String(250)
+USER_ID = String(64)
+
+metadata: Final = MetaData()
+
+# ---------------------------------------------------------------- users -> extensions (docs/internals.md)
+
+stg_users: Final = Table(
+    "stg_users",
+    metadata,
+    Column("user_id", USER_ID, primary_key=True),
+    Column("user_principal_name", String(320)),
+    Column("display_name", String(512)),
+    Column("given_name", String(256)),
+    Column("surname", String(256)),
+    Column("mail", String(320)),
+    Column("mobile_phone", String(64)),
+    Column("business_phones", _json()),
+    Column("account_enabled", Boolean),
+    Column("user_type", String(32)),
+    Column("usage_location", String(8)),
+    Column("department", String(256)),
+    Column("job_title", String(256)),
+    Column("extension_attributes", _json()),
+    Column("in_scope", Boolean, nullable=False, default=False),  # set by repo.set_scope()
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("deleted_at", UTCDateTime()),
+    Column("first_seen_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("last_run_key", RUN_KEY),
+    Column("row_hash", String(64), nullable=False),
+    Index("ix_stg_users_last_run_key", "last_run_key"),
+)
+
+delta_state: Final = Table(
+    "delta_state",
+    metadata,
+    Column("resource", String(128), primary_key=True),
+    Column("delta_link", Text, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("run_key", RUN_KEY),
+)
+
+extension_map: Final = Table(
+    "extension_map",
+    metadata,
+    Column("user_id", USER_ID, primary_key=True),
+    Column("number", String(32), nullable=False, unique=True),
+    Column("threecx_id", Integer),
+    Column("status", String(16), nullable=False, default="active"),
+    Column("assigned_at", UTCDateTime(), nullable=False),
+    Column("released_at", UTCDateTime()),
+    Column("adopted", Boolean, nullable=False, default=False),
+    Index("ix_extension_map_threecx_id", "threecx_id"),
+    Index("ix_extension_map_status", "status"),
+)
+
+cur_extensions: Final = Table(
+    "cur_extensions",
+    metadata,
+    Column("threecx_id", Integer, primary_key=True, autoincrement=False),
+    Column("number", String(32)),
+    Column("first_name", String(256)),
+    Column("last_name", String(256)),
+    Column("display_name", String(512)),
+    Column("email", String(320)),
+    Column("mobile", String(64)),
+    Column("outbound_caller_id", String(64)),
+    Column("enabled", Boolean),
+    Column("current_profile", String(64)),
+    Column("tags", _json()),
+    Column("run_key", RUN_KEY),
+    Column("read_at", UTCDateTime()),
+    Index("ix_cur_extensions_number", "number"),
+)
+
+tgt_extensions: Final = Table(
+    "tgt_extensions",
+    metadata,
+    Column("user_id", USER_ID, primary_key=True),
+    Column("number", String(32)),
+    Column("first_name", String(256)),
+    Column("last_name", String(256)),
+    Column("email", String(320)),
+    Column("mobile", String(64)),
+    Column("outbound_caller_id", String(64)),
+    Column("enabled", Boolean),
+    Column("state", String(16), nullable=False),
+    Column("removal_reason", String(32)),
+    Column("run_key", RUN_KEY),
+    Column("computed_at", UTCDateTime()),
+)
+
+sync_runs: Final = Table(
+    "sync_runs",
+    metadata,
+    Column("run_key", RUN_KEY, primary_key=True),
+    Column("dag_id", String(250), nullable=False),
+    Column("run_id", String(250), nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("dry_run", Boolean, nullable=False, default=False),
+    Column("status", String(16), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("finished_at", UTCDateTime()),
+    Column("counts", _json()),
+    Index("ix_sync_runs_dag_started", "dag_id", "started_at"),
+)
+
+sync_plan: Final = Table(
+    "sync_plan",
+    metadata,
+    Column("run_key", RUN_KEY, primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("action", String(16), nullable=False),
+    Column("object_type", String(32), nullable=False, default="extension"),
+    Column("object_key", String(256), nullable=False),
+    Column("number", String(32)),
+    Column("threecx_id", Integer),
+    Column("changes", _json()),
+    Column("reason", Text),
+    Column("status", String(16), nullable=False, default="planned"),
+)
+
+sync_audit: Final = Table(
+    "sync_audit",
+    metadata,
+    Column("id", _id(), primary_key=True, autoincrement=True),
+    Column("run_key", RUN_KEY, nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("object_type", String(32), nullable=False),
+    Column("object_key", String(256), nullable=False),
+    Column("number", String(32)),
+    Column("threecx_id", Integer),
+    Column("field", String(64)),
+    Column("before", Text),
+    Column("after", Text),
+    Column("result", String(16), nullable=False),
+    Column("error", Text),
+    Index("ix_sync_audit_run_key", "run_key"),
+    Index("ix_sync_audit_object", "object_type", "object_key"),
+)
+
+# ``step`` is an addition to docs/internals.md: re-running a step replaces its notes.
+sync_notes: Final = Table(
+    "sync_notes",
+    metadata,
+    Column("id", _id(), primary_key=True, autoincrement=True),
+    Column("run_key", RUN_KEY, nullable=False),
+    Column("step", String(64), nullable=False, default=""),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("object_type", String(32), nullable=False),
+    Column("object_key", String(256)),
+    Column("record_label", String(512)),
+    Column("field", String(64)),
+    Column("severity", String(16), nullable=False),
+    Column("message", Text, nullable=False),
+    Index("ix_sync_notes_run_key_step", "run_key", "step"),
+)
+
+schema_version: Final = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("applied_at", UTCDateTime(), nullable=False),
+)
+
+# ---------------------------------------------------------------- contacts / presence
+# v1 shape, extended by the contacts/presence features: key columns + JSON payload + timestamps.
+
+stg_contacts: Final = Table(
+    "stg_contacts",
+    metadata,
+    Column("owner_id", String(64), primary_key=True),  # user id, or "org" for organisational contacts
+    Column("contact_id", String(256), primary_key=True),
+    Column("source", String(16), nullable=False),  # personal | org
+    Column("payload", _json()),
+    Column("row_hash", String(64)),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("deleted_at", UTCDateTime()),
+    Column("first_seen_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("last_run_key", RUN_KEY),
+)
+
+stg_events: Final = Table(
+    "stg_events",
+    metadata,
+    Column("user_id", USER_ID, primary_key=True),
+    Column("event_id", String(256), primary_key=True),
+    Column("start_at", UTCDateTime()),
+    Column("end_at", UTCDateTime()),
+    Column("show_as", String(32)),
+    Column("is_cancelled", Boolean),
+    Column("payload", _json()),  # never the subject of a private event
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("last_run_key", RUN_KEY),
+    Index("ix_stg_events_user_window", "user_id", "start_at", "end_at"),
+)
+
+stg_auto_replies: Final = Table(
+    "stg_auto_replies",
+    metadata,
+    Column("user_id", USER_ID, primary_key=True),
+    Column("status", String(32)),  # disabled | alwaysEnabled | scheduled
+    Column("scheduled_start", UTCDateTime()),
+    Column("scheduled_end", UTCDateTime()),
+    Column("payload", _json()),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("last_run_key", RUN_KEY),
+)
+
+phonebook_map: Final = Table(
+    "phonebook_map",
+    metadata,
+    Column("contact_key", String(256), primary_key=True),  # dedup key: one entry per person
+    Column("threecx_id", Integer),
+    Column("status", String(16), nullable=False, default="active"),
+    Column("payload", _json()),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_phonebook_map_threecx_id", "threecx_id"),
+)
+
+presence_state: Final = Table(
+    "presence_state",
+    metadata,
+    Column("user_id", USER_ID, primary_key=True),
+    Column("profile", String(64)),  # last profile the sync set
+    Column("set_at", UTCDateTime()),
+    Column("run_key", RUN_KEY),
+)
+
+tgt_phonebook: Final = Table(
+    "tgt_phonebook",
+    metadata,
+    Column("contact_key", String(256), primary_key=True),
+    Column("payload", _json()),
+    Column("run_key", RUN_KEY),
+    Column("computed_at", UTCDateTime()),
+)
+
+tgt_presence: Final = Table(
+    "tgt_presence",
+    metadata,
+    Column("user_id", USER_ID, primary_key=True),
+    Column("profile", String(64)),
+    Column("next_switch_at", UTCDateTime()),
+    Column("payload", _json()),
+    Column("run_key", RUN_KEY),
+    Column("computed_at", UTCDateTime()),
+)
+
+
+def current_schema_version(conn: Connection) -> int | None:
+    """Return the highest recorded schema version, or ``None`` before :func:`create_schema`.
+
+    :param conn: an open connection.
+    """
+    from sqlalchemy import inspect
+
+    if not inspect(conn).has_table("schema_version"):
+        return None
+    return conn.execute(select(func.max(schema_version.c.version))).scalar()
+
+
+def create_schema(engine: Engine, *, now: dt.datetime | None = None) -> int:
+    """Create the missing tables and indexes and record :data:`SCHEMA_VERSION`.
+
+    Idempotent; concurrent callers on PostgreSQL are serialised with
+    ``pg_advisory_xact_lock``, on SQLite by ``BEGIN IMMEDIATE`` (see :mod:`.db`).
+
+    :param engine: engine from :func:`m365_3cx.staging.db.make_engine`.
+    :param now: time recorded with the version (default: now, UTC).
+    :returns: the schema version of the database.
+    :raises ConfigError: the database holds a newer schema than this code knows.
+    :raises sqlalchemy.exc.SQLAlchemyError: the database failed.
+    """
+    when = now or dt.datetime.now(dt.UTC)
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
+        found = current_schema_version(conn)
+        if found is not None and found > SCHEMA_VERSION:
+            raise ConfigError(f"staging schema version {found} is newer than this code supports ({SCHEMA_VERSION})")
+        metadata.create_all(conn, checkfirst=True)
+        if found is None or found < SCHEMA_VERSION:
+            conn.execute(schema_version.insert(), [{"version": SCHEMA_VERSION, "applied_at": when}])
+    return SCHEMA_VERSION
+
+
+def table(name: str) -> Table:
+    """Return the staging table called ``name``.
+
+    :raises KeyError: no such table.
+    """
+    return metadata.tables[name]

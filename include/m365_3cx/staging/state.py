@@ -1,0 +1,81 @@
+"""Delta links of Graph resources (``delta_state``).
+
+The store never commits: pass the connection of the transaction that writes the
+staging rows a page round produced, so the link and its rows commit together and
+a crash never skips a change::
+
+    with engine.begin() as conn:
+        repo.merge_users(conn, rows, run_key, now)
+        store.save(conn, "users", delta_link, run_key)
+
+Delta links are opaque resume tokens, not credentials; they are never logged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import Table, delete, select
+from sqlalchemy.engine import Connection
+
+from m365_3cx.staging.repo import upsert
+from m365_3cx.staging.schema import delta_state
+
+__all__ = ["DeltaStateStore"]
+
+
+class DeltaStateStore:
+    """Read, save and clear the delta link of a resource (``users``, ``contacts/<user id>``...).
+
+    :param table: the ``delta_state`` table (replaceable for tests).
+    """
+
+    def __init__(self, table: Table = delta_state) -> None:
+        self._table = table
+
+    @staticmethod
+    def _check(resource: str) -> str:
+        if not resource or len(resource) > 128:
+            raise ValueError("resource must be 1..128 characters")
+        return resource
+
+    def get(self, conn: Connection, resource: str) -> str | None:
+        """Return the stored delta link, or ``None`` (no link yet: run a full extract).
+
+        :raises ValueError: empty or too long ``resource``.
+        """
+        query = select(self._table.c.delta_link).where(self._table.c.resource == self._check(resource))
+        return conn.execute(query).scalar_one_or_none()
+
+    def save(
+        self,
+        conn: Connection,
+        resource: str,
+        delta_link: str,
+        run_key: str | None,
+        *,
+        now: dt.datetime | None = None,
+    ) -> None:
+        """Insert or replace the delta link of ``resource`` in the caller's transaction.
+
+        :param now: aware UTC ``updated_at`` (default: current time).
+        :raises ValueError: empty ``delta_link`` or bad ``resource``.
+        """
+        if not delta_link:
+            raise ValueError("delta_link must not be empty")
+        row = {
+            "resource": self._check(resource),
+            "delta_link": delta_link,
+            "updated_at": now or dt.datetime.now(dt.UTC),
+            "run_key": run_key,
+        }
+        upsert(conn, self._table, [row], ["resource"])
+
+    def clear(self, conn: Connection, resource: str) -> bool:
+        """Forget the delta link (e.g. after it expired, or to force a full extract).
+
+        :returns: ``True`` when a link was stored.
+        :raises ValueError: bad ``resource``.
+        """
+        result = conn.execute(delete(self._table).where(self._table.c.resource == self._check(resource)))
+        return result.rowcount > 0

@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import Engine, inspect, select
+
+from m365_3cx.errors import ConfigError
+from m365_3cx.staging.schema import SCHEMA_VERSION, create_schema, metadata, schema_version
+
+CONTRACT_TABLES = {
+    "stg_users": {
+        "user_id",
+        "user_principal_name",
+        "display_name",
+        "given_name",
+        "surname",
+        "mail",
+        "mobile_phone",
+        "business_phones",
+        "account_enabled",
+        "user_type",
+        "usage_location",
+        "department",
+        "job_title",
+        "extension_attributes",
+        "in_scope",
+        "deleted",
+        "deleted_at",
+        "first_seen_at",
+        "updated_at",
+        "last_run_key",
+        "row_hash",
+    },
+    "delta_state": {"resource", "delta_link", "updated_at", "run_key"},
+    "extension_map": {"user_id", "number", "threecx_id", "status", "assigned_at", "released_at", "adopted"},
+    "cur_extensions": {
+        "threecx_id",
+        "number",
+        "first_name",
+        "last_name",
+        "display_name",
+        "email",
+        "mobile",
+        "outbound_caller_id",
+        "enabled",
+        "current_profile",
+        "tags",
+        "run_key",
+        "read_at",
+    },
+    "tgt_extensions": {
+        "user_id",
+        "number",
+        "first_name",
+        "last_name",
+        "email",
+        "mobile",
+        "outbound_caller_id",
+        "enabled",
+        "state",
+        "removal_reason",
+        "run_key",
+        "computed_at",
+    },
+    "sync_runs": {"run_key", "dag_id", "run_id", "mode", "dry_run", "status", "started_at", "finished_at", "counts"},
+    "sync_plan": {
+        "run_key",
+        "seq",
+        "action",
+        "object_type",
+        "object_key",
+        "number",
+        "threecx_id",
+        "changes",
+        "reason",
+        "status",
+    },
+    "sync_audit": {
+        "id",
+        "run_key",
+        "at",
+        "action",
+        "object_type",
+        "object_key",
+        "number",
+        "threecx_id",
+        "field",
+        "before",
+        "after",
+        "result",
+        "error",
+    },
+    "sync_notes": {
+        "id",
+        "run_key",
+        "step",
+        "at",
+        "object_type",
+        "object_key",
+        "record_label",
+        "field",
+        "severity",
+        "message",
+    },
+}
+LATER_TABLES = {
+    "stg_contacts",
+    "stg_events",
+    "stg_auto_replies",
+    "phonebook_map",
+    "presence_state",
+    "tgt_phonebook",
+    "tgt_presence",
+    "schema_version",
+}
+
+
+def test_create_schema_is_idempotent(empty_engine: Engine) -> None:
+    assert create_schema(empty_engine) == SCHEMA_VERSION
+    assert create_schema(empty_engine) == SCHEMA_VERSION
+    insp = inspect(empty_engine)
+    names = set(insp.get_table_names())
+    assert set(CONTRACT_TABLES) | LATER_TABLES <= names
+    for name, columns in CONTRACT_TABLES.items():
+        assert {c["name"] for c in insp.get_columns(name)} == columns, name
+    with empty_engine.connect() as conn:
+        assert conn.execute(select(schema_version.c.version)).scalars().all() == [SCHEMA_VERSION]
+    uniques = insp.get_unique_constraints("extension_map") + [
+        i for i in insp.get_indexes("extension_map") if i["unique"]
+    ]
+    assert any(u["column_names"] == ["number"] for u in uniques)
+    assert any(i["column_names"] == ["run_key"] for i in insp.get_indexes("sync_audit"))
+    assert any(i["column_names"][0] == "run_key" for i in insp.get_indexes("sync_notes"))
+
+
+def test_newer_schema_is_refused(engine: Engine) -> None:
+    import datetime as dt
+
+    with engine.begin() as conn:
+        conn.execute(schema_version.insert(), {"version": SCHEMA_VERSION + 1, "applied_at": dt.datetime.now(dt.UTC)})
+    with pytest.raises(ConfigError, match="newer"):
+        create_schema(engine)
+
+
+def test_metadata_declares_every_table() -> None:
+    assert set(CONTRACT_TABLES) | LATER_TABLES == set(metadata.tables)
+
+
+_RACE = """
+import sys
+from m365_3cx.staging.db import make_engine
+from m365_3cx.staging.schema import create_schema
+create_schema(make_engine(sys.argv[1]))
+"""
+
+
+def test_concurrent_create_schema(empty_engine: Engine) -> None:
+    url = empty_engine.url.render_as_string(hide_password=False)
+    procs = [subprocess.Popen([sys.executable, "-c", _RACE, url], stderr=subprocess.PIPE) for _ in range(4)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()
+    with empty_engine.connect() as conn:
+        assert conn.execute(select(schema_version.c.version)).scalars().all() == [SCHEMA_VERSION]
