@@ -103,7 +103,7 @@ def plan_extensions(mode: str) -> dict[str, int]:
             only_keys = resolve_only_users(engine, list(params["only_users"]))
         elif mode == "delta" and not params.get("full_resync"):
             only_keys = pending_user_keys(engine, run.run_key)
-        return plan_users(engine, settings, run.run_key, only_keys)
+        return plan_users(engine, settings, run.run_key, only_keys, utcnow())
 
 
 def finish_run(mode: str, counts: dict[str, Any] | None = None) -> dict[str, Any]:

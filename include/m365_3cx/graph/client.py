@@ -258,6 +258,20 @@ class GraphClient:
         else:
             yield from self.iter_pages(delta_link)
 
+    def latest_users_delta_link(self, select: Sequence[str]) -> str | None:
+        """A users delta link for "now" (``$deltatoken=latest``): later rounds return only changes after it.
+
+        A full extract takes this link *before* listing, so nothing changed during the listing is missed.
+
+        :param select: properties to track.
+        :raises GraphError: any classified error.
+        """
+        link = None
+        params = {"$select": ",".join(select), "$deltatoken": "latest"}
+        for page in self.iter_pages("/users/delta", params=params):
+            link = page.delta_link or link
+        return link
+
     def get(self, path: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """GET a single object.
 

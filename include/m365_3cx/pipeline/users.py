@@ -15,15 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from m365_3cx.errors import DeltaTokenExpiredError
+from m365_3cx.errors import DeltaTokenExpiredError, GraphFatalError
 from m365_3cx.staging import repo
-from m365_3cx.staging.schema import stg_users, sync_runs
+from m365_3cx.staging.schema import cur_extensions, extension_map, stg_users, sync_runs
 from m365_3cx.staging.state import DeltaStateStore
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from m365_3cx.graph.client import GraphClient
+    from m365_3cx.reconcile.plan import Change
     from m365_3cx.settings import Settings
     from m365_3cx.threecx.client import ThreeCXClient
 
@@ -118,9 +119,7 @@ def extract_users(
 def _extract_full(
     engine: Engine, graph: GraphClient, store: DeltaStateStore, run_key: str, now: datetime
 ) -> dict[str, Any]:
-    fresh_link = None
-    for page in graph.users_delta(None, repo.GRAPH_USER_SELECT, latest=True):
-        fresh_link = page.delta_link or fresh_link
+    fresh_link = graph.latest_users_delta_link(repo.GRAPH_USER_SELECT)
     totals = {"mode": "full", "pages": 0, "inserted": 0, "updated": 0, "unchanged": 0, "deleted": 0}
     seen: set[str] = set()
     for items in graph.list_users(select=repo.GRAPH_USER_SELECT):
@@ -133,6 +132,9 @@ def _extract_full(
         totals["updated"] += merged.updated
         totals["unchanged"] += merged.unchanged
     with engine.begin() as conn:
+        if not seen and repo.load_frame(conn, "stg_users", where={"deleted": False}).shape[0]:
+            raise GraphFatalError("Graph listed no users at all; refusing to mark every staged user deleted",
+                                  code="EmptyUserList")
         totals["deleted"] = repo.mark_missing_deleted(conn, seen, run_key, now)
         if fresh_link:
             store.save(conn, USERS_RESOURCE, fresh_link, run_key)
@@ -151,7 +153,7 @@ def _extract_delta(
         removed = [item["id"] for item in page.items if "@removed" in item]
         rows = [repo.user_row_from_graph(item) for item in page.items if "@removed" not in item]
         with engine.begin() as conn:
-            merged = repo.merge_users(conn, rows, run_key, now, partial=True)
+            merged = repo.merge_users(conn, rows, run_key, now)
             totals["deleted"] += repo.mark_users_deleted(conn, removed, run_key, now)
             if page.delta_link:
                 store.save(conn, USERS_RESOURCE, page.delta_link, run_key)
@@ -205,17 +207,44 @@ def resolve_only_users(engine: Engine, upns: list[str]) -> set[str]:
 
 
 def snapshot_threecx(engine: Engine, threecx: ThreeCXClient, run_key: str, now: datetime) -> dict[str, int]:
-    """Read every 3CX user (one paged OData read) into ``cur_extensions``."""
+    """Read every 3CX user (one paged OData read) into ``cur_extensions``.
+
+    Also re-links creates whose response was lost (e.g. a dropped connection after the PBX
+    created the user): a mapped user without a 3CX id whose number is held by an extension
+    with that user's own e-mail address is that user's extension.
+    """
     rows = [repo.pbx_row_from_xapi(user) for page in threecx.list_users() for user in page]
     with engine.begin() as conn:
         repo.replace_snapshot(conn, rows, run_key, now)
-    log.info("3CX snapshot: %d extensions", len(rows))
-    return {"extensions": len(rows)}
+        relinked = _relink_lost_creates(conn)
+    log.info("3CX snapshot: %d extensions; %d lost creates re-linked", len(rows), relinked)
+    return {"extensions": len(rows), "relinked": relinked}
+
+
+def _relink_lost_creates(conn: Any) -> int:
+    query = (
+        sa.select(extension_map.c.user_id, cur_extensions.c.threecx_id)
+        .select_from(
+            extension_map.join(cur_extensions, extension_map.c.number == cur_extensions.c.number)
+            .join(stg_users, stg_users.c.user_id == extension_map.c.user_id)
+        )
+        .where(
+            extension_map.c.status == "active",
+            extension_map.c.threecx_id.is_(None),
+            stg_users.c.mail.is_not(None),
+            sa.func.lower(stg_users.c.mail) == sa.func.lower(cur_extensions.c.email),
+        )
+    )
+    pairs = conn.execute(query).all()
+    for user_id, threecx_id in pairs:
+        repo.set_threecx_id(conn, user_id, threecx_id)
+    return len(pairs)
 
 
 def transform_users(engine: Engine, settings: Settings, run_key: str, now: datetime) -> dict[str, int]:
     """Staging users -> desired extensions (``tgt_extensions``), new numbers and per-record notes."""
     from m365_3cx.transform.extensions import ExtensionParams, desired_extensions
+    from m365_3cx.transform.notes import note_rows
 
     with engine.begin() as conn:
         repo.purge_expired_quarantine(conn, settings.numbering.quarantine_days, now)
@@ -226,8 +255,13 @@ def transform_users(engine: Engine, settings: Settings, run_key: str, now: datet
     rows = result.frame.to_dict("records")
     with engine.begin() as conn:
         repo.replace_targets(conn, rows, run_key, now)
-        repo.assign_numbers(conn, result.new_assignments)
-        repo.add_notes(conn, run_key, [n.as_dict() for n in result.notes], step="transform")
+        reused_from = [a["replaces_user_id"] for a in result.new_assignments if a.get("replaces_user_id")]
+        if reused_from:
+            conn.execute(sa.delete(extension_map).where(extension_map.c.user_id.in_(reused_from)))
+        repo.assign_numbers(
+            conn, [{"user_id": a["user_id"], "number": a["number"]} for a in result.new_assignments], now
+        )
+        repo.add_notes(conn, run_key, note_rows(result.notes, run_key, now), step="transform", now=now)
     active = int((result.frame["state"] == "active").sum()) if len(result.frame) else 0
     log.info(
         "transform: %d desired extensions (%d active), %d new numbers, %d notes",
@@ -238,28 +272,49 @@ def transform_users(engine: Engine, settings: Settings, run_key: str, now: datet
 
 
 def plan_users(
-    engine: Engine, settings: Settings, run_key: str, only_keys: set[str] | None
+    engine: Engine, settings: Settings, run_key: str, only_keys: set[str] | None, now: datetime
 ) -> dict[str, int]:
-    """Diff desired vs current 3CX state into ``sync_plan`` (logged before anything is written)."""
-    from m365_3cx.reconcile.plan import PlanParams, plan_extensions
+    """Diff desired vs current 3CX state into ``sync_plan`` (stored and logged before anything is written)."""
+    from m365_3cx.reconcile.plan import PlanParams, plan_extensions, plan_rows
+    from m365_3cx.transform.notes import note_rows
 
     with engine.connect() as conn:
         desired = repo.load_frame(conn, "tgt_extensions")
         mapping = repo.load_frame(conn, "extension_map")
         pbx = repo.load_frame(conn, "cur_extensions")
-    result = plan_extensions(desired, mapping, pbx, PlanParams.from_settings(settings), only_keys=only_keys)
+        labels = dict(conn.execute(sa.select(stg_users.c.user_id, stg_users.c.user_principal_name)).all())
+    result = plan_extensions(
+        desired, mapping, pbx, PlanParams.from_settings(settings), only_keys=only_keys, labels=labels
+    )
     with engine.begin() as conn:
-        repo.save_plan(conn, run_key, [change.as_plan_row() for change in result.changes])
-        repo.add_notes(conn, run_key, [n.as_dict() for n in result.notes], step="plan")
+        repo.save_plan(conn, run_key, plan_rows(result.changes, run_key))
+        repo.add_notes(conn, run_key, note_rows(result.notes, run_key, now), step="plan", now=now)
     counts: dict[str, int] = {"create": 0, "update": 0, "disable": 0, "delete": 0}
     for change in result.changes:
         counts[change.action] += 1
     counts["notes"] = len(result.notes)
+    counts["managed"] = result.managed_count
     log.info(
-        "plan: %d create, %d update, %d disable, %d delete, %d notes",
-        counts["create"], counts["update"], counts["disable"], counts["delete"], counts["notes"],
+        "plan: %d create, %d update, %d disable, %d delete of %d managed extensions; %d notes",
+        counts["create"], counts["update"], counts["disable"], counts["delete"], result.managed_count,
+        counts["notes"],
     )
     return counts
+
+
+def _load_changes(conn: Any, run_key: str) -> list[tuple[int, Change]]:
+    """The stored plan of a run as (seq, Change), in apply order; already applied rows are left out."""
+    from m365_3cx.reconcile.plan import Change
+
+    changes = []
+    for row in repo.load_plan(conn, run_key, statuses=("planned", "failed", "skipped", "dry_run")):
+        fields = {name: (pair[0], pair[1]) for name, pair in (row["changes"] or {}).items()}
+        changes.append((row["seq"], Change(
+            action=row["action"], object_key=row["object_key"], number=row["number"] or "",
+            threecx_id=row["threecx_id"], fields=fields, reason=row["reason"] or "",
+            object_type=row["object_type"] or "extension",
+        )))
+    return changes
 
 
 def apply_users(
@@ -279,8 +334,10 @@ def apply_users(
     from m365_3cx.reconcile.apply import Outcome, apply_changes, audit_rows, check_mass_removal
 
     with engine.connect() as conn:
-        changes = repo.load_plan(conn, run_key)
-        managed_count = repo.managed_extension_count(conn)
+        planned = _load_changes(conn, run_key)
+        managed_count = _managed_in_snapshot(conn)
+    changes = [change for _, change in planned]
+    seq_of = {id(change): seq for seq, change in planned}
     check_mass_removal(
         changes, managed_count, settings.guards.mass_removal_min, settings.guards.mass_removal_fraction,
         allow=allow_mass_removal,
@@ -288,11 +345,13 @@ def apply_users(
     create_defaults = _create_defaults(threecx, settings) if any(c.action == "create" for c in changes) else {}
 
     def record(outcome: Outcome) -> None:
+        change = outcome.change
+        status = "dry_run" if dry_run else {"ok": "applied"}.get(outcome.result, outcome.result)
         with engine.begin() as conn:
-            repo.add_audit(conn, audit_rows(outcome, run_key, now))
-            repo.set_plan_status(conn, run_key, outcome.seq, outcome.plan_status)
-            change = outcome.change
-            if outcome.result != "ok":
+            if not dry_run:
+                repo.add_audit(conn, audit_rows(outcome, run_key, now))
+            repo.set_plan_status(conn, run_key, seq_of[id(change)], status)
+            if outcome.result != "ok" or dry_run:
                 return
             if change.action == "create" and outcome.threecx_id is not None:
                 repo.set_threecx_id(conn, change.object_key, outcome.threecx_id)
@@ -309,13 +368,25 @@ def apply_users(
     return result
 
 
+def _managed_in_snapshot(conn: Any) -> int:
+    """Managed extensions that exist in 3CX right now: the mass-removal guard's base."""
+    query = (
+        sa.select(sa.func.count())
+        .select_from(extension_map.join(cur_extensions, extension_map.c.threecx_id == cur_extensions.c.threecx_id))
+        .where(extension_map.c.status == "active")
+    )
+    return int(conn.execute(query).scalar_one())
+
+
 def _create_defaults(threecx: ThreeCXClient, settings: Settings) -> dict[str, Any]:
     """Department membership for new extensions: the configured group, else the PBX default group."""
+    from m365_3cx.threecx.client import odata_quote
+
     name = settings.extensions.group_name
     group = None
     if name:
-        group = next((g for page in threecx.iter_collection("Groups", filter=f"Name eq '{name}'") for g in page),
-                     None)
+        pages = threecx.iter_collection("Groups", filter=f"Name eq {odata_quote(name)}")
+        group = next((g for page in pages for g in page), None)
         if group is None:
             log.warning("3CX group %r not found; new extensions go to the default group", name)
     group = group or threecx.default_group()
