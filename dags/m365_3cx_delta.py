@@ -16,6 +16,7 @@ import pendulum
 from airflow.sdk import DeltaTriggerTimetable, dag, task
 
 from m365_3cx.airflow import tasks
+from m365_3cx.airflow.alerts import SyncFailureNotifier
 from m365_3cx.airflow.dag_defaults import (
     DELTA_INTERVAL,
     GRAPH_POOL,
@@ -43,6 +44,7 @@ MODE = "delta"
     params=sync_params(),
     tags=[*TAGS, "delta"],
     doc_md=__doc__,
+    on_failure_callback=SyncFailureNotifier(),
 )
 def m365_3cx_delta() -> None:
     @task

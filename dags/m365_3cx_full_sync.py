@@ -16,6 +16,7 @@ import pendulum
 from airflow.sdk import CronTriggerTimetable, dag, task
 
 from m365_3cx.airflow import tasks
+from m365_3cx.airflow.alerts import SyncFailureNotifier
 from m365_3cx.airflow.dag_defaults import (
     FULL_SYNC_CRON,
     GRAPH_POOL,
@@ -44,6 +45,7 @@ MODE = "full"
     params=sync_params(),
     tags=[*TAGS, "nightly"],
     doc_md=__doc__,
+    on_failure_callback=SyncFailureNotifier(),
 )
 def m365_3cx_full_sync() -> None:
     @task

@@ -129,6 +129,24 @@ class GuardSettings:
 
 
 @dataclass(frozen=True)
+class AlertSettings:
+    """Failure alerts sent by the DAGs' ``on_failure_callback`` (off by default).
+
+    :param channel: ``off`` or ``smtp`` (through an Airflow SMTP connection).
+    :param smtp_conn_id: the SMTP connection id.
+    :param to: recipients.
+    :param from_email: sender; ``None`` = the SMTP connection's default.
+    :param base_url: Airflow UI base URL, for a link to the failed run; ``None`` = no link.
+    """
+
+    channel: str = "off"
+    smtp_conn_id: str = "smtp_default"
+    to: tuple[str, ...] = ()
+    from_email: str | None = None
+    base_url: str | None = None
+
+
+@dataclass(frozen=True)
 class ContactsSettings:
     """Sources of the company phonebook (contacts feature).
 
@@ -158,6 +176,8 @@ class PresenceSettings:
         (``None`` = does not count). Read-only mapping.
     :param window_days_back: calendar window start, days before now.
     :param window_days_ahead: calendar window end, days after now.
+    :param store_subjects: store event subjects in staging (never for private/confidential events).
+    :param shard_size: users per mapped calendar-extract task (dynamic task mapping).
     """
 
     enabled: bool = False
@@ -165,6 +185,8 @@ class PresenceSettings:
     mapping: Mapping[str, str | None] = field(default_factory=_default_mapping)
     window_days_back: int = 1
     window_days_ahead: int = 7
+    store_subjects: bool = False
+    shard_size: int = 200
 
 
 # --------------------------------------------------------------------------- validators
@@ -240,6 +262,14 @@ def _float(minimum: float, maximum: float) -> Callable[[object], float]:
     return _check
 
 
+def _addresses(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and "@" in v for v in value):
+        raise _Invalid(f"must be a list of e-mail addresses, got {str(value)[:60]!r}")
+    return tuple(v.strip() for v in value)
+
+
 def _digits(value: object) -> str:
     if not isinstance(value, str):
         raise _Invalid(f"must be a string of digits, got {_type_name(value)}")
@@ -309,6 +339,16 @@ _SECTIONS: Final[dict[str, tuple[type, dict[str, Callable[[object], Any]]]]] = {
         GuardSettings,
         {"mass_removal_min": _int(0), "mass_removal_fraction": _float(0.0, 1.0)},
     ),
+    "alerts": (
+        AlertSettings,
+        {
+            "channel": _choice("off", "smtp"),
+            "smtp_conn_id": _str,
+            "to": _addresses,
+            "from_email": _optional(_str),
+            "base_url": _optional(_str),
+        },
+    ),
     "contacts": (
         ContactsSettings,
         {
@@ -326,6 +366,8 @@ _SECTIONS: Final[dict[str, tuple[type, dict[str, Callable[[object], Any]]]]] = {
             "mapping": lambda value: value,  # checked key by key in _parse_mapping
             "window_days_back": _int(0, 366),
             "window_days_ahead": _int(0, 366),
+            "store_subjects": _bool,
+            "shard_size": _int(1, 5000),
         },
     ),
 }
@@ -409,6 +451,7 @@ class Settings:
     :param numbering: :class:`NumberingSettings`.
     :param extensions: :class:`ExtensionsSettings`.
     :param guards: :class:`GuardSettings`.
+    :param alerts: :class:`AlertSettings`.
     :param timezone: IANA time zone name used for schedules and calendar windows.
     :param contacts: :class:`ContactsSettings`.
     :param presence: :class:`PresenceSettings`.
@@ -418,6 +461,7 @@ class Settings:
     numbering: NumberingSettings = field(default_factory=NumberingSettings)
     extensions: ExtensionsSettings = field(default_factory=ExtensionsSettings)
     guards: GuardSettings = field(default_factory=GuardSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
     timezone: str = "UTC"
     contacts: ContactsSettings = field(default_factory=ContactsSettings)
     presence: PresenceSettings = field(default_factory=PresenceSettings)
@@ -487,7 +531,7 @@ class Settings:
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as a JSON-serialisable dict (round-trips through :meth:`from_mapping`)."""
         result: dict[str, Any] = {}
-        for name in ("scope", "numbering", "extensions", "guards", "timezone", "contacts", "presence"):
+        for name in ("scope", "numbering", "extensions", "guards", "alerts", "timezone", "contacts", "presence"):
             value = getattr(self, name)
             if isinstance(value, str):
                 result[name] = value
@@ -495,6 +539,8 @@ class Settings:
             section = {key: getattr(value, key) for key in _SECTIONS[name][1]}
             if "mapping" in section:
                 section["mapping"] = dict(section["mapping"])
+            if "to" in section:
+                section["to"] = list(section["to"])
             result[name] = section
         return result
 

@@ -37,6 +37,7 @@ def test_dag_level_policy(dagbag) -> None:
         assert "m365-3cx-sync" in dag.tags, dag.dag_id
         assert dag.dagrun_timeout is not None, dag.dag_id
         assert dag.doc_md, dag.dag_id
+        assert dag.on_failure_callback, f"{dag.dag_id} has no failure alert callback"
         assert {"dry_run", "full_resync", "only_users", "allow_mass_removal"} <= set(dag.params.keys()), dag.dag_id
 
 
