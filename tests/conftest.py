@@ -109,3 +109,44 @@ def airflow_db() -> str:
     airflow = Path(sys.executable).with_name("airflow")
     subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
     return str(home)
+
+
+class SmtpInbox:
+    """Messages received by a local SMTP server (aiosmtpd)."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        from email import message_from_bytes
+
+        self.messages.append(message_from_bytes(envelope.original_content))
+        return "250 OK"
+
+    @staticmethod
+    def html(message: Any) -> str:
+        """The decoded text/html part of a message."""
+        parts = message.walk() if message.is_multipart() else [message]
+        return "".join(p.get_payload(decode=True).decode() for p in parts if p.get_content_type() == "text/html")
+
+
+@pytest.fixture
+def smtp_inbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpInbox]:
+    """A local SMTP server on a free port, reachable as the Airflow connection ``smtp_alerts``."""
+    import json
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    inbox = SmtpInbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_ALERTS", json.dumps({
+        "conn_type": "smtp", "host": "127.0.0.1", "port": port,
+        "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "airflow@example.com"},
+    }))
+    yield inbox
+    controller.stop()

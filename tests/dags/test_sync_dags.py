@@ -173,7 +173,12 @@ def test_hand_edit_of_managed_field_is_put_back_by_full_sync(sync_env: dict[str,
     assert pbx_users(sync_env)[ext["Number"]]["FirstName"] == ext["FirstName"]
 
 
-def test_mass_removal_guard_stops_the_run_unless_allowed(sync_env: dict[str, Any]) -> None:
+def test_mass_removal_guard_stops_the_run_unless_allowed(
+    sync_env: dict[str, Any], smtp_inbox: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW_VAR_M365_3CX_SETTINGS", json.dumps({
+        **SETTINGS, "alerts": {"channel": "smtp", "smtp_conn_id": "smtp_alerts", "to": ["ops@example.com"]},
+    }))
     assert_success(run_dag("m365_3cx_full_sync"))
     victims = managed_members(sync_env)[:8]
     for user in victims:
@@ -183,6 +188,10 @@ def test_mass_removal_guard_stops_the_run_unless_allowed(sync_env: dict[str, Any
     failed = run_dag("m365_3cx_delta")
     assert "failed" in str(failed.state).lower()
     assert pbx_writes(sync_env) == 0
+    assert len(smtp_inbox.messages) == 1, "the failure alert was not sent"
+    alert = smtp_inbox.html(smtp_inbox.messages[0])
+    assert "m365_3cx_delta" in alert and failed.run_id in alert
+    assert "allow_mass_removal" in alert, alert
     enabled = [u for u in pbx_users(sync_env).values() if u.get("Enabled")]
 
     assert_success(run_dag("m365_3cx_delta", allow_mass_removal=True))

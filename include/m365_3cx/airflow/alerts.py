@@ -11,7 +11,7 @@ from typing import Any
 
 from airflow.sdk import BaseNotifier
 
-from m365_3cx.alerts import FailureAlert, build_alert
+from m365_3cx.alerts import FailureAlert, build_alert, one_line_reason
 
 log = logging.getLogger(__name__)
 
@@ -24,20 +24,79 @@ def _failed_task(context: Any) -> str | None:
     return f"{ti.task_id}[{map_index}]" if map_index not in (None, -1) else ti.task_id
 
 
-def alert_from_context(context: Any, base_url: str | None) -> FailureAlert:
-    """The facts of the failed run, from an Airflow callback context."""
+def _run_ids(context: Any) -> tuple[str, str]:
     dag_run = context.get("dag_run")
     dag = context.get("dag")
     dag_id = getattr(dag_run, "dag_id", None) or getattr(dag, "dag_id", None) or "unknown DAG"
     run_id = getattr(dag_run, "run_id", None) or context.get("run_id") or "unknown run"
+    return dag_id, run_id
+
+
+def _recorded_error(dag_id: str, run_id: str) -> str | None:
+    """The failure reason the failed task recorded in ``sync_runs`` (DAG callbacks get no exception)."""
+    import sqlalchemy as sa
+
+    from m365_3cx.airflow.hooks import StagingHook
+    from m365_3cx.staging.schema import sync_runs
+
+    engine = StagingHook().get_engine()
+    try:
+        with engine.connect() as conn:
+            return conn.execute(
+                sa.select(sync_runs.c.last_error).where(sync_runs.c.run_key == f"{dag_id}/{run_id}"[:250])
+            ).scalar()
+    finally:
+        engine.dispose()
+
+
+def alert_from_context(context: Any, base_url: str | None) -> FailureAlert:
+    """The facts of the failed run, from an Airflow callback context (and the reason its task recorded)."""
+    dag_id, run_id = _run_ids(context)
     exception = context.get("exception")
-    reason = str(exception) if exception else context.get("reason")
-    return FailureAlert(dag_id=dag_id, run_id=run_id, task_id=_failed_task(context), reason=reason,
+    reason = str(exception) if exception else None
+    task_id = _failed_task(context)
+    if reason is None:
+        try:
+            recorded = _recorded_error(dag_id, run_id)
+        except Exception as exc:
+            log.warning("could not read the recorded failure reason: %s", type(exc).__name__)
+            recorded = None
+        if recorded:
+            task_id, _, reason = recorded.partition(": ") if ": " in recorded else (task_id, "", recorded)
+    return FailureAlert(dag_id=dag_id, run_id=run_id, task_id=task_id, reason=reason or context.get("reason"),
                         base_url=base_url)
+
+
+def record_task_failure(context: Any) -> None:
+    """Task-level ``on_failure_callback``: store the failed task and a one-line reason in ``sync_runs``.
+
+    Runs on the worker after the last try, where the exception is known; never raises.
+    """
+    try:
+        from m365_3cx.airflow.hooks import StagingHook
+        from m365_3cx.airflow.runtime import utcnow
+        from m365_3cx.staging import repo
+
+        dag_id, run_id = _run_ids(context)
+        message = f"{_failed_task(context) or 'unknown task'}: {one_line_reason(str(context.get('exception') or ''))}"
+        engine = StagingHook().get_engine()
+        try:
+            with engine.begin() as conn:
+                repo.record_run_error(conn, f"{dag_id}/{run_id}"[:250], message, utcnow())
+        finally:
+            engine.dispose()
+    except Exception as exc:  # a callback must never hide the task's own failure
+        log.error("could not record the task failure: %s", type(exc).__name__)
 
 
 class SyncFailureNotifier(BaseNotifier):
     """Send a failure alert through the channel the settings choose (``off`` or ``smtp``)."""
+
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        """Nothing to render: the content is built from the context in :meth:`notify`.
+
+        (The dag processor may hand a serialized DAG without a template environment.)
+        """
 
     def notify(self, context: Any) -> None:
         try:

@@ -12,6 +12,8 @@ from typing import Any
 
 from airflow.sdk import Asset, Param
 
+from m365_3cx.airflow.alerts import record_task_failure
+
 GRAPH_POOL = "graph_api"
 THREECX_POOL = "threecx_api"
 TAGS = ["m365-3cx-sync"]
@@ -35,6 +37,7 @@ def default_args(execution_timeout: timedelta = timedelta(minutes=30)) -> dict[s
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=15),
         "execution_timeout": execution_timeout,
+        "on_failure_callback": record_task_failure,
     }
 
 

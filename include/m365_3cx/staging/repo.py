@@ -752,6 +752,19 @@ def finish_run(conn: Connection, run_key: str, status: str, counts: Mapping[str,
         raise LookupError(f"no sync run {run_key!r}")
 
 
+def record_run_error(conn: Connection, run_key: str, message: str, now: dt.datetime) -> bool:
+    """Remember the latest task failure of a run (a one-line, scrubbed message) and mark it failed.
+
+    :returns: ``False`` when the run has no row yet (it failed before ``start_run``).
+    """
+    _require_aware(now)
+    result = conn.execute(
+        update(sync_runs).where(sync_runs.c.run_key == run_key).values(last_error=message[:1000], status="failed",
+                                                                        finished_at=now)
+    )
+    return result.rowcount > 0
+
+
 def save_plan(conn: Connection, run_key: str, changes: Sequence[Mapping[str, Any]]) -> int:
     """Replace the plan of ``run_key``; rows get ``seq`` 1..n in the given order.
 

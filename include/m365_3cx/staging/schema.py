@@ -194,6 +194,7 @@ sync_runs: Final = Table(
     Column("started_at", UTCDateTime(), nullable=False),
     Column("finished_at", UTCDateTime()),
     Column("counts", _json()),
+    Column("last_error", Text),  # "<task_id>: <one-line reason>" of the latest failed task (scrubbed)
     Index("ix_sync_runs_dag_started", "dag_id", "started_at"),
 )
 
@@ -259,19 +260,36 @@ schema_version: Final = Table(
 # ---------------------------------------------------------------- contacts / presence
 # v1 shape, extended by the contacts/presence features: key columns + JSON payload + timestamps.
 
+# Contacts -> company phonebook (owned by the contacts feature; docs/internals.md "Phonebook").
+# Free-text source fields are Text: Outlook allows long values; the transform truncates to 3CX limits.
 stg_contacts: Final = Table(
     "stg_contacts",
     metadata,
-    Column("owner_id", String(64), primary_key=True),  # user id, or "org" for organisational contacts
-    Column("contact_id", String(256), primary_key=True),
+    Column("owner_id", String(64), primary_key=True),  # Graph user id of the mailbox, or "org"
+    Column("contact_id", String(256), primary_key=True),  # immutable id (Prefer: IdType="ImmutableId")
     Column("source", String(16), nullable=False),  # personal | org
-    Column("payload", _json()),
-    Column("row_hash", String(64)),
+    Column("folder_id", String(256)),  # contact folder id; NULL = the default Contacts folder
+    Column("display_name", Text),
+    Column("given_name", Text),
+    Column("middle_name", Text),
+    Column("surname", Text),
+    Column("file_as", Text),
+    Column("company_name", Text),
+    Column("department", Text),
+    Column("job_title", Text),
+    Column("mobile_phone", Text),
+    Column("business_phones", _json()),  # list of str
+    Column("home_phones", _json()),  # list of str
+    Column("email_addresses", _json()),  # list of str (addresses only, no display names)
+    Column("categories", _json()),  # list of str
+    Column("change_key", String(256)),
+    Column("row_hash", String(64), nullable=False),
     Column("deleted", Boolean, nullable=False, default=False),
     Column("deleted_at", UTCDateTime()),
     Column("first_seen_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("last_run_key", RUN_KEY),
+    Index("ix_stg_contacts_owner_folder", "owner_id", "folder_id"),
 )
 
 stg_events: Final = Table(
@@ -302,15 +320,22 @@ stg_auto_replies: Final = Table(
     Column("last_run_key", RUN_KEY),
 )
 
+# Our 3CX phonebook entries. A 3CX contact is managed only when it is recorded here AND carries
+# our Tag (`tag`); the snapshot step fills current/present/duplicate_ids from the 3CX read.
 phonebook_map: Final = Table(
     "phonebook_map",
     metadata,
-    Column("contact_key", String(256), primary_key=True),  # dedup key: one entry per person
-    Column("threecx_id", Integer),
-    Column("status", String(16), nullable=False, default="active"),
-    Column("payload", _json()),
+    Column("contact_key", String(64), primary_key=True),  # dedup key hash: one entry per person
+    Column("tag", String(256), nullable=False),  # the Tag value we write ("m365-sync:<contact_key>")
+    Column("threecx_id", Integer),  # NULL while a create is pending (response not seen yet)
+    Column("status", String(16), nullable=False, default="active"),  # pending | active
+    Column("present", Boolean, nullable=False, default=False),  # found in the last 3CX snapshot
+    Column("current", _json()),  # managed fields as last read from 3CX (NULL when not present)
+    Column("duplicate_ids", _json()),  # other 3CX ids carrying the same tag (lost-create duplicates)
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    Column("read_at", UTCDateTime()),
+    Column("run_key", RUN_KEY),
     Index("ix_phonebook_map_threecx_id", "threecx_id"),
 )
 
@@ -323,11 +348,28 @@ presence_state: Final = Table(
     Column("run_key", RUN_KEY),
 )
 
+# Desired company phonebook: one row per de-duplicated person (Pbx.Contact fields, 3CX limits).
 tgt_phonebook: Final = Table(
     "tgt_phonebook",
     metadata,
-    Column("contact_key", String(256), primary_key=True),
-    Column("payload", _json()),
+    Column("contact_key", String(64), primary_key=True),
+    Column("tag", String(256), nullable=False),
+    Column("first_name", String(256)),
+    Column("last_name", String(256)),
+    Column("company_name", String(256)),
+    Column("title", String(256)),
+    Column("department", String(256)),
+    Column("email", String(320)),
+    Column("phone_number", String(64)),
+    Column("mobile2", String(64)),
+    Column("business", String(64)),
+    Column("business2", String(64)),
+    Column("home", String(64)),
+    Column("business_fax", String(64)),
+    Column("other", String(64)),
+    Column("owner_ids", _json()),  # Graph user ids holding a copy (sorted)
+    Column("copies", Integer, nullable=False, default=1),  # source contacts merged into the entry
+    Column("state", String(16), nullable=False, default="active"),
     Column("run_key", RUN_KEY),
     Column("computed_at", UTCDateTime()),
 )

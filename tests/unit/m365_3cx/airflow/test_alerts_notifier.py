@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-from email import message_from_bytes
 from email.header import decode_header, make_header
 from types import SimpleNamespace
 from typing import Any
@@ -12,37 +11,6 @@ from typing import Any
 import pytest
 
 from m365_3cx.airflow.alerts import SyncFailureNotifier
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class _Inbox:
-    def __init__(self) -> None:
-        self.messages: list[Any] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(message_from_bytes(envelope.original_content))
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp_inbox(monkeypatch: pytest.MonkeyPatch):
-    from aiosmtpd.controller import Controller
-
-    inbox = _Inbox()
-    port = _free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    monkeypatch.setenv("AIRFLOW_CONN_SMTP_ALERTS", json.dumps({
-        "conn_type": "smtp", "host": "127.0.0.1", "port": port,
-        "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "airflow@example.com"},
-    }))
-    yield inbox
-    controller.stop()
 
 
 def _context(reason: str) -> dict[str, Any]:
@@ -53,12 +21,7 @@ def _context(reason: str) -> dict[str, Any]:
     }
 
 
-def _body(message: Any) -> str:
-    parts = message.walk() if message.is_multipart() else [message]
-    return "".join(p.get_payload(decode=True).decode() for p in parts if p.get_content_type() == "text/html")
-
-
-def test_sends_alert_when_enabled(monkeypatch: pytest.MonkeyPatch, smtp_inbox: _Inbox) -> None:
+def test_sends_alert_when_enabled(monkeypatch: pytest.MonkeyPatch, smtp_inbox: Any) -> None:
     monkeypatch.setenv("AIRFLOW_VAR_M365_3CX_SETTINGS", json.dumps({
         "alerts": {"channel": "smtp", "smtp_conn_id": "smtp_alerts", "to": ["ops@example.com"]},
     }))
@@ -68,21 +31,24 @@ def test_sends_alert_when_enabled(monkeypatch: pytest.MonkeyPatch, smtp_inbox: _
     assert str(make_header(decode_header(message["Subject"]))) == (
         "[m365-3cx-sync] m365_3cx_full_sync failed in apply_extensions"
     )
-    body = _body(message)
+    body = smtp_inbox.html(message)
     assert "scheduled__2026-11-28T02:30:00+00:00" in body
     assert "9 of 40 would be disabled" in body
     assert "topsecret" not in body
 
 
-def test_off_by_default_sends_nothing(monkeypatch: pytest.MonkeyPatch, smtp_inbox: _Inbox) -> None:
+def test_off_by_default_sends_nothing(monkeypatch: pytest.MonkeyPatch, smtp_inbox: Any) -> None:
     monkeypatch.delenv("AIRFLOW_VAR_M365_3CX_SETTINGS", raising=False)
     SyncFailureNotifier().notify(_context("boom"))
     assert smtp_inbox.messages == []
 
 
 def test_unreachable_smtp_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
     monkeypatch.setenv("AIRFLOW_CONN_SMTP_DOWN", json.dumps({
-        "conn_type": "smtp", "host": "127.0.0.1", "port": _free_port(),
+        "conn_type": "smtp", "host": "127.0.0.1", "port": closed_port,
         "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "a@example.com", "retry_limit": 0,
                   "timeout": 2},
     }))
