@@ -206,6 +206,18 @@ def test_airflow_services_share_one_environment(compose: dict[str, Any]) -> None
         assert svc["user"] == ("0:0" if name == "airflow-init" else "${AIRFLOW_UID:-50000}:0")
 
 
+def test_database_urls_name_an_installed_driver(compose: dict[str, Any]) -> None:
+    """SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, which the image does not install."""
+    import importlib.util
+
+    env = airflow_services(compose)["airflow-scheduler"]["environment"]
+    for key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__RESULT_BACKEND"):
+        scheme = env[key].split("://", 1)[0].removeprefix("db+")
+        assert scheme == "postgresql+psycopg2", f"{key} must name the psycopg2 driver, got {scheme}"
+    assert importlib.util.find_spec("psycopg2") is not None
+    assert importlib.util.find_spec("asyncpg") is not None, "Airflow 3.3 opens PostgreSQL with asyncpg too"
+
+
 def test_jwt_secret_is_required_not_defaulted(compose: dict[str, Any]) -> None:
     value = airflow_services(compose)["airflow-apiserver"]["environment"]["AIRFLOW__API_AUTH__JWT_SECRET"]
     assert variables(value) == [("AIRFLOW__API_AUTH__JWT_SECRET", ":?", "set AIRFLOW__API_AUTH__JWT_SECRET in .env")]

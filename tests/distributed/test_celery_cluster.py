@@ -1,0 +1,189 @@
+"""A real distributed run: CeleryExecutor, Redis broker, PostgreSQL, two Celery workers.
+
+``scripts/celery_cluster.py`` starts the api-server, scheduler, dag-processor and two
+workers (``w1``, ``w2``; each with its own AIRFLOW_HOME, working directory and TMPDIR)
+plus both emulators. The sync DAGs are triggered through the REST API, as an ops tool
+would, and the outcome is checked on the 3CX emulator. Tasks of one run executed by
+both workers prove that the tasks hand over nothing but database rows (and XCom): a
+task relying on a local file written by its upstream would fail or go wrong as soon
+as the two ran on different workers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+pytestmark = [pytest.mark.distributed, pytest.mark.postgres, pytest.mark.integration]
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKERS = ("w1", "w2")
+RUN_TIMEOUT = 180.0
+
+
+def _launcher() -> ModuleType:
+    """``scripts/celery_cluster.py`` (scripts/ is not a package)."""
+    name = "m365_3cx_celery_cluster"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "celery_cluster.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """The whole cluster for this module; torn down (processes, databases, home) even on failure."""
+    launcher = _launcher()
+    started = time.monotonic()
+    instance = launcher.CeleryCluster(graph_users=40, concurrency=2)
+    try:
+        instance.start()
+    except BaseException:
+        instance.stop()
+        raise
+    print(f"\ncluster ready in {time.monotonic() - started:.1f} s (migrate done at "
+          f"{instance.timings['migrate_done']:.1f} s); home {instance.home}")
+    try:
+        yield instance
+    finally:
+        home = instance.home
+        instance.stop()
+        left = instance.leftovers()
+        assert not left, "processes left behind by the cluster:\n" + "\n".join(left)
+        assert not home.exists(), f"cluster home {home} was not removed"
+        assert not instance.databases, f"databases not dropped: {instance.databases}"
+
+
+def run_and_wait(cluster: Any, dag_id: str, conf: dict[str, Any] | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """Trigger ``dag_id`` via REST, wait for it, print its per-task table; fail with logs unless success."""
+    started = time.monotonic()
+    run_id = cluster.trigger(dag_id, conf)
+    state = cluster.wait(dag_id, run_id, timeout=RUN_TIMEOUT)
+    tis = cluster.task_instances(dag_id, run_id)
+    print(f"\n{dag_id} {run_id}: {state} in {time.monotonic() - started:.1f} s")
+    print(cluster.format_table(tis))
+    if state != "success":
+        logs = []
+        for ti in tis:
+            if ti.get("state") in ("failed", "upstream_failed", "up_for_retry") and ti.get("try_number"):
+                text = cluster.task_log(dag_id, run_id, ti["task_id"], ti["try_number"], ti.get("map_index", -1))
+                logs.append(f"----- {ti['task_id']}[{ti.get('map_index', -1)}] -----\n{text[-4000:]}")
+        pytest.fail(f"{dag_id} run {run_id} ended {state}\n{cluster.format_table(tis)}\n" + "\n".join(logs)
+                    + f"\n{cluster.logs_report()}")
+    return run_id, tis
+
+
+def worker_of(ti: dict[str, Any]) -> str | None:
+    """``w1``/``w2`` from the task instance's hostname (``w1@<host>``), None when it did not run."""
+    hostname = ti.get("hostname") or ""
+    node = hostname.split("@", 1)[0]
+    return node if node in WORKERS and "@" in hostname else None
+
+
+def pbx_users(cluster: Any) -> dict[str, dict[str, Any]]:
+    return {u["Number"]: u for u in cluster.threecx_admin("GET", "state")["users"]}
+
+
+def managed_members(cluster: Any) -> list[dict[str, Any]]:
+    """Graph users the settings put in 3CX: enabled, not deleted members."""
+    return [u for u in cluster.graph_admin("GET", "state")["users"]
+            if u.get("accountEnabled") and not u.get("deleted") and u.get("userType", "Member") != "Guest"]
+
+
+def last_counts(cluster: Any, dag_id: str) -> dict[str, Any]:
+    """``counts`` of the newest ``sync_runs`` row of ``dag_id`` in the cluster's staging database."""
+    engine = sa.create_engine(cluster._pg_url(cluster.staging_db))
+    try:
+        with engine.connect() as conn:
+            counts = conn.execute(sa.text(
+                "SELECT counts FROM sync_runs WHERE dag_id = :d ORDER BY started_at DESC LIMIT 1"
+            ), {"d": dag_id}).scalar_one()
+    finally:
+        engine.dispose()
+    return counts if isinstance(counts, dict) else json.loads(counts or "{}")
+
+
+def test_full_sync_then_delta_on_two_celery_workers(cluster: Any) -> None:
+    began = time.monotonic()
+    before = pbx_users(cluster)
+    expected = [u for u in managed_members(cluster) if u.get("mail")]
+    assert expected, "the Graph emulator has no managed users with mail"
+
+    # -- full sync ---------------------------------------------------------------------------------
+    _, full_tis = run_and_wait(cluster, "m365_3cx_full_sync")
+    after_full = pbx_users(cluster)
+    by_mail = {u.get("EmailAddress"): u for u in after_full.values()}
+    for user in expected:
+        ext = by_mail.get(user["mail"].lower())
+        assert ext is not None, f"no 3CX extension for {user['userPrincipalName']}"
+        assert ext["Enabled"] is True, ext
+        assert ext["LastName"] == user["surname"], ext
+    assert len(after_full) == len(before) + len(managed_members(cluster))
+    for number, unmanaged in before.items():
+        assert after_full[number] == unmanaged, f"unmanaged extension {number} was modified by the full sync"
+
+    # -- change the tenant, delta ------------------------------------------------------------------
+    renamed, disabled = expected[0], expected[1]
+    cluster.graph_admin("PATCH", f"users/{renamed['id']}", json={"surname": "Distributed-Renamed"})
+    cluster.graph_admin("POST", f"users/{disabled['id']}/disable")
+    _, delta_tis = run_and_wait(cluster, "m365_3cx_delta")
+
+    after_delta = pbx_users(cluster)
+    by_mail = {u.get("EmailAddress"): u for u in after_delta.values()}
+    renamed_ext = by_mail[renamed["mail"].lower()]
+    disabled_ext = by_mail[disabled["mail"].lower()]
+    assert renamed_ext["LastName"] == "Distributed-Renamed", renamed_ext
+    assert renamed_ext["Enabled"] is True, renamed_ext
+    assert disabled_ext["Enabled"] is False, disabled_ext
+    changed = {renamed_ext["Number"], disabled_ext["Number"]}
+    assert set(after_delta) == set(after_full), "the delta created or removed extensions"
+    for number, ext in after_full.items():
+        if number not in changed:
+            assert after_delta[number] == ext, f"extension {number} changed although its user did not"
+    counts = last_counts(cluster, "m365_3cx_delta")
+    assert counts["extract"]["mode"] == "delta", counts  # the delta link was found in the database
+    assert counts["apply"]["updated"] == 1, counts
+    assert counts["apply"]["disabled"] == 1, counts
+
+    # -- where the tasks ran -----------------------------------------------------------------------
+    spread: dict[str, set[str]] = {}
+    for dag_id, tis in (("m365_3cx_full_sync", full_tis), ("m365_3cx_delta", delta_tis)):
+        ran = [ti for ti in tis if ti.get("state") == "success"]
+        unknown = [ti["task_id"] for ti in ran if worker_of(ti) is None]
+        assert not unknown, f"{dag_id}: tasks with no w1/w2 hostname: {unknown}"
+        for ti in ran:  # Celery's own logs must agree with the hostname the task reported
+            assert cluster.celery_workers_of(ti["id"]) == [worker_of(ti)], (
+                f"{dag_id} {ti['task_id']}: hostname {ti.get('hostname')} but Celery logs show "
+                f"{cluster.celery_workers_of(ti['id'])}")
+        spread[dag_id] = {worker_of(ti) for ti in ran}  # type: ignore[misc]
+        mapped = [ti for ti in tis if ti.get("map_index", -1) >= 0]
+        print(f"{dag_id}: workers {sorted(spread[dag_id])}; "
+              + ", ".join(f"{w}: {sum(worker_of(ti) == w for ti in ran)} tasks" for w in WORKERS)
+              + (f"; {len(mapped)} mapped task instances on "
+                 f"{sorted({worker_of(ti) for ti in mapped if worker_of(ti)})}" if mapped else "; no mapped tasks"))
+    assert any(workers == set(WORKERS) for workers in spread.values()), (
+        f"no run had tasks on both workers: {spread}\n{cluster.logs_report()}")
+    # Mapped per-user shards: more shards are queued at once than one worker may hold (concurrency 2,
+    # prefetch 1, acks late), so the shards of a mapped task must land on both workers.
+    shards: dict[str, set[str]] = {}
+    for dag_id, tis in (("m365_3cx_full_sync", full_tis), ("m365_3cx_delta", delta_tis)):
+        for ti in tis:
+            if ti.get("map_index", -1) >= 0 and worker_of(ti):
+                shards.setdefault(f"{dag_id}.{ti['task_id']}", set()).add(worker_of(ti))  # type: ignore[arg-type]
+    assert "m365_3cx_full_sync.contacts.extract_contacts" in shards, f"no mapped contact shards ran: {shards}"
+    assert any(workers == set(WORKERS) for workers in shards.values()), (
+        f"mapped shards did not spread across both workers: {shards}")
+    print(f"test body (two runs + checks) took {time.monotonic() - began:.1f} s")
