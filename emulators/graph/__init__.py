@@ -6,6 +6,7 @@ it in the foreground and prints one JSON line describing how to reach it.
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,13 @@ __all__ = ["build", "describe", "start"]
 
 
 def build(tls_dir: str | Path, *, seed: int = 42, users: int = 40, delta_token_max_age: float = 7 * 24 * 3600,
-          token_lifetime: int = 3599, domain: str | None = None, fault_seed: int | None = None) -> tuple[Any, Any, Any]:
+          token_lifetime: int = 3599, domain: str | None = None, fault_seed: int | None = None,
+          contacts_per_user: int = 5, events_per_user: int = 8, now: str | dt.datetime | None = None,
+          outlook_token_max_age: float = 7 * 24 * 3600) -> tuple[Any, Any, Any]:
     """Create TLS files, the app certificate, the backend and the ASGI app.
+
+    ``now`` (ISO 8601 string or datetime; naive = UTC) anchors the seeded calendars; default is the
+    current time rounded down to the hour.
 
     :return: ``(asgi_app, backend, tls_files)``.
     """
@@ -24,13 +30,19 @@ def build(tls_dir: str | Path, *, seed: int = 42, users: int = 40, delta_token_m
     from emulators.common.tls import ensure_tls
     from emulators.graph import identity
     from emulators.graph.app import create_app
+    from emulators.graph.mailbox import MailboxOptions
     from emulators.graph.seed import DEFAULT_DOMAIN
     from emulators.graph.state import TenantBackend
+
+    anchor = dt.datetime.fromisoformat(now.replace("Z", "+00:00")) if isinstance(now, str) else now
+    options = MailboxOptions(contacts_per_user=contacts_per_user, events_per_user=events_per_user, now=anchor,
+                             token_max_age=outlook_token_max_age)
 
     tls = ensure_tls(tls_dir)
     cert_path, _ = identity.ensure_app_certificate(tls_dir)
     backend = TenantBackend(seed, users, domain=domain or DEFAULT_DOMAIN,
-                            delta_token_max_age=delta_token_max_age, token_lifetime=token_lifetime)
+                            delta_token_max_age=delta_token_max_age, token_lifetime=token_lifetime,
+                            mailbox_options=options)
     backend.register_certificate(identity.certificate_der(cert_path))
     app = create_app(backend, faults=FaultPlan(seed if fault_seed is None else fault_seed))
     return app, backend, tls
@@ -62,7 +74,9 @@ def start(tls_dir: str | Path, *, seed: int = 42, users: int = 40, host: str = "
     :param users: number of seeded users.
     :param host: interface to bind; :param port: 0 picks a free port.
     :param delta_token_max_age: seconds a delta token stays valid (Graph: 7 days).
-    :param opts: ``token_lifetime`` (access token seconds, default 3599), ``domain``, ``fault_seed``.
+    :param opts: ``token_lifetime`` (access token seconds, default 3599), ``domain``, ``fault_seed``,
+        ``contacts_per_user`` (5), ``events_per_user`` (8), ``now`` (ISO string; seeded calendars are
+        relative to it), ``outlook_token_max_age`` (seconds an Outlook delta token lives, 7 days).
     :return: handle with ``info`` (the CLI start line), ``backend`` and ``admin()``.
     :raises RuntimeError: when the server does not start.
     """

@@ -16,6 +16,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--delta-token-max-age", type=float, default=7 * 24 * 3600, metavar="SECONDS")
     parser.add_argument("--token-lifetime", type=int, default=3599, metavar="SECONDS")
     parser.add_argument("--domain", default=None)
+    parser.add_argument("--contacts-per-user", type=int, default=5)
+    parser.add_argument("--events-per-user", type=int, default=8)
+    parser.add_argument("--now", default=None, help="ISO 8601 anchor of the seeded calendars (default: now)")
+    parser.add_argument("--outlook-token-max-age", type=float, default=7 * 24 * 3600, metavar="SECONDS")
     args = parser.parse_args(argv)
 
     from emulators.common.server import serve_forever
@@ -23,7 +27,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     app, backend, tls = build(args.tls_dir, seed=args.seed, users=args.users,
                               delta_token_max_age=args.delta_token_max_age,
-                              token_lifetime=args.token_lifetime, domain=args.domain)
+                              token_lifetime=args.token_lifetime, domain=args.domain,
+                              contacts_per_user=args.contacts_per_user, events_per_user=args.events_per_user,
+                              now=args.now, outlook_token_max_age=args.outlook_token_max_age)
     serve_forever(app, tls, args.host, args.port,
                   announce=lambda url, _port: describe(url, backend, args.tls_dir, tls))
 

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emulators.common.faults import FaultMiddleware, FaultPlan, RequestCounters
-from emulators.graph import admin, errors, identity, routes
+from emulators.graph import admin, batch, errors, identity, mailbox_admin, mailbox_routes, routes
 from emulators.graph.state import TenantBackend
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -114,11 +114,15 @@ def create_app(backend: TenantBackend, *, faults: FaultPlan | None = None,
     api.state.counters = counters or RequestCounters()
     _install_handlers(api)
     api.include_router(admin.router)
+    api.include_router(mailbox_admin.router)
     api.include_router(identity.router)
+    api.include_router(batch.router)
+    api.include_router(mailbox_routes.router)
     api.include_router(routes.router)
     wrapped = RequestIdMiddleware(FaultMiddleware(
         api, plan=api.state.faults, counters=api.state.counters, route_key=route_key,
         render_error=errors.render_fault,
     ))
     wrapped.fastapi = api  # type: ignore[attr-defined]
+    api.state.asgi = wrapped  # $batch replays inner requests through the whole stack
     return wrapped

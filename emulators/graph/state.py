@@ -24,6 +24,7 @@ from typing import Any
 
 from emulators.graph import query
 from emulators.graph import seed as seeding
+from emulators.graph.mailbox import Mailbox, MailboxNotEnabled, MailboxOptions, MailboxStore, UnknownUser
 
 CHANGE_KINDS = ("created", "updated", "soft_deleted", "hard_deleted", "restored")
 READ_ONLY = frozenset({"id", "createdDateTime"})
@@ -203,8 +204,10 @@ class TenantBackend:
     """
 
     def __init__(self, seed: int = 42, users: int = 40, *, domain: str = seeding.DEFAULT_DOMAIN,
-                 delta_token_max_age: float = 7 * 24 * 3600, token_lifetime: int = 3599) -> None:
+                 delta_token_max_age: float = 7 * 24 * 3600, token_lifetime: int = 3599,
+                 mailbox_options: MailboxOptions | None = None) -> None:
         self._lock = threading.RLock()
+        self.mailboxes = MailboxStore(seed, mailbox_options)
         self.seed = seed
         self.user_count = users
         self.domain = domain
@@ -230,6 +233,7 @@ class TenantBackend:
         self.generation = 0
         self.epoch = uuid.uuid4().hex[:12]
         self._rng = random.Random(f"{self.seed}/runtime")
+        self.mailboxes.reseed(self.seed, [r.props for r in sorted(self._users.values(), key=lambda r: r.seq)])
 
     def reset(self, seed: int | None = None, users: int | None = None) -> None:
         """Reseed users and groups (the app registration and issued access tokens are kept).
@@ -271,6 +275,21 @@ class TenantBackend:
         """An active user by id or userPrincipalName. :raises NotFound:"""
         with self._lock:
             return copy.deepcopy(self._find(key).props)
+
+    def mailbox_for(self, key: str) -> Mailbox:
+        """The mailbox of a user given by id or UPN.
+
+        :raises UnknownUser: no such user. :raises MailboxNotEnabled: guest, no mail or soft-deleted.
+        """
+        with self._lock:
+            try:
+                record = self._find(key, include_deleted=True)
+            except NotFound:
+                raise UnknownUser(key) from None
+            if record.deleted is not None:
+                raise MailboxNotEnabled(key)
+            props = record.props
+        return self.mailboxes.mailbox(props)
 
     def get_group(self, group_id: str) -> dict[str, Any]:
         """:raises NotFound:"""

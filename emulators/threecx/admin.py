@@ -70,6 +70,19 @@ def build_admin_router(backend: PbxBackend, plan: FaultPlan, counters: RequestCo
         backend.delete_user(user_id)
         return Response(status_code=204)
 
+    @router.post("/contacts")
+    async def create_contact(request: Request) -> JSONResponse:
+        return JSONResponse(backend.create_contact(await _json_body(request)), status_code=201)
+
+    @router.patch("/contacts/{contact_id}")
+    async def update_contact(request: Request, contact_id: int) -> JSONResponse:
+        return JSONResponse(backend.update_contact(contact_id, await _json_body(request)))
+
+    @router.delete("/contacts/{contact_id}")
+    async def delete_contact(contact_id: int) -> Response:
+        backend.delete_contact(contact_id)
+        return Response(status_code=204)
+
     @router.get("/faults")
     async def list_faults() -> JSONResponse:
         return JSONResponse({"faults": plan.rules()})

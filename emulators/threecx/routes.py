@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from emulators.threecx import odata
+from emulators.threecx.contacts import CONTACT_TYPE
 from emulators.threecx.errors import BadRequest, TokenError
 from emulators.threecx.state import GROUP_TYPE, USER_TYPE, PbxBackend
 
@@ -195,6 +196,51 @@ def build_router(backend: PbxBackend) -> APIRouter:
         if kind != "Id":
             raise BadRequest(f"The key value '{key}' is not valid for the entity set.")
         return entity(request, backend.get_group(value), GROUP_TYPE, "Groups")
+
+    def contact_id(key: str) -> int:
+        kind, value = _parse_key(key)
+        if kind != "Id":
+            raise BadRequest(f"The key value '{key}' is not valid for the entity set.")
+        return int(value)
+
+    @router.get(XAPI + "/Contacts")
+    async def list_contacts(request: Request) -> JSONResponse:
+        authorize(request)
+        return collection(request, backend.list_contacts(), CONTACT_TYPE, "Contacts")
+
+    @router.post(XAPI + "/Contacts/Pbx.DeleteContactsById")
+    async def delete_contacts_by_id(request: Request) -> Response:
+        authorize(request)
+        body = await _json_body(request)
+        if not isinstance(body, dict) or "ids" not in body:
+            raise BadRequest("The parameter 'ids' is missing.")
+        backend.delete_contacts(body["ids"])
+        return Response(status_code=204)
+
+    @router.post(XAPI + "/Contacts")
+    async def create_contact(request: Request) -> JSONResponse:
+        authorize(request)
+        created = backend.create_contact(await _json_body(request))
+        location = f"{str(request.base_url).rstrip('/')}{XAPI}/Contacts({created['Id']})"
+        return odata_json({"@odata.context": _context(request, "Contacts/$entity"), **created},
+                          status=201, headers={"Location": location})
+
+    @router.get(XAPI + "/Contacts({key})")
+    async def get_contact(request: Request, key: str) -> JSONResponse:
+        authorize(request)
+        return entity(request, backend.get_contact(contact_id(key)), CONTACT_TYPE, "Contacts")
+
+    @router.patch(XAPI + "/Contacts({key})")
+    async def update_contact(request: Request, key: str) -> Response:
+        authorize(request)
+        backend.update_contact(contact_id(key), await _json_body(request))
+        return Response(status_code=204)
+
+    @router.delete(XAPI + "/Contacts({key})")
+    async def delete_contact(request: Request, key: str) -> Response:
+        authorize(request)
+        backend.delete_contact(contact_id(key))
+        return Response(status_code=204)
 
     @router.get(XAPI + "/SystemStatus")
     async def system_status(request: Request) -> JSONResponse:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from emulators.threecx import errors as e
+from emulators.threecx.contacts import ContactStore
 from emulators.threecx.errors import BadRequest, NotFound, ValidationError, XapiError
 from emulators.threecx.odata import EntityType, register
 from emulators.threecx.seed import client_secret_for, random_text, seed_backend
@@ -182,7 +183,10 @@ class PbxBackend:
             self._next_ids: dict[str, int] = {"membership": 1, "profile": 1}
             self._tokens: dict[str, Token] = {}
             self.tokens_issued = 0
+            self._contacts = ContactStore()
             seed_backend(self, unmanaged=self.unmanaged)
+            if self.unmanaged:
+                self._contacts.seed()
 
     def announce(self, base_url: str, ca_bundle: Any) -> dict[str, Any]:
         """The CLI start line / ``handle.info``."""
@@ -548,6 +552,38 @@ class PbxBackend:
             "OfficeHoursAutoQueueLogOut": False,
         }
 
+    # ------------------------------------------------------------ contacts (company phonebook)
+
+    def list_contacts(self) -> list[dict[str, Any]]:
+        """Every ``Pbx.Contact``, by Id."""
+        with self.lock:
+            return self._contacts.list()
+
+    def get_contact(self, contact_id: int) -> dict[str, Any]:
+        """:raises NotFound:"""
+        with self.lock:
+            return self._contacts.get(contact_id)
+
+    def create_contact(self, body: Any) -> dict[str, Any]:
+        """:raises ValidationError: :raises BadRequest:"""
+        with self.lock:
+            return self._contacts.create(body)
+
+    def update_contact(self, contact_id: int, body: Any) -> dict[str, Any]:
+        """PATCH semantics; a 400 changes nothing. :raises NotFound: :raises ValidationError:"""
+        with self.lock:
+            return self._contacts.update(contact_id, body)
+
+    def delete_contact(self, contact_id: int) -> None:
+        """:raises NotFound:"""
+        with self.lock:
+            self._contacts.delete(contact_id)
+
+    def delete_contacts(self, ids: Any) -> int:
+        """``Pbx.DeleteContactsById``: unknown ids are skipped. :raises BadRequest:"""
+        with self.lock:
+            return self._contacts.delete_many(ids)
+
     # ------------------------------------------------------------ system
 
     def system_status(self) -> dict[str, Any]:
@@ -572,7 +608,7 @@ class PbxBackend:
                 view["Protected"] = rec.protected
                 users.append(view)
             return {
-                "users": users, "groups": self.list_groups(),
+                "users": users, "groups": self.list_groups(), "contacts": self._contacts.list(),
                 "tokens": {"live": self.live_tokens(), "issued": self.tokens_issued},
                 "config": asdict(self.config), "seed": self.seed, "unmanaged": self.unmanaged,
                 "client_id": self.client_id, "token_lifetime": self.token_lifetime,
