@@ -119,13 +119,14 @@ def build_router(backend: PbxBackend) -> APIRouter:
     @router.get(XAPI + "/Users")
     async def list_users(request: Request) -> JSONResponse:
         authorize(request)
-        return collection(request, backend.list_users(), USER_TYPE, "Users")
+        expand = odata.parse_shape(USER_TYPE, None, _params(request).get("$expand")).expand
+        return collection(request, backend.list_users(expand=set(expand)), USER_TYPE, "Users")
 
     @router.get(XAPI + "/Users/$count")
     async def count_users(request: Request) -> PlainTextResponse:
         authorize(request)
         params = {"$filter": request.query_params.get("$filter", ""), "$top": "0"}
-        _, matched, _ = odata.query_collection(backend.list_users(), params, USER_TYPE)
+        _, matched, _ = odata.query_collection(backend.list_users(expand=()), params, USER_TYPE)
         return PlainTextResponse(str(matched))
 
     @router.get(XAPI + "/Users/Pbx.GetFirstAvailableExtensionNumber()")
