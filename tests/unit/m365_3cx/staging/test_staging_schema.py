@@ -64,7 +64,8 @@ CONTRACT_TABLES = {
         "run_key",
         "computed_at",
     },
-    "sync_runs": {"run_key", "dag_id", "run_id", "mode", "dry_run", "status", "started_at", "finished_at", "counts"},
+    "sync_runs": {"run_key", "dag_id", "run_id", "mode", "dry_run", "status", "started_at", "finished_at", "counts",
+                  "last_error"},
     "sync_plan": {
         "run_key",
         "seq",

@@ -1,0 +1,161 @@
+"""The contacts -> company phonebook task group, shared by the full and the delta DAG.
+
+``contacts_sync(mode)`` builds::
+
+    contact_shards -> extract_contacts (mapped over shards of users, pool graph_api)
+        -> snapshot_phonebook (pool threecx_api) -> transform_phonebook -> plan_phonebook
+        -> apply_phonebook (pool threecx_api)
+
+Shards are a few hundred users (``settings.contacts.shard_size``, default 200), never one
+task per user; XCom carries only shard descriptors (``{"shard", "of", "first", "last"}``)
+and counts. Each mapped instance is named by its user range (``map_index_template``).
+Task bodies make one call into :mod:`m365_3cx.pipeline.contacts`; fatal errors fail the
+task without retries (:func:`~m365_3cx.airflow.runtime.fatal_errors_fail_the_task`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from airflow.sdk import get_current_context, task, task_group
+
+from m365_3cx.airflow.dag_defaults import (
+    GRAPH_POOL,
+    STG_CONTACTS,
+    TGT_PHONEBOOK,
+    THREECX_PHONEBOOK,
+    THREECX_POOL,
+)
+from m365_3cx.airflow.hooks import GraphHook, StagingHook, ThreeCXHook
+from m365_3cx.airflow.runtime import fatal_errors_fail_the_task, load_settings, run_info, utcnow
+
+__all__ = ["contacts_sync"]
+
+
+@contextlib.contextmanager
+def _staging() -> Iterator[Any]:
+    engine = StagingHook().get_engine()
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def _client(hook: Any) -> Iterator[Any]:
+    client = hook.get_client()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _effective_mode(context: Any, mode: str) -> str:
+    params = context.get("params") or {}
+    return "full" if params.get("full_resync") else mode
+
+
+def run_contact_shards(mode: str) -> list[dict[str, Any]]:
+    """Shard descriptors of the eligible users (at least one, so cleanup still runs)."""
+    from m365_3cx.pipeline.contacts import contact_shards
+
+    settings = load_settings()
+    with fatal_errors_fail_the_task(), _staging() as engine:
+        return contact_shards(engine, settings)
+
+
+def run_extract_contacts(mode: str, shard: dict[str, Any]) -> dict[str, Any]:
+    """Graph contacts of one shard of users -> ``stg_contacts`` (batched; delta with per-stream fallback)."""
+    from m365_3cx.pipeline.contacts import extract_contacts, shard_label
+
+    context = get_current_context()
+    context["shard_label"] = shard_label(shard)  # type: ignore[index]  # rendered by map_index_template
+    effective = _effective_mode(context, mode)
+    run = run_info(context, mode)
+    settings = load_settings()
+    with fatal_errors_fail_the_task(), _staging() as engine, _client(GraphHook()) as graph:
+        return extract_contacts(engine, graph, settings, run.run_key, effective, shard, utcnow())
+
+
+def run_snapshot_phonebook(mode: str) -> dict[str, int]:
+    """3CX company phonebook (one paged read) -> ``phonebook_map`` matches."""
+    from m365_3cx.pipeline.contacts import snapshot_phonebook
+
+    run = run_info(get_current_context(), mode)
+    settings = load_settings()
+    with fatal_errors_fail_the_task(), _staging() as engine, _client(ThreeCXHook()) as threecx:
+        return snapshot_phonebook(engine, threecx, settings, run.run_key, utcnow())
+
+
+def run_transform_phonebook(mode: str) -> dict[str, int]:
+    """``stg_contacts`` -> ``tgt_phonebook`` (pandas)."""
+    from m365_3cx.pipeline.contacts import transform_phonebook
+
+    run = run_info(get_current_context(), mode)
+    settings = load_settings()
+    with fatal_errors_fail_the_task(), _staging() as engine:
+        return transform_phonebook(engine, settings, run.run_key, utcnow())
+
+
+def run_plan_phonebook(mode: str) -> dict[str, int]:
+    """Desired vs managed 3CX contacts -> ``sync_plan`` (object type ``contact``)."""
+    from m365_3cx.pipeline.contacts import plan_phonebook
+
+    run = run_info(get_current_context(), mode)
+    with fatal_errors_fail_the_task(), _staging() as engine:
+        return plan_phonebook(engine, run.run_key)
+
+
+def run_apply_phonebook(mode: str) -> dict[str, int]:
+    """Execute the phonebook plan (guarded, audited; ``dry_run`` writes nothing)."""
+    from m365_3cx.pipeline.contacts import apply_phonebook
+
+    context = get_current_context()
+    params = context.get("params") or {}
+    run = run_info(context, mode)
+    settings = load_settings()
+    with fatal_errors_fail_the_task(), _staging() as engine, _client(ThreeCXHook()) as threecx:
+        return apply_phonebook(
+            engine, threecx, settings, run.run_key, utcnow(),
+            dry_run=bool(params.get("dry_run", False)),
+            allow_mass_removal=bool(params.get("allow_mass_removal", False)),
+        )
+
+
+@task_group(group_id="contacts", tooltip="Outlook contacts -> 3CX company phonebook")
+def contacts_sync(mode: str) -> None:
+    """Build the contacts task group for a DAG running in ``mode`` (``full`` or ``delta``).
+
+    Use as ``extracted >> contacts_sync(MODE) >> finished``.
+
+    :param mode: ``full`` (initial delta rounds, set-difference deletes) or ``delta``.
+    """
+
+    @task
+    def contact_shards() -> list[dict[str, Any]]:
+        return run_contact_shards(mode)
+
+    @task(pool=GRAPH_POOL, outlets=[STG_CONTACTS], map_index_template="{{ shard_label }}")
+    def extract_contacts(shard: dict[str, Any]) -> dict[str, Any]:
+        return run_extract_contacts(mode, shard)
+
+    @task(pool=THREECX_POOL)
+    def snapshot_phonebook() -> dict[str, int]:
+        return run_snapshot_phonebook(mode)
+
+    @task(inlets=[STG_CONTACTS], outlets=[TGT_PHONEBOOK])
+    def transform_phonebook() -> dict[str, int]:
+        return run_transform_phonebook(mode)
+
+    @task
+    def plan_phonebook() -> dict[str, int]:
+        return run_plan_phonebook(mode)
+
+    @task(pool=THREECX_POOL, inlets=[TGT_PHONEBOOK], outlets=[THREECX_PHONEBOOK])
+    def apply_phonebook() -> dict[str, int]:
+        return run_apply_phonebook(mode)
+
+    extracted = extract_contacts.expand(shard=contact_shards())
+    extracted >> snapshot_phonebook() >> transform_phonebook() >> plan_phonebook() >> apply_phonebook()

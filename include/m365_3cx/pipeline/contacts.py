@@ -1,0 +1,471 @@
+"""Outlook contacts -> 3CX company phonebook: the steps the contacts task group calls.
+
+Like :mod:`m365_3cx.pipeline.users`, each step reads its inputs from staging, writes its
+outputs back and returns only small counts. Extraction works on a *shard* of owners
+(eligible users ordered by UPN); all Graph reads of a shard go through ``$batch``
+(:mod:`m365_3cx.graph.batch`): one inner request per (user, folder) stream per page
+round, at most 20 per batch and 4 per mailbox.
+
+The contacts plan lives in ``sync_plan`` under :func:`contact_plan_key` (the run key
+plus ``#contacts``), so it never races with the extensions plan of the same run;
+audit rows use the run key itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import quote
+
+from m365_3cx.errors import (
+    DeltaTokenExpiredError,
+    GraphFatalError,
+    GraphRetriableError,
+    MailboxUnavailableError,
+    RetriableError,
+)
+from m365_3cx.graph.batch import BatchRequest, classify_item, execute_batch, relative_url
+from m365_3cx.staging import contacts as crepo
+from m365_3cx.staging import repo
+from m365_3cx.staging.state import DeltaStateStore
+from m365_3cx.transform.notes import ERROR, Note, note_rows, user_note
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from m365_3cx.graph.client import GraphClient
+    from m365_3cx.reconcile.plan import Change
+    from m365_3cx.settings import Settings
+    from m365_3cx.threecx.client import ThreeCXClient
+
+log = logging.getLogger(__name__)
+
+CONTACT_HEADERS: Final[Mapping[str, str]] = {"Prefer": 'IdType="ImmutableId", odata.maxpagesize=100'}
+"""Sent with every contacts request: immutable ids (stable across folder moves), 100 per page."""
+
+MAX_PAGE_ROUNDS: Final = 10_000
+
+
+def contact_plan_key(run_key: str) -> str:
+    """The ``sync_plan.run_key`` under which a run's phonebook plan is stored."""
+    return f"{run_key[:240]}#contacts"
+
+
+@dataclass
+class _Stream:
+    """One delta stream: a user's default contacts folder or one of their contact folders."""
+
+    user_id: str
+    upn: str
+    folder_id: str | None
+    url: str = ""
+    full: bool = True
+    restarted: bool = False
+    seen: set[str] = field(default_factory=set)
+    done: bool = False
+
+    @property
+    def resource(self) -> str:
+        return crepo.contact_resource(self.user_id, self.folder_id)
+
+    def initial_url(self) -> str:
+        base = f"/users/{quote(self.user_id, safe='')}"
+        if self.folder_id is not None:
+            base += f"/contactFolders/{quote(self.folder_id, safe='')}"
+        return f"{base}/contacts/delta?$select={','.join(crepo.GRAPH_CONTACT_SELECT)}"
+
+
+@dataclass
+class _Totals:
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("users", "streams", "page_rounds", "pages", "inserted", "updated", "unchanged", "deleted", "excluded",
+         "expired", "skipped_users", "failed_users", "gone"), 0))
+    notes: list[Note] = field(default_factory=list)
+
+
+def _has_category(item: Mapping[str, Any], category: str | None) -> bool:
+    if not category:
+        return False
+    wanted = category.strip().casefold()
+    values = item.get("categories")
+    return isinstance(values, list) and any(isinstance(c, str) and c.strip().casefold() == wanted for c in values)
+
+
+def _list_folders(graph: GraphClient, users: list[dict[str, Any]], totals: _Totals,
+                  skipped: set[str]) -> dict[str, list[dict[str, Any]]]:
+    """Contact folders per user, all users of the shard batched together (follows next links)."""
+    folders: dict[str, list[dict[str, Any]]] = {u["user_id"]: [] for u in users}
+    labels = {u["user_id"]: u["user_principal_name"] for u in users}
+    pending = {u["user_id"]: f"/users/{quote(u['user_id'], safe='')}/contactFolders?$select=id,displayName&$top=100"
+               for u in users}
+    rounds = 0
+    while pending:
+        rounds += 1
+        if rounds > MAX_PAGE_ROUNDS:
+            raise GraphFatalError("contactFolders paging did not end", code="PaginationLoop")
+        ids = sorted(pending)
+        requests = [BatchRequest(id=str(i), url=pending[uid], headers=CONTACT_HEADERS, mailbox=uid)
+                    for i, uid in enumerate(ids)]
+        responses = execute_batch(graph, requests)
+        nxt: dict[str, str] = {}
+        for i, uid in enumerate(ids):
+            response = responses[str(i)]
+            error = classify_item(response)
+            if error is None:
+                body = response.body if isinstance(response.body, Mapping) else {}
+                folders[uid].extend(f for f in body.get("value") or [] if isinstance(f, Mapping) and f.get("id"))
+                link = body.get("@odata.nextLink")
+                if isinstance(link, str) and link:
+                    nxt[uid] = relative_url(link, graph.credentials.graph_url)
+                continue
+            _user_failed(uid, labels[uid], error, totals, skipped)
+        pending = nxt
+    return folders
+
+
+def _user_failed(user_id: str, label: str, error: Exception, totals: _Totals, skipped: set[str]) -> None:
+    """Skip a user's contacts for this run with a note; raise what must fail the task."""
+    if isinstance(error, RetriableError):
+        raise error
+    if user_id in skipped:
+        return
+    skipped.add(user_id)
+    totals.counts["skipped_users"] += 1
+    if isinstance(error, MailboxUnavailableError):
+        log.info("contacts: user %s has no Exchange Online mailbox; skipped", user_id)
+        totals.notes.append(user_note(user_id, label, "mailbox",
+                                      "has no Exchange Online mailbox (MailboxNotEnabledForRESTAPI); contacts skipped"))
+        return
+    totals.counts["failed_users"] += 1
+    log.warning("contacts: reading the contacts of user %s failed (status %s); skipped this run",
+                user_id, getattr(error, "status", None))
+    totals.notes.append(user_note(user_id, label, "contacts", f"contacts not read this run: {error}", ERROR))
+
+
+def _streams_for(users: list[dict[str, Any]], settings: Settings, folders: dict[str, list[dict[str, Any]]],
+                 skipped: set[str]) -> list[_Stream]:
+    mode = settings.contacts.personal_contacts
+    wanted = settings.contacts.folder_name.strip().casefold()
+    streams: list[_Stream] = []
+    for user in users:
+        uid, upn = user["user_id"], user["user_principal_name"]
+        if uid in skipped:
+            continue
+        if mode == "all":
+            streams.append(_Stream(uid, upn, None))
+            streams.extend(_Stream(uid, upn, str(f["id"])) for f in folders.get(uid, []))
+        elif mode == "folder":
+            streams.extend(_Stream(uid, upn, str(f["id"])) for f in folders.get(uid, [])
+                           if str(f.get("displayName") or "").strip().casefold() == wanted)
+    return streams
+
+
+def extract_contacts(
+    engine: Engine,
+    graph: GraphClient,
+    settings: Settings,
+    run_key: str,
+    mode: str,
+    shard: Mapping[str, Any],
+    now: datetime,
+) -> dict[str, Any]:
+    """Bring the ``stg_contacts`` rows of one shard of owners up to date from Graph.
+
+    ``full`` runs an initial delta round per stream (everything, plus a fresh delta link)
+    and soft-deletes what the round did not return; ``delta`` follows each stream's stored
+    link (an expired one falls back to a full round of that stream only). Every page round's
+    rows commit with the delta links that round finished. Contacts carrying the exclusion
+    category are never staged (and removed when a staged contact gets it). Streams no longer
+    read (folder removed, ``personal_contacts`` changed, ``off``) lose their staged contacts.
+
+    :param shard: a descriptor from :func:`contact_shards` (``first``/``last`` UPN).
+    :return: counts (users, streams, page rounds, inserted/updated/unchanged/deleted, excluded,
+        expired links, skipped users, contacts of streams gone).
+    :raises GraphRetriableError: items still throttled after the batch's retry rounds (task retry).
+    :raises GraphFatalError: every stream of the shard failed (e.g. permission missing).
+    """
+    store = DeltaStateStore()
+    totals = _Totals()
+    with engine.connect() as conn:
+        users = crepo.shard_users(conn, shard.get("first"), shard.get("last"), settings.scope.include_guests)
+    totals.counts["users"] = len(users)
+    owner_ids = [u["user_id"] for u in users]
+    skipped: set[str] = set()
+    personal = settings.contacts.personal_contacts
+    folders = _list_folders(graph, users, totals, skipped) if personal in ("all", "folder") and users else {}
+    streams = _streams_for(users, settings, folders, skipped)
+    totals.counts["streams"] = len(streams)
+
+    with engine.begin() as conn:
+        live = {(s.user_id, s.folder_id) for s in streams}
+        gone: dict[str, list[str | None]] = {}
+        for owner, folder in crepo.staged_streams(conn, owner_ids):
+            if owner not in skipped and (owner, folder) not in live:
+                gone.setdefault(owner, []).append(folder)
+        for owner, folder_ids in gone.items():
+            totals.counts["gone"] += crepo.mark_streams_gone(conn, owner, folder_ids, run_key, now)
+        if personal == "off":
+            for owner in owner_ids:
+                crepo.clear_contact_links(conn, owner)
+        for stream in streams:
+            link = store.get(conn, stream.resource) if mode == "delta" else None
+            if link:
+                stream.url, stream.full = relative_url(link, graph.credentials.graph_url), False
+            else:
+                stream.url, stream.full = stream.initial_url(), True
+
+    _page_rounds(engine, graph, settings, store, streams, totals, skipped, run_key, now)
+    step = f"extract_contacts/{shard.get('shard', 1)}"
+    with engine.begin() as conn:
+        repo.add_notes(conn, run_key, note_rows(totals.notes, run_key, now), step=step, now=now)
+    if users and totals.counts["failed_users"] == len(users):
+        raise GraphFatalError(f"reading contacts failed for every one of {len(users)} users of the shard",
+                              code="AllMailboxesFailed")
+    counts = totals.counts
+    log.info(
+        "contacts extract shard %s: %d users, %d streams, %d page rounds, %d inserted, %d updated, %d unchanged, "
+        "%d deleted, %d excluded, %d expired links, %d users skipped",
+        shard.get("shard"), counts["users"], counts["streams"], counts["page_rounds"], counts["inserted"],
+        counts["updated"], counts["unchanged"], counts["deleted"], counts["excluded"], counts["expired"],
+        counts["skipped_users"],
+    )
+    return {"mode": mode, "shard": shard.get("shard"), **counts, "notes": len(totals.notes)}
+
+
+def _page_rounds(engine: Engine, graph: GraphClient, settings: Settings, store: DeltaStateStore,
+                 streams: list[_Stream], totals: _Totals, skipped: set[str], run_key: str, now: datetime) -> None:
+    exclude = settings.contacts.exclude_category
+    graph_url = graph.credentials.graph_url
+    for _ in range(MAX_PAGE_ROUNDS):
+        active = [s for s in streams if not s.done and s.user_id not in skipped]
+        if not active:
+            return
+        totals.counts["page_rounds"] += 1
+        requests = [BatchRequest(id=str(i), url=s.url, headers=CONTACT_HEADERS, mailbox=s.user_id)
+                    for i, s in enumerate(active)]
+        responses = execute_batch(graph, requests)
+        with engine.begin() as conn:
+            for i, stream in enumerate(active):
+                response = responses[str(i)]
+                error = classify_item(response)
+                if isinstance(error, DeltaTokenExpiredError):
+                    if stream.restarted:
+                        _user_failed(stream.user_id, stream.upn, error, totals, skipped)
+                        continue
+                    log.warning("contacts: delta link of user %s expired (status %s); full round for that stream",
+                                stream.user_id, error.status)
+                    store.clear(conn, stream.resource)
+                    stream.url, stream.full, stream.restarted = stream.initial_url(), True, True
+                    stream.seen.clear()
+                    totals.counts["expired"] += 1
+                    continue
+                if error is not None:
+                    if isinstance(error, GraphRetriableError):
+                        raise error
+                    _user_failed(stream.user_id, stream.upn, error, totals, skipped)
+                    continue
+                body = response.body if isinstance(response.body, Mapping) else {}
+                _stage_page(conn, stream, body, exclude, totals, run_key, now)
+                next_link, delta_link = body.get("@odata.nextLink"), body.get("@odata.deltaLink")
+                if isinstance(next_link, str) and next_link:
+                    stream.url = relative_url(next_link, graph_url)
+                    continue
+                stream.done = True
+                if stream.full:
+                    totals.counts["deleted"] += crepo.mark_missing_contacts_deleted(
+                        conn, stream.user_id, stream.folder_id, stream.seen, run_key, now)
+                if isinstance(delta_link, str) and delta_link:
+                    store.save(conn, stream.resource, delta_link, run_key, now=now)
+    raise GraphFatalError("contacts delta paging did not end", code="PaginationLoop")
+
+
+def _stage_page(conn: Any, stream: _Stream, body: Mapping[str, Any], exclude: str | None, totals: _Totals,
+                run_key: str, now: datetime) -> None:
+    items = [i for i in body.get("value") or [] if isinstance(i, Mapping) and i.get("id")]
+    totals.counts["pages"] += 1
+    removed = [str(i["id"]) for i in items if "@removed" in i]
+    excluded = [str(i["id"]) for i in items if "@removed" not in i and _has_category(i, exclude)]
+    rows = [crepo.contact_row_from_graph(i, stream.user_id, stream.folder_id) for i in items
+            if "@removed" not in i and not _has_category(i, exclude)]
+    stream.seen.update(row["contact_id"] for row in rows)
+    merged = crepo.merge_contacts(conn, rows, run_key, now)
+    totals.counts["inserted"] += merged.inserted
+    totals.counts["updated"] += merged.updated
+    totals.counts["unchanged"] += merged.unchanged
+    totals.counts["deleted"] += crepo.mark_contacts_deleted(conn, stream.user_id, removed, run_key, now)
+    if excluded:
+        totals.counts["excluded"] += len(excluded)
+        crepo.purge_contacts(conn, stream.user_id, excluded)
+
+
+# ----------------------------------------------------------------------------------- shards
+
+
+def contact_shards(engine: Engine, settings: Settings) -> list[dict[str, Any]]:
+    """Shard descriptors for the mapped extract task (``settings.contacts.shard_size`` users each).
+
+    :return: ``[{"shard", "of", "first", "last"}]``; at least one (an empty shard when nobody is
+        eligible or contacts are off, so downstream steps still clean up).
+    """
+    if settings.contacts.org_contacts:
+        log.warning("contacts: org_contacts is not supported yet; organisational contacts are not read")
+    with engine.connect() as conn:
+        shards = crepo.shard_descriptors(conn, settings.contacts.shard_size, settings.scope.include_guests)
+    log.info("contacts: %d shard(s) of up to %d users", len(shards), settings.contacts.shard_size)
+    return shards
+
+
+def shard_label(shard: Mapping[str, Any]) -> str:
+    """A readable name for a mapped task instance: ``3/10 a@x .. m@x``."""
+    if shard.get("first") is None:
+        return f"{shard.get('shard', 1)}/{shard.get('of', 1)} (no users)"
+    return f"{shard.get('shard')}/{shard.get('of')} {shard.get('first')} .. {shard.get('last')}"
+
+
+# ----------------------------------------------------------------------------------- 3CX side
+
+
+def snapshot_phonebook(engine: Engine, threecx: ThreeCXClient, settings: Settings, run_key: str,
+                       now: datetime) -> dict[str, int]:
+    """Read the whole 3CX company phonebook (one paged read) and match it with ``phonebook_map``.
+
+    Only the matches are stored (present, managed fields as read, duplicates, re-links of
+    creates whose response was lost); foreign contacts are counted, never stored.
+    """
+    from m365_3cx.reconcile.phonebook import match_snapshot
+
+    contacts = [c for page in threecx.list_contacts() for c in page]
+    with engine.begin() as conn:
+        mapping = repo.load_frame(conn, "phonebook_map")
+        matches, foreign = match_snapshot(mapping, contacts)
+        relinked = crepo.apply_snapshot(conn, matches, run_key, now)
+    present = sum(1 for m in matches if m.present)
+    log.info("3CX phonebook snapshot: %d contacts, %d managed present, %d foreign, %d re-linked",
+             len(contacts), present, foreign, relinked)
+    return {"contacts": len(contacts), "managed": present, "foreign": foreign, "relinked": relinked}
+
+
+def transform_phonebook(engine: Engine, settings: Settings, run_key: str, now: datetime) -> dict[str, int]:
+    """Staged contacts -> desired entries (``tgt_phonebook``) and per-record notes."""
+    from m365_3cx.transform.phonebook import PhonebookParams, desired_phonebook
+
+    with engine.connect() as conn:
+        contacts = repo.load_frame(conn, "stg_contacts", where={"deleted": False})
+        users = repo.load_frame(conn, "stg_users")
+    result = desired_phonebook(contacts, users, PhonebookParams.from_settings(settings))
+    rows = result.frame.to_dict("records")
+    with engine.begin() as conn:
+        crepo.replace_phonebook_targets(conn, rows, run_key, now)
+        repo.add_notes(conn, run_key, note_rows(result.notes, run_key, now), step="transform_phonebook", now=now)
+    log.info("phonebook transform: %d entries from %d contacts; %d skipped, %d excluded, %d notes",
+             len(rows), result.contacts_used, result.skipped, result.excluded, len(result.notes))
+    return {"entries": len(rows), "contacts": result.contacts_used, "skipped": result.skipped,
+            "excluded": result.excluded, "notes": len(result.notes)}
+
+
+def plan_phonebook(engine: Engine, run_key: str) -> dict[str, int]:
+    """Diff desired entries against the managed 3CX contacts into ``sync_plan`` (object type ``contact``)."""
+    from m365_3cx.reconcile.phonebook import plan_phonebook as plan
+    from m365_3cx.reconcile.plan import plan_rows
+
+    with engine.connect() as conn:
+        desired = repo.load_frame(conn, "tgt_phonebook")
+        mapping = repo.load_frame(conn, "phonebook_map")
+    result = plan(desired, mapping)
+    with engine.begin() as conn:
+        repo.save_plan(conn, contact_plan_key(run_key), plan_rows(result.changes, contact_plan_key(run_key)))
+        crepo.forget_entries(conn, result.forget)
+    counts = {"create": 0, "update": 0, "delete": 0}
+    for change in result.changes:
+        counts[change.action] += 1
+    log.info("phonebook plan: %d create, %d update, %d delete of %d managed entries; %d forgotten",
+             counts["create"], counts["update"], counts["delete"], result.managed_count, len(result.forget))
+    return {**counts, "managed": result.managed_count, "forgotten": len(result.forget)}
+
+
+def _load_contact_changes(conn: Any, run_key: str) -> list[tuple[int, Change]]:
+    from m365_3cx.reconcile.plan import Change
+
+    changes = []
+    for row in repo.load_plan(conn, contact_plan_key(run_key), statuses=("planned", "failed", "skipped", "dry_run")):
+        fields = {name: (pair[0], pair[1]) for name, pair in (row["changes"] or {}).items()}
+        changes.append((row["seq"], Change(
+            action=row["action"], object_key=row["object_key"], number=row["number"] or "",
+            threecx_id=row["threecx_id"], fields=fields, reason=row["reason"] or "", object_type="contact",
+        )))
+    return changes
+
+
+def apply_phonebook(
+    engine: Engine,
+    threecx: ThreeCXClient,
+    settings: Settings,
+    run_key: str,
+    now: datetime,
+    *,
+    dry_run: bool,
+    allow_mass_removal: bool,
+) -> dict[str, int]:
+    """Execute the stored phonebook plan: mass-removal guard first, then each change, audited.
+
+    :raises MassRemovalError: before any write, when the plan deletes too many managed entries.
+    :raises RetriableError: the PBX failed transiently (the changes not tried stay ``skipped``).
+    """
+    import sqlalchemy as sa
+
+    from m365_3cx.reconcile.apply import Outcome, audit_rows, check_mass_removal
+    from m365_3cx.reconcile.phonebook import apply_contact_changes
+    from m365_3cx.staging.schema import phonebook_map
+
+    plan_key = contact_plan_key(run_key)
+    with engine.connect() as conn:
+        planned = _load_contact_changes(conn, run_key)
+        managed = crepo.managed_present_count(conn)
+        mapped_ids = dict(conn.execute(sa.select(phonebook_map.c.contact_key, phonebook_map.c.threecx_id)).all())
+    changes = [change for _, change in planned]
+    seq_of = {id(change): seq for seq, change in planned}
+    check_mass_removal(changes, managed, settings.guards.mass_removal_min, settings.guards.mass_removal_fraction,
+                       allow=allow_mass_removal)
+
+    def before_create(change: Change) -> None:
+        with engine.begin() as conn:
+            tag = change.fields.get("Tag", (None, None))[1] or ""
+            crepo.record_pending(conn, change.object_key, str(tag), run_key, now)
+
+    def record(outcome: Outcome) -> None:
+        change = outcome.change
+        status = "dry_run" if dry_run else {"ok": "applied"}.get(outcome.result, outcome.result)
+        with engine.begin() as conn:
+            if not dry_run:
+                repo.add_audit(conn, audit_rows(outcome, run_key, now))
+            repo.set_plan_status(conn, plan_key, seq_of[id(change)], status)
+            if outcome.result != "ok" or dry_run:
+                return
+            if change.action == "create" and outcome.threecx_id is not None:
+                crepo.set_entry_id(conn, change.object_key, outcome.threecx_id, now)
+            elif change.action == "delete" and mapped_ids.get(change.object_key) == change.threecx_id:
+                crepo.forget_entries(conn, [change.object_key])
+
+    counts = apply_contact_changes(changes, threecx, on_outcome=record, before_create=before_create,
+                                   dry_run=dry_run).as_dict()
+    counts.pop("disabled", None)
+    log.info("phonebook apply%s: %d created, %d updated, %d deleted, %d failed, %d skipped",
+             " (dry run)" if dry_run else "", counts["created"], counts["updated"], counts["deleted"],
+             counts["failed"], counts["skipped"])
+    return counts
+
+
+__all__ = [
+    "CONTACT_HEADERS",
+    "apply_phonebook",
+    "contact_plan_key",
+    "contact_shards",
+    "extract_contacts",
+    "plan_phonebook",
+    "shard_label",
+    "snapshot_phonebook",
+    "transform_phonebook",
+]

@@ -1,0 +1,330 @@
+"""Diff the desired company phonebook against 3CX, and apply the change set.
+
+A 3CX contact is *managed* only when it is recorded in ``phonebook_map`` **and**
+carries our ``Tag`` (``m365-sync:<key>``) **and** is not of ``ContactType``
+``M365``/``CRM``/``Google``. Everything else in the phonebook (3CX's own M365,
+CRM and Google contacts, hand-made entries, entries with a foreign tag) is never
+read for a diff, updated or deleted.
+
+:func:`match_snapshot` turns the 3CX read into per-entry facts (present, current
+fields, duplicates carrying the same tag). :func:`plan_phonebook` creates missing
+entries (also ones deleted by hand), puts back hand edits of managed fields and
+deletes entries nobody holds any more. :func:`apply_contact_changes` executes
+the plan change by change (deletes batched through ``Pbx.DeleteContactsById``),
+reporting every :class:`~m365_3cx.reconcile.apply.Outcome`; a fatal error fails
+that record only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import pandas as pd
+
+from m365_3cx.errors import FatalError, RetriableError
+from m365_3cx.reconcile.apply import FAILED, OK, SKIPPED, ApplyCounts, Outcome
+from m365_3cx.reconcile.plan import CREATE, DELETE, UPDATE, Change
+from m365_3cx.transform.phonebook import FIELD_COLUMNS, MANAGED_FIELDS, TAG_PREFIX
+from m365_3cx.transform.values import as_bool, as_dict, as_int, as_list, ensure_columns, text
+
+__all__ = [
+    "CONTACT_OBJECT",
+    "FOREIGN_CONTACT_TYPES",
+    "ContactWriter",
+    "PhonebookPlan",
+    "SnapshotMatch",
+    "apply_contact_changes",
+    "match_snapshot",
+    "plan_phonebook",
+]
+
+log = logging.getLogger(__name__)
+
+CONTACT_OBJECT: Final = "contact"
+"""``object_type`` of phonebook changes in ``sync_plan`` / ``sync_audit``."""
+
+FOREIGN_CONTACT_TYPES: Final = frozenset({"m365", "crm", "google"})
+"""``ContactType`` values owned by 3CX's own integrations (compared case-insensitively)."""
+
+DELETE_BATCH_SIZE: Final = 50
+
+_ORDER: Final = {CREATE: 0, UPDATE: 1, DELETE: 2}
+
+
+@dataclass(frozen=True)
+class SnapshotMatch:
+    """What the 3CX snapshot says about one ``phonebook_map`` entry.
+
+    :param contact_key: the entry.
+    :param threecx_id: the 3CX contact that is ours (the mapped one, else the lowest id carrying
+        our tag: a create whose response was lost), or ``None``.
+    :param present: a contact of ours exists in 3CX.
+    :param current: its managed fields as read, or ``None``.
+    :param duplicate_ids: other contacts carrying the same tag (to be deleted).
+    :param relinked: ``threecx_id`` was found by tag, not by the map.
+    """
+
+    contact_key: str
+    threecx_id: int | None
+    present: bool
+    current: dict[str, Any] | None
+    duplicate_ids: list[int] = field(default_factory=list)
+    relinked: bool = False
+
+
+def is_foreign(contact: Mapping[str, Any], tag_prefix: str = TAG_PREFIX) -> bool:
+    """True for a 3CX contact the sync must never touch.
+
+    :param contact: a ``Pbx.Contact`` as read.
+    :param tag_prefix: our tag prefix.
+    :return: ``True`` unless it carries our tag and is not an M365/CRM/Google contact.
+    """
+    kind = (text(contact.get("ContactType")) or "").casefold()
+    tag = text(contact.get("Tag")) or ""
+    return kind in FOREIGN_CONTACT_TYPES or not tag.startswith(tag_prefix)
+
+
+def managed_fields_of(contact: Mapping[str, Any]) -> dict[str, Any]:
+    """The managed fields of a ``Pbx.Contact`` (missing ones ``None``)."""
+    return {f: contact.get(f) for f in MANAGED_FIELDS}
+
+
+def match_snapshot(
+    mapping: pd.DataFrame, contacts: Iterable[Mapping[str, Any]], tag_prefix: str = TAG_PREFIX
+) -> tuple[list[SnapshotMatch], int]:
+    """Match ``phonebook_map`` entries with the 3CX contacts just read.
+
+    :param mapping: ``phonebook_map`` frame (``contact_key``, ``threecx_id``).
+    :param contacts: every 3CX contact (``Id``, ``Tag``, ``ContactType`` and the managed fields).
+    :param tag_prefix: our tag prefix.
+    :return: one match per map row, and the number of 3CX contacts left alone (foreign).
+    """
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    foreign = 0
+    for contact in contacts:
+        cid = as_int(contact.get("Id"))
+        if cid is None or is_foreign(contact, tag_prefix):
+            foreign += 1
+            continue
+        key = (text(contact.get("Tag")) or "")[len(tag_prefix):]
+        by_key.setdefault(key, []).append(dict(contact))
+    m = ensure_columns(mapping, ["contact_key", "threecx_id"])
+    matches: list[SnapshotMatch] = []
+    for row in m.to_dict("records"):
+        key = text(row["contact_key"])
+        if key is None:
+            continue
+        found = sorted(by_key.get(key, []), key=lambda c: int(c["Id"]))
+        mapped = as_int(row["threecx_id"])
+        ours = next((c for c in found if int(c["Id"]) == mapped), None) if mapped is not None else None
+        relinked = False
+        if ours is None and found:
+            ours, relinked = found[0], True
+        if ours is None:
+            matches.append(SnapshotMatch(key, None, False, None))
+            continue
+        duplicates = [int(c["Id"]) for c in found if c is not ours]
+        matches.append(SnapshotMatch(key, int(ours["Id"]), True, managed_fields_of(ours), duplicates, relinked))
+    return matches, foreign
+
+
+@dataclass(frozen=True)
+class PhonebookPlan:
+    """Result of :func:`plan_phonebook`.
+
+    :param changes: creates, updates, deletes (each group by key).
+    :param forget: map entries with no 3CX contact that are no longer desired (drop, no write).
+    :param managed_count: managed entries present in 3CX (the mass-removal guard's base).
+    """
+
+    changes: list[Change] = field(default_factory=list)
+    forget: list[str] = field(default_factory=list)
+    managed_count: int = 0
+
+
+def _norm(value: object) -> str | None:
+    return text(value)
+
+
+def plan_phonebook(desired: pd.DataFrame, mapping: pd.DataFrame) -> PhonebookPlan:
+    """Diff desired entries against the managed 3CX contacts.
+
+    :param desired: ``tgt_phonebook`` frame (rows with ``state`` other than ``active`` count as
+        not desired).
+    :param mapping: ``phonebook_map`` frame as the snapshot step left it (``threecx_id``,
+        ``present``, ``current``, ``duplicate_ids``).
+    :return: the plan. Only managed contacts appear in updates and deletes.
+    """
+    d = ensure_columns(desired, ["contact_key", "state", *FIELD_COLUMNS.values()])
+    m = ensure_columns(mapping, ["contact_key", "threecx_id", "present", "current", "duplicate_ids"])
+    entries: dict[str, dict[str, Any]] = {}
+    for row in m.to_dict("records"):
+        key = text(row["contact_key"])
+        if key is not None:
+            entries[key] = row
+    changes: list[Change] = []
+    wanted: set[str] = set()
+    for row in d.to_dict("records"):
+        key = text(row["contact_key"])
+        if key is None or (text(row["state"]) or "active") != "active":
+            continue
+        wanted.add(key)
+        want = {f: _norm(row[FIELD_COLUMNS[f]]) for f in MANAGED_FIELDS}
+        number = want.get("PhoneNumber") or ""
+        entry = entries.get(key)
+        tid = as_int(entry["threecx_id"]) if entry else None
+        if entry is not None and as_bool(entry["present"], False) and tid is not None:
+            current = as_dict(entry["current"])
+            diff = {f: (_norm(current.get(f)), want[f]) for f in MANAGED_FIELDS if _norm(current.get(f)) != want[f]}
+            if diff:
+                changes.append(Change(UPDATE, key, number, tid, diff, "fields changed", CONTACT_OBJECT))
+        else:
+            reason = "new entry" if entry is None else "entry missing in 3CX, re-created"
+            created = {f: (None, v) for f, v in want.items() if v is not None}
+            changes.append(Change(CREATE, key, number, None, created, reason, CONTACT_OBJECT))
+    forget: list[str] = []
+    managed = 0
+    for key, entry in entries.items():
+        tid = as_int(entry["threecx_id"])
+        present = as_bool(entry["present"], False) and tid is not None
+        managed += int(present)
+        for dup in sorted({i for i in (as_int(x) for x in as_list(entry["duplicate_ids"])) if i is not None}):
+            changes.append(Change(DELETE, key, "", dup, {}, "duplicate of a managed entry", CONTACT_OBJECT))
+        if key in wanted:
+            continue
+        if present:
+            changes.append(Change(DELETE, key, "", tid, {}, "no longer held by any in-scope mailbox",
+                                  CONTACT_OBJECT))
+        else:
+            forget.append(key)
+    changes.sort(key=lambda c: (_ORDER[c.action], c.object_key, c.threecx_id or 0))
+    return PhonebookPlan(changes=changes, forget=sorted(forget), managed_count=managed)
+
+
+class ContactWriter(Protocol):
+    """The writes :func:`apply_contact_changes` needs (see :class:`~m365_3cx.threecx.client.ThreeCXClient`)."""
+
+    def create_contact(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a contact and return it (with its ``Id``)."""
+        ...
+
+    def update_contact(self, contact_id: int, patch: Mapping[str, Any]) -> None:
+        """Patch fields of one contact."""
+        ...
+
+    def delete_contact(self, contact_id: int) -> None:
+        """Delete one contact."""
+        ...
+
+    def delete_contacts(self, ids: Iterable[int]) -> None:
+        """Delete several contacts in one call."""
+        ...
+
+
+_COUNTER: Final = {CREATE: "created", UPDATE: "updated", DELETE: "deleted"}
+
+
+def _not_found(exc: FatalError) -> bool:
+    return getattr(exc, "status", None) == 404
+
+
+def apply_contact_changes(
+    changes: list[Change],
+    writer: ContactWriter,
+    *,
+    on_outcome: Callable[[Outcome], None],
+    before_create: Callable[[Change], None] | None = None,
+    dry_run: bool = False,
+) -> ApplyCounts:
+    """Execute a phonebook change set (already guarded), reporting each outcome.
+
+    Creates and updates go one by one; deletes are sent in batches of
+    :data:`DELETE_BATCH_SIZE` through ``writer.delete_contacts`` and, if a batch is refused,
+    one by one (a contact that is already gone counts as deleted).
+
+    :param changes: creates, updates, deletes.
+    :param writer: the 3CX client.
+    :param on_outcome: called once per change, right after it was tried.
+    :param before_create: called before each create is sent (e.g. to record the pending entry so a
+        create whose response is lost can be re-linked by its tag).
+    :param dry_run: write nothing; every outcome is ``skipped`` with error ``"dry run"``.
+    :return: the counts (``disabled`` is always 0 for contacts).
+    :raises RetriableError: re-raised after reporting the failed change and the untried ones.
+    """
+    counts = dict.fromkeys(("created", "updated", "disabled", "deleted", "failed", "skipped"), 0)
+    if dry_run:
+        for change in changes:
+            on_outcome(Outcome(change, SKIPPED, "dry run", change.threecx_id))
+        counts["skipped"] = len(changes)
+        return ApplyCounts(**counts)
+
+    writes = [c for c in changes if c.action != DELETE]
+    deletes = [c for c in changes if c.action == DELETE and c.threecx_id is not None]
+    ordered = writes + deletes
+
+    def halt(failed: list[Change], untried_from: int, exc: Exception) -> None:
+        """Report the failed changes and every later one as not tried (then the caller re-raises)."""
+        for change in failed:
+            on_outcome(Outcome(change, FAILED, str(exc), change.threecx_id))
+        for rest in ordered[untried_from:]:
+            on_outcome(Outcome(rest, SKIPPED, "not tried: stopped after a retriable error", rest.threecx_id))
+        log.warning("phonebook apply stopped after a retriable error (%d of %d changes tried)",
+                    untried_from, len(ordered))
+
+    for index, change in enumerate(writes):
+        try:
+            if change.action == CREATE:
+                if before_create is not None:
+                    before_create(change)
+                created = writer.create_contact({f: after for f, (_b, after) in change.fields.items()})
+                tid = as_int((created or {}).get("Id"))
+            elif change.action == UPDATE and change.threecx_id is not None:
+                writer.update_contact(change.threecx_id, {f: after for f, (_b, after) in change.fields.items()})
+                tid = change.threecx_id
+            else:
+                raise FatalError(f"cannot apply {change.action} of a phonebook entry without a 3CX id")
+        except RetriableError as exc:
+            halt([change], index + 1, exc)
+            raise
+        except FatalError as exc:
+            log.warning("phonebook change failed: %s of 3CX contact %s", change.action, change.threecx_id)
+            on_outcome(Outcome(change, FAILED, str(exc), change.threecx_id))
+            counts["failed"] += 1
+            continue
+        on_outcome(Outcome(change, OK, None, tid))
+        counts[_COUNTER[change.action]] += 1
+
+    for start in range(0, len(deletes), DELETE_BATCH_SIZE):
+        chunk = deletes[start:start + DELETE_BATCH_SIZE]
+        position = len(writes) + start
+        if len(chunk) > 1:
+            try:
+                writer.delete_contacts([int(c.threecx_id) for c in chunk if c.threecx_id is not None])
+            except RetriableError as exc:
+                halt(chunk, position + len(chunk), exc)
+                raise
+            except FatalError:
+                log.warning("batch delete of %d contacts refused; deleting them one by one", len(chunk))
+            else:
+                for change in chunk:
+                    on_outcome(Outcome(change, OK, None, change.threecx_id))
+                counts["deleted"] += len(chunk)
+                continue
+        for offset, change in enumerate(chunk):
+            try:
+                writer.delete_contact(int(change.threecx_id or 0))
+            except RetriableError as exc:
+                halt([change], position + offset + 1, exc)
+                raise
+            except FatalError as exc:
+                if not _not_found(exc):  # already gone counts as deleted
+                    log.warning("phonebook change failed: delete of 3CX contact %s", change.threecx_id)
+                    on_outcome(Outcome(change, FAILED, str(exc), change.threecx_id))
+                    counts["failed"] += 1
+                    continue
+            on_outcome(Outcome(change, OK, None, change.threecx_id))
+            counts["deleted"] += 1
+    return ApplyCounts(**counts)

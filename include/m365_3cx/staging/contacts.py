@@ -1,0 +1,402 @@
+"""Read and write helpers for the phonebook tables: ``stg_contacts``, ``phonebook_map``, ``tgt_phonebook``.
+
+Like :mod:`m365_3cx.staging.repo`, every function takes an open connection and never
+commits: the caller owns the transaction, so a page round's rows and the delta links
+it produced commit together. All timestamps are aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
+
+from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy.engine import Connection
+
+from m365_3cx.staging.repo import MergeCounts, upsert
+from m365_3cx.staging.schema import delta_state, phonebook_map, stg_contacts, stg_users, tgt_phonebook
+
+__all__ = [
+    "CONTACT_SOURCE_COLUMNS",
+    "GRAPH_CONTACT_SELECT",
+    "apply_snapshot",
+    "clear_contact_links",
+    "contact_resource",
+    "contact_row_from_graph",
+    "eligible_user_count",
+    "forget_entries",
+    "managed_present_count",
+    "mark_contacts_deleted",
+    "mark_missing_contacts_deleted",
+    "mark_streams_gone",
+    "merge_contacts",
+    "purge_contacts",
+    "record_pending",
+    "replace_phonebook_targets",
+    "set_entry_id",
+    "shard_descriptors",
+    "shard_users",
+    "staged_streams",
+]
+
+#: Graph ``$select`` for contacts (delta rounds; ``id`` is always returned).
+GRAPH_CONTACT_SELECT: Final[tuple[str, ...]] = (
+    "id", "displayName", "givenName", "middleName", "surname", "fileAs", "companyName", "department",
+    "jobTitle", "mobilePhone", "businessPhones", "homePhones", "emailAddresses", "categories",
+    "changeKey", "parentFolderId",
+)
+
+_CONTACT_FIELDS: Final[Mapping[str, str]] = {
+    "displayName": "display_name",
+    "givenName": "given_name",
+    "middleName": "middle_name",
+    "surname": "surname",
+    "fileAs": "file_as",
+    "companyName": "company_name",
+    "department": "department",
+    "jobTitle": "job_title",
+    "mobilePhone": "mobile_phone",
+}
+
+#: stg_contacts columns that come from Graph (and feed ``row_hash``).
+CONTACT_SOURCE_COLUMNS: Final[tuple[str, ...]] = (
+    "source", "folder_id", *_CONTACT_FIELDS.values(), "business_phones", "home_phones", "email_addresses",
+    "categories",
+)
+
+_RESOURCE_LIMIT: Final = 128
+
+
+def contact_resource(user_id: str, folder_id: str | None) -> str:
+    """The ``delta_state`` resource of one contact stream: ``contacts:{user_id}:{folder or 'default'}``.
+
+    Folder ids longer than the column allows are replaced by ``h<sha256 prefix>``.
+
+    :param user_id: the mailbox owner's Graph id.
+    :param folder_id: the contact folder id, or ``None`` for the default folder.
+    :return: at most 128 characters.
+    """
+    resource = f"contacts:{user_id}:{folder_id or 'default'}"
+    if len(resource) <= _RESOURCE_LIMIT:
+        return resource
+    digest = hashlib.sha256((folder_id or "").encode("utf-8")).hexdigest()[:40]
+    return f"contacts:{user_id}:h{digest}"[:_RESOURCE_LIMIT]
+
+
+def _strings(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        return []
+    return [str(v) for v in value if isinstance(v, str) and v.strip()]
+
+
+def _addresses(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        return []
+    found: list[str] = []
+    for item in value:
+        address = item.get("address") if isinstance(item, Mapping) else item
+        if isinstance(address, str) and address.strip():
+            found.append(address.strip())
+    return found
+
+
+def _row_hash(row: Mapping[str, Any]) -> str:
+    source = {col: row.get(col) for col in CONTACT_SOURCE_COLUMNS}
+    payload = json.dumps(source, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def contact_row_from_graph(item: Mapping[str, Any], owner_id: str, folder_id: str | None,
+                           source: str = "personal") -> dict[str, Any]:
+    """Map one Graph contact to ``stg_contacts`` source columns (plus keys, ``change_key``, ``row_hash``).
+
+    Only e-mail *addresses* are kept (no display names); missing collections become ``[]``.
+
+    :param item: the contact as Graph returns it (``GRAPH_CONTACT_SELECT``).
+    :param owner_id: the mailbox owner's Graph id (``org`` for organisational contacts).
+    :param folder_id: the folder the stream reads, ``None`` for the default folder.
+    :param source: ``personal`` or ``org``.
+    :raises ValueError: the item has no ``id``.
+    """
+    contact_id = item.get("id")
+    if not contact_id:
+        raise ValueError("Graph contact without id")
+    row: dict[str, Any] = {"owner_id": owner_id, "contact_id": str(contact_id), "source": source,
+                           "folder_id": folder_id}
+    for prop, col in _CONTACT_FIELDS.items():
+        value = item.get(prop)
+        row[col] = value if isinstance(value, str) and value.strip() else None
+    row["business_phones"] = _strings(item.get("businessPhones"))
+    row["home_phones"] = _strings(item.get("homePhones"))
+    row["email_addresses"] = _addresses(item.get("emailAddresses"))
+    row["categories"] = _strings(item.get("categories"))
+    change_key = item.get("changeKey")
+    row["change_key"] = str(change_key)[:256] if change_key else None
+    row["row_hash"] = _row_hash(row)
+    return row
+
+
+def merge_contacts(conn: Connection, rows: Iterable[Mapping[str, Any]], run_key: str, now: dt.datetime) -> MergeCounts:
+    """Upsert contacts that are new, changed (``row_hash``) or come back after a delete.
+
+    Unchanged rows are not rewritten. When a contact appears twice the last row wins.
+
+    :param rows: rows from :func:`contact_row_from_graph`.
+    :returns: :class:`~m365_3cx.staging.repo.MergeCounts`.
+    :raises ValueError: naive ``now``.
+    """
+    if now.tzinfo is None:
+        raise ValueError("naive datetime; pass an aware UTC datetime")
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        latest[(str(row["owner_id"]), str(row["contact_id"]))] = dict(row)
+    if not latest:
+        return MergeCounts()
+    existing: dict[tuple[str, str], tuple[str, bool]] = {}
+    by_owner: dict[str, list[str]] = {}
+    for owner, cid in latest:
+        by_owner.setdefault(owner, []).append(cid)
+    for owner, ids in by_owner.items():
+        for start in range(0, len(ids), 500):
+            query = select(stg_contacts.c.contact_id, stg_contacts.c.row_hash, stg_contacts.c.deleted).where(
+                stg_contacts.c.owner_id == owner, stg_contacts.c.contact_id.in_(ids[start:start + 500])
+            )
+            for cid, row_hash, deleted in conn.execute(query):
+                existing[(owner, cid)] = (row_hash, bool(deleted))
+    inserted = updated = unchanged = 0
+    to_write: list[dict[str, Any]] = []
+    for key, row in latest.items():
+        before = existing.get(key)
+        if before is None:
+            inserted += 1
+        elif before[0] != row["row_hash"] or before[1]:
+            updated += 1
+        else:
+            unchanged += 1
+            continue
+        to_write.append({**row, "deleted": False, "deleted_at": None, "first_seen_at": now, "updated_at": now,
+                         "last_run_key": run_key})
+    update_cols = [c for c in (to_write[0] if to_write else {}) if c not in ("owner_id", "contact_id",
+                                                                              "first_seen_at")]
+    upsert(conn, stg_contacts, to_write, ["owner_id", "contact_id"], update_cols)
+    return MergeCounts(inserted=inserted, updated=updated, unchanged=unchanged)
+
+
+def _soft_delete(run_key: str, now: dt.datetime) -> dict[str, Any]:
+    return {"deleted": True, "deleted_at": now, "updated_at": now, "last_run_key": run_key}
+
+
+def mark_contacts_deleted(conn: Connection, owner_id: str, contact_ids: Iterable[str], run_key: str,
+                          now: dt.datetime) -> int:
+    """Soft-delete contacts of one owner (Graph ``@removed``); unknown or already deleted ones are skipped.
+
+    :returns: rows that became deleted.
+    """
+    ids = sorted(set(contact_ids))
+    count = 0
+    for start in range(0, len(ids), 500):
+        result = conn.execute(
+            update(stg_contacts)
+            .where(stg_contacts.c.owner_id == owner_id, stg_contacts.c.contact_id.in_(ids[start:start + 500]),
+                   stg_contacts.c.deleted.is_(False))
+            .values(**_soft_delete(run_key, now))
+        )
+        count += result.rowcount
+    return count
+
+
+def purge_contacts(conn: Connection, owner_id: str, contact_ids: Iterable[str]) -> int:
+    """Delete rows outright (contacts that now carry the exclusion category: keep none of their data).
+
+    :returns: rows deleted.
+    """
+    ids = sorted(set(contact_ids))
+    count = 0
+    for start in range(0, len(ids), 500):
+        result = conn.execute(delete(stg_contacts).where(
+            stg_contacts.c.owner_id == owner_id, stg_contacts.c.contact_id.in_(ids[start:start + 500])))
+        count += result.rowcount
+    return count
+
+
+def _folder_clause(folder_id: str | None) -> Any:
+    return stg_contacts.c.folder_id.is_(None) if folder_id is None else stg_contacts.c.folder_id == folder_id
+
+
+def mark_missing_contacts_deleted(conn: Connection, owner_id: str, folder_id: str | None, seen: set[str],
+                                  run_key: str, now: dt.datetime) -> int:
+    """After a full round of one stream: soft-delete its staged contacts the round did not return.
+
+    :returns: rows that became deleted.
+    """
+    query = select(stg_contacts.c.contact_id).where(
+        stg_contacts.c.owner_id == owner_id, _folder_clause(folder_id), stg_contacts.c.deleted.is_(False))
+    missing = [cid for (cid,) in conn.execute(query) if cid not in seen]
+    return mark_contacts_deleted(conn, owner_id, missing, run_key, now)
+
+
+def staged_streams(conn: Connection, owner_ids: Sequence[str]) -> set[tuple[str, str | None]]:
+    """(owner, folder) pairs that have live staged contacts."""
+    found: set[tuple[str, str | None]] = set()
+    for start in range(0, len(owner_ids), 500):
+        query = (select(stg_contacts.c.owner_id, stg_contacts.c.folder_id)
+                 .where(stg_contacts.c.owner_id.in_(list(owner_ids[start:start + 500])),
+                        stg_contacts.c.deleted.is_(False), stg_contacts.c.source == "personal")
+                 .distinct())
+        found.update((owner, folder) for owner, folder in conn.execute(query))
+    return found
+
+
+def mark_streams_gone(conn: Connection, owner_id: str, folder_ids: Iterable[str | None], run_key: str,
+                      now: dt.datetime) -> int:
+    """Soft-delete the contacts of streams no longer read (folder removed, setting changed) and drop their links.
+
+    :returns: rows that became deleted.
+    """
+    count = 0
+    for folder_id in folder_ids:
+        result = conn.execute(
+            update(stg_contacts)
+            .where(stg_contacts.c.owner_id == owner_id, _folder_clause(folder_id), stg_contacts.c.deleted.is_(False))
+            .values(**_soft_delete(run_key, now))
+        )
+        count += result.rowcount
+        conn.execute(delete(delta_state).where(delta_state.c.resource == contact_resource(owner_id, folder_id)))
+    return count
+
+
+def clear_contact_links(conn: Connection, owner_id: str) -> int:
+    """Forget every contact delta link of one owner.
+
+    :returns: links deleted.
+    """
+    prefix = f"contacts:{owner_id}:"
+    result = conn.execute(delete(delta_state).where(
+        func.substr(delta_state.c.resource, 1, len(prefix)) == prefix))
+    return result.rowcount
+
+
+# ------------------------------------------------------------------------- shards of owners
+
+
+def _eligible(include_guests: bool = False) -> Any:
+    clause = and_(stg_users.c.in_scope.is_(True), stg_users.c.deleted.is_(False), stg_users.c.mail.is_not(None),
+                  stg_users.c.user_principal_name.is_not(None))
+    if not include_guests:
+        clause = and_(clause, func.coalesce(stg_users.c.user_type, "Member") != "Guest")
+    return clause
+
+
+def eligible_user_count(conn: Connection, include_guests: bool = False) -> int:
+    """In-scope, not deleted users with a mailbox address (whose contacts are read)."""
+    query = select(func.count()).select_from(stg_users).where(_eligible(include_guests))
+    return int(conn.execute(query).scalar_one())
+
+
+def shard_descriptors(conn: Connection, shard_size: int, include_guests: bool = False) -> list[dict[str, Any]]:
+    """Cut the eligible users, ordered by UPN (database collation), into shards.
+
+    :param shard_size: users per shard (>= 1).
+    :param include_guests: guests count too (``settings.scope.include_guests``).
+    :return: ``[{"shard": i, "of": n, "first": upn, "last": upn}, ...]``; one shard with
+        ``first``/``last`` ``None`` when nobody is eligible (so downstream steps still run).
+    :raises ValueError: ``shard_size`` < 1.
+    """
+    if shard_size < 1:
+        raise ValueError("shard_size must be at least 1")
+    upns = [u for (u,) in conn.execute(
+        select(stg_users.c.user_principal_name).where(_eligible(include_guests))
+        .order_by(stg_users.c.user_principal_name))]
+    if not upns:
+        return [{"shard": 1, "of": 1, "first": None, "last": None}]
+    chunks = [upns[i:i + shard_size] for i in range(0, len(upns), shard_size)]
+    return [{"shard": i, "of": len(chunks), "first": chunk[0], "last": chunk[-1]}
+            for i, chunk in enumerate(chunks, start=1)]
+
+
+def shard_users(conn: Connection, first: str | None, last: str | None,
+                include_guests: bool = False) -> list[dict[str, Any]]:
+    """The eligible users of one shard (UPN between ``first`` and ``last``, inclusive), by UPN.
+
+    :return: dicts with ``user_id``, ``user_principal_name``; empty for an empty shard.
+    """
+    if first is None or last is None:
+        return []
+    upn = stg_users.c.user_principal_name
+    query = select(stg_users.c.user_id, upn).where(_eligible(include_guests), upn >= first, upn <= last).order_by(upn)
+    return [{"user_id": uid, "user_principal_name": name} for uid, name in conn.execute(query)]
+
+
+# ------------------------------------------------------------------------- tgt_phonebook / phonebook_map
+
+
+def replace_phonebook_targets(conn: Connection, rows: Iterable[Mapping[str, Any]], run_key: str,
+                              now: dt.datetime) -> int:
+    """Replace ``tgt_phonebook`` with the desired entries (delete all, then insert).
+
+    :param rows: records with the ``TARGET_COLUMNS`` of :mod:`m365_3cx.transform.phonebook`.
+    :returns: rows written.
+    """
+    data = [{**row, "run_key": run_key, "computed_at": now} for row in rows]
+    conn.execute(delete(tgt_phonebook))
+    return upsert(conn, tgt_phonebook, data, ["contact_key"])
+
+
+def record_pending(conn: Connection, contact_key: str, tag: str, run_key: str, now: dt.datetime) -> None:
+    """Record an entry about to be created (``status=pending``) so a lost create can be re-linked by tag."""
+    row = {"contact_key": contact_key, "tag": tag, "threecx_id": None, "status": "pending", "present": False,
+           "current": None, "duplicate_ids": [], "created_at": now, "updated_at": now, "run_key": run_key}
+    upsert(conn, phonebook_map, [row], ["contact_key"], ["tag", "status", "updated_at", "run_key"])
+
+
+def set_entry_id(conn: Connection, contact_key: str, threecx_id: int, now: dt.datetime) -> bool:
+    """Store the 3CX id of an entry after a successful create (``status=active``).
+
+    :returns: ``True`` when the entry exists.
+    """
+    result = conn.execute(update(phonebook_map).where(phonebook_map.c.contact_key == contact_key)
+                          .values(threecx_id=threecx_id, status="active", updated_at=now))
+    return result.rowcount > 0
+
+
+def forget_entries(conn: Connection, keys: Iterable[str]) -> int:
+    """Drop map entries (deleted in 3CX, or gone and no longer desired).
+
+    :returns: rows deleted.
+    """
+    ids = sorted(set(keys))
+    count = 0
+    for start in range(0, len(ids), 500):
+        count += conn.execute(delete(phonebook_map).where(
+            phonebook_map.c.contact_key.in_(ids[start:start + 500]))).rowcount
+    return count
+
+
+def apply_snapshot(conn: Connection, matches: Iterable[Any], run_key: str, now: dt.datetime) -> int:
+    """Write what the 3CX read says about every map entry (present, current fields, duplicates, re-links).
+
+    :param matches: :class:`~m365_3cx.reconcile.phonebook.SnapshotMatch` objects.
+    :returns: entries re-linked by tag.
+    """
+    relinked = 0
+    for match in matches:
+        values: dict[str, Any] = {
+            "present": match.present, "current": match.current, "duplicate_ids": list(match.duplicate_ids),
+            "read_at": now, "run_key": run_key,
+        }
+        if match.present:
+            values["threecx_id"] = match.threecx_id
+            values["status"] = "active"
+        relinked += int(match.relinked)
+        conn.execute(update(phonebook_map).where(phonebook_map.c.contact_key == match.contact_key).values(**values))
+    return relinked
+
+
+def managed_present_count(conn: Connection) -> int:
+    """Managed entries found in the last 3CX snapshot (the mass-removal guard's base)."""
+    query = select(func.count()).select_from(phonebook_map).where(
+        phonebook_map.c.present.is_(True), phonebook_map.c.threecx_id.is_not(None))
+    return int(conn.execute(query).scalar_one())

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+
+from m365_3cx.reconcile.phonebook import SnapshotMatch
+from m365_3cx.staging import contacts as crepo
+from m365_3cx.staging import repo
+from m365_3cx.staging.schema import delta_state, phonebook_map, stg_contacts
+from m365_3cx.staging.state import DeltaStateStore
+
+NOW = dt.datetime(2026, 1, 2, 3, 4, tzinfo=dt.UTC)
+
+
+def graph_contact(cid: str, **kw: Any) -> dict[str, Any]:
+    item = {"id": cid, "displayName": "Ann Lee", "givenName": "Ann", "surname": "Lee", "mobilePhone": "+1 650",
+            "businessPhones": ["+1 1", ""], "homePhones": [], "categories": ["Work"], "changeKey": "ck1",
+            "emailAddresses": [{"name": "Ann", "address": "ann@x.example"}, {"name": "no address"}]}
+    item.update(kw)
+    return item
+
+
+def test_contact_row_keeps_addresses_only_and_hashes_source_fields() -> None:
+    row = crepo.contact_row_from_graph(graph_contact("c1"), "u1", None)
+    assert row["email_addresses"] == ["ann@x.example"] and row["business_phones"] == ["+1 1"]
+    assert row["owner_id"] == "u1" and row["folder_id"] is None and row["source"] == "personal"
+    assert row["change_key"] == "ck1" and len(row["row_hash"]) == 64
+    other = crepo.contact_row_from_graph(graph_contact("c1", changeKey="ck2"), "u1", None)
+    assert other["row_hash"] == row["row_hash"]  # change key alone is no source change
+    with pytest.raises(ValueError):
+        crepo.contact_row_from_graph({"displayName": "x"}, "u1", None)
+
+
+def test_contact_resource_fits_the_column() -> None:
+    assert crepo.contact_resource("u1", None) == "contacts:u1:default"
+    assert crepo.contact_resource("u1", "F1") == "contacts:u1:F1"
+    long_id = "AAMkA" + "x" * 200
+    resource = crepo.contact_resource("0" * 36, long_id)
+    assert len(resource) <= 128 and resource == crepo.contact_resource("0" * 36, long_id)
+    assert resource != crepo.contact_resource("0" * 36, long_id + "y")
+
+
+def test_merge_is_idempotent_and_deletes_are_soft(engine: Engine) -> None:
+    rows = [crepo.contact_row_from_graph(graph_contact(f"c{i}"), "u1", "F") for i in range(3)]
+    with engine.begin() as conn:
+        first = crepo.merge_contacts(conn, rows, "r1", NOW)
+        again = crepo.merge_contacts(conn, rows, "r2", NOW)
+        changed = crepo.merge_contacts(conn, [crepo.contact_row_from_graph(graph_contact("c0", jobTitle="CTO"),
+                                                                           "u1", "F")], "r3", NOW)
+        gone = crepo.mark_missing_contacts_deleted(conn, "u1", "F", {"c0", "c1"}, "r4", NOW)
+        twice = crepo.mark_contacts_deleted(conn, "u1", ["c2", "nope"], "r5", NOW)
+        back = crepo.merge_contacts(conn, rows[2:], "r6", NOW)
+        purged = crepo.purge_contacts(conn, "u1", ["c1"])
+        left = {r.contact_id: r.deleted for r in conn.execute(select(stg_contacts))}
+    assert (first.inserted, again.unchanged, changed.updated) == (3, 3, 1)
+    assert (gone, twice, back.updated, purged) == (1, 0, 1, 1)
+    assert left == {"c0": False, "c2": False}
+
+
+def test_streams_gone_lose_their_contacts_and_links(engine: Engine) -> None:
+    store = DeltaStateStore()
+    with engine.begin() as conn:
+        crepo.merge_contacts(conn, [crepo.contact_row_from_graph(graph_contact("a"), "u1", None),
+                                    crepo.contact_row_from_graph(graph_contact("b"), "u1", "F")], "r", NOW)
+        store.save(conn, crepo.contact_resource("u1", "F"), "https://g/delta?$deltatoken=1", "r", now=NOW)
+        store.save(conn, crepo.contact_resource("u1", None), "https://g/delta?$deltatoken=2", "r", now=NOW)
+        assert crepo.staged_streams(conn, ["u1"]) == {("u1", None), ("u1", "F")}
+        assert crepo.mark_streams_gone(conn, "u1", ["F"], "r2", NOW) == 1
+        assert crepo.staged_streams(conn, ["u1"]) == {("u1", None)}
+        assert conn.execute(select(delta_state.c.resource)).scalars().all() == ["contacts:u1:default"]
+        assert crepo.clear_contact_links(conn, "u1") == 1
+
+
+def _user(uid: str, upn: str, **kw: Any) -> dict[str, Any]:
+    row = repo.user_row_from_graph({"id": uid, "userPrincipalName": upn, "mail": upn, "userType": "Member", **kw})
+    return row
+
+
+def test_shards_cut_eligible_users_by_upn(engine: Engine) -> None:
+    users = [_user(f"id{i}", f"user{i:02d}@x.example") for i in range(7)]
+    users.append(_user("g", "guest@x.example", userType="Guest"))
+    users.append(_user("n", "nomail@x.example", mail=None))
+    with engine.begin() as conn:
+        repo.merge_users(conn, users, "r", NOW)
+        repo.set_scope(conn, None, "r", NOW)
+        shards = crepo.shard_descriptors(conn, 3)
+        with_guests = crepo.shard_descriptors(conn, 100, include_guests=True)
+        members = [crepo.shard_users(conn, s["first"], s["last"]) for s in shards]
+    assert [(s["shard"], s["of"]) for s in shards] == [(1, 3), (2, 3), (3, 3)]
+    assert shards[0]["first"] == "user00@x.example" and shards[-1]["last"] == "user06@x.example"
+    assert [len(m) for m in members] == [3, 3, 1]
+    assert with_guests[0]["first"] == "guest@x.example"
+
+
+def test_no_eligible_user_gives_one_empty_shard(engine: Engine) -> None:
+    with engine.connect() as conn:
+        assert crepo.shard_descriptors(conn, 200) == [{"shard": 1, "of": 1, "first": None, "last": None}]
+        assert crepo.shard_users(conn, None, None) == []
+
+
+def test_map_pending_snapshot_and_forget(engine: Engine) -> None:
+    with engine.begin() as conn:
+        crepo.record_pending(conn, "k1", "m365-sync:k1", "r", NOW)
+        crepo.record_pending(conn, "k2", "m365-sync:k2", "r", NOW)
+        assert crepo.set_entry_id(conn, "k1", 11, NOW)
+        relinked = crepo.apply_snapshot(conn, [
+            SnapshotMatch("k1", 11, True, {"FirstName": "Ann"}, [12]),
+            SnapshotMatch("k2", 13, True, {"FirstName": "Bo"}, [], relinked=True),
+        ], "r2", NOW)
+        assert relinked == 1 and crepo.managed_present_count(conn) == 2
+        rows = {r.contact_key: r for r in conn.execute(select(phonebook_map))}
+        assert rows["k2"].threecx_id == 13 and rows["k2"].status == "active"
+        assert rows["k1"].duplicate_ids == [12] and rows["k1"].current == {"FirstName": "Ann"}
+        crepo.apply_snapshot(conn, [SnapshotMatch("k1", None, False, None)], "r3", NOW)
+        assert crepo.managed_present_count(conn) == 1
+        assert crepo.forget_entries(conn, ["k1", "k2"]) == 2
+
+
+def test_targets_are_replaced(engine: Engine) -> None:
+    row = {"contact_key": "k", "tag": "m365-sync:k", "first_name": "A", "owner_ids": ["u1"], "copies": 1,
+           "state": "active"}
+    with engine.begin() as conn:
+        crepo.replace_phonebook_targets(conn, [row, {**row, "contact_key": "j", "tag": "m365-sync:j"}], "r", NOW)
+        crepo.replace_phonebook_targets(conn, [row], "r2", NOW)
+        frame = repo.load_frame(conn, "tgt_phonebook")
+    assert list(frame["contact_key"]) == ["k"] and frame.iloc[0]["owner_ids"] == ["u1"]
