@@ -1,10 +1,15 @@
 """
 ### Microsoft 365 -> 3CX: near-real-time delta
 
-Every few minutes (`M365_3CX_DELTA_MINUTES`, default 5): follows the Graph users
-delta link into staging and, when users changed, plans and applies just those
-users. An expired delta link falls back to a full extract (logged). When nothing
-changed, the 3CX steps are skipped and nothing is read from or written to 3CX.
+Every few minutes (`M365_3CX_DELTA_MINUTES`, default 5, down to 1):
+
+* **users** — follows the Graph users delta link into staging and, when users
+  changed, plans and applies just those users (when nothing changed, the users'
+  3CX steps are skipped). An expired delta link falls back to a full extract (logged);
+* **contacts** — per-mailbox contact delta links, sharded across workers, then the
+  company phonebook plan and apply;
+* **presence** — calendar delta for the window, then the 3CX status due *now* for
+  every user (never a status from the past).
 
 Trigger form: `dry_run`, `full_resync` (ignore delta links), `only_users`,
 `allow_mass_removal`.
@@ -17,6 +22,7 @@ from airflow.sdk import DeltaTriggerTimetable, dag, task
 
 from m365_3cx.airflow import tasks
 from m365_3cx.airflow.alerts import SyncFailureNotifier
+from m365_3cx.airflow.contacts_group import contacts_sync
 from m365_3cx.airflow.dag_defaults import (
     DELTA_INTERVAL,
     GRAPH_POOL,
@@ -29,6 +35,7 @@ from m365_3cx.airflow.dag_defaults import (
     sync_params,
 )
 from m365_3cx.airflow.operators import ThreeCXApplyOperator
+from m365_3cx.airflow.presence_group import presence_apply, presence_refresh
 
 MODE = "delta"
 
@@ -91,8 +98,12 @@ def m365_3cx_delta() -> None:
         >> apply_extensions
     )
     finished = finish_run(extracted, apply_extensions.output)
-    # Feature groups (contacts, presence) hang between `extracted`/`apply_extensions` and `finished`.
-    _ = finished
+
+    extracted >> contacts_sync(MODE) >> finished
+
+    presence = presence_apply()
+    extracted >> presence_refresh(MODE) >> presence >> finished
+    apply_extensions >> presence  # statuses of users whose extension this run created
 
 
 m365_3cx_delta()

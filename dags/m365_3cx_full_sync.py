@@ -2,7 +2,9 @@
 ### Microsoft 365 -> 3CX: nightly full reconciliation
 
 Extracts every Entra user from Microsoft Graph into staging, reads every 3CX
-extension, computes the desired extensions, diffs them and applies the change set.
+extension, computes the desired extensions, diffs them and applies the change set;
+does the same for Outlook contacts and the company phonebook (sharded per batch of
+users). Calendar statuses are refreshed by `m365_3cx_hourly`.
 Repairs any drift (including edits made by hand in 3CX to managed fields) and
 resets the users delta link. Safe to run at any time and to backfill: it is a
 snapshot reconciliation, idempotent, and never replays old calendar statuses.
@@ -17,6 +19,7 @@ from airflow.sdk import CronTriggerTimetable, dag, task
 
 from m365_3cx.airflow import tasks
 from m365_3cx.airflow.alerts import SyncFailureNotifier
+from m365_3cx.airflow.contacts_group import contacts_sync
 from m365_3cx.airflow.dag_defaults import (
     FULL_SYNC_CRON,
     GRAPH_POOL,
@@ -87,8 +90,8 @@ def m365_3cx_full_sync() -> None:
         >> apply_extensions
     )
     finished = finish_run(extracted, apply_extensions.output)
-    # Feature groups (contacts, presence) hang between `extracted`/`apply_extensions` and `finished`.
-    _ = finished
+
+    extracted >> contacts_sync(MODE) >> finished
 
 
 m365_3cx_full_sync()

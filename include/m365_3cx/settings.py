@@ -154,12 +154,14 @@ class ContactsSettings:
     :param folder_name: the contact folder read when ``personal_contacts == "folder"``.
     :param exclude_category: contacts with this Outlook category are skipped; ``None`` = none.
     :param org_contacts: also sync organisational (Exchange) contacts.
+    :param shard_size: users per mapped extract task (contacts of a shard are read with ``$batch``).
     """
 
     personal_contacts: str = "off"
     folder_name: str = "3CX"
     exclude_category: str | None = "Private"
     org_contacts: bool = False
+    shard_size: int = 200
 
 
 def _default_mapping() -> Mapping[str, str | None]:
@@ -356,6 +358,7 @@ _SECTIONS: Final[dict[str, tuple[type, dict[str, Callable[[object], Any]]]]] = {
             "folder_name": _str,
             "exclude_category": _optional(_str),
             "org_contacts": _bool,
+            "shard_size": _int(1, 5000),
         },
     ),
     "presence": (

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
-EXPECTED = {"m365_3cx_full_sync", "m365_3cx_delta"}
+EXPECTED = {"m365_3cx_full_sync", "m365_3cx_delta", "m365_3cx_hourly"}
+#: DAGs without the users -> extensions tasks (checked by test_presence_tasks_run_in_pools).
+PRESENCE_ONLY = {"m365_3cx_hourly"}
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +55,20 @@ def test_task_level_policy(dagbag) -> None:
 def test_external_calls_run_in_pools(dagbag) -> None:
     for dag in _dags(dagbag):
         pools = {task.task_id: task.pool for task in dag.tasks}
+        if dag.dag_id in PRESENCE_ONLY:
+            continue
         assert pools["extract_users"] == "graph_api", dag.dag_id
         assert pools["snapshot_threecx"] == "threecx_api", dag.dag_id
         assert pools["apply_extensions"] == "threecx_api", dag.dag_id
+
+
+def test_presence_tasks_run_in_pools(dagbag) -> None:
+    for dag_id in ("m365_3cx_hourly", "m365_3cx_delta"):
+        dag = dagbag.dags[dag_id]
+        pools = {task.task_id: task.pool for task in dag.tasks}
+        assert pools["presence_refresh.extract_calendars"] == "graph_api", dag_id
+        assert pools["presence_apply.compute_presence"] == "threecx_api", dag_id
+        assert pools["presence_apply.apply_presence"] == "threecx_api", dag_id
 
 
 def test_pipeline_order(dagbag) -> None:

@@ -26,6 +26,13 @@ DELTA_INTERVAL = timedelta(minutes=max(1, int(os.environ.get("M365_3CX_DELTA_MIN
 STG_USERS = Asset(name="stg_users", uri="m365-3cx-staging://stg_users", group="m365_3cx_staging")
 TGT_EXTENSIONS = Asset(name="tgt_extensions", uri="m365-3cx-staging://tgt_extensions", group="m365_3cx_staging")
 THREECX_EXTENSIONS = Asset(name="threecx_extensions", uri="m365-3cx-threecx://Users", group="threecx")
+STG_CONTACTS = Asset(name="stg_contacts", uri="m365-3cx-staging://stg_contacts", group="m365_3cx_staging")
+TGT_PHONEBOOK = Asset(name="tgt_phonebook", uri="m365-3cx-staging://tgt_phonebook", group="m365_3cx_staging")
+THREECX_PHONEBOOK = Asset(name="threecx_phonebook", uri="m365-3cx-threecx://Contacts", group="threecx")
+STG_EVENTS = Asset(name="stg_events", uri="m365-3cx-staging://stg_events", group="m365_3cx_staging")
+STG_AUTO_REPLIES = Asset(name="stg_auto_replies", uri="m365-3cx-staging://stg_auto_replies", group="m365_3cx_staging")
+TGT_PRESENCE = Asset(name="tgt_presence", uri="m365-3cx-staging://tgt_presence", group="m365_3cx_staging")
+THREECX_PRESENCE = Asset(name="threecx_presence", uri="m365-3cx-threecx://Users/CurrentProfileName", group="threecx")
 
 
 def default_args(execution_timeout: timedelta = timedelta(minutes=30)) -> dict[str, Any]:

@@ -7,6 +7,7 @@ the configured Graph host, so the bearer token is never sent anywhere else.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -280,6 +281,28 @@ class GraphClient:
         :raises GraphError: any classified error.
         """
         return self._json(self._request("GET", path, params=params))
+
+    def post_json(self, path: str, body: Any) -> dict[str, Any]:
+        """POST a JSON body (e.g. ``/$batch``) and return the decoded JSON object.
+
+        POST is not idempotent for the transport: it is retried only on 429/503 (the server did
+        not act on it); other transient failures surface to the caller (the task retries).
+
+        :param path: a path under ``/v1.0``.
+        :param body: the JSON body.
+        :raises GraphError: any classified error, or a body that is not a JSON object.
+        """
+        return self._json(self._request("POST", path, json=body, headers={"Content-Type": "application/json"}))
+
+    def wait(self, seconds: float) -> None:
+        """Sleep for a backoff outside the transport (e.g. between ``$batch`` retry rounds).
+
+        Uses the transport's sleep function, so tests that record the transport's waits see it.
+
+        :param seconds: how long; negative values count as zero.
+        """
+        sleep = getattr(self._transport, "_sleep", None) or time.sleep
+        sleep(max(0.0, float(seconds)))
 
     def test_connection(self) -> tuple[bool, str]:
         """Get a token and read one user id.

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 USERS_RESOURCE = "users"
+#: DAGs whose successful runs applied the users plan (the hourly presence DAG does not).
+USER_SYNC_DAGS = ("m365_3cx_full_sync", "m365_3cx_delta")
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,9 @@ def pending_user_keys(engine: Engine, run_key: str) -> set[str]:
     with engine.connect() as conn:
         last_ok = conn.execute(
             sa.select(sa.func.max(sync_runs.c.started_at)).where(
-                sync_runs.c.status == "success", sync_runs.c.dry_run.is_(False)
+                sync_runs.c.status == "success",
+                sync_runs.c.dry_run.is_(False),
+                sync_runs.c.dag_id.in_(USER_SYNC_DAGS),
             )
         ).scalar()
         query = sa.select(stg_users.c.user_id)

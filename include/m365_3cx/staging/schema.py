@@ -295,27 +295,37 @@ stg_contacts: Final = Table(
 stg_events: Final = Table(
     "stg_events",
     metadata,
+    # Presence feature: one row per calendar event occurrence in a user's window (soft deletes).
+    # No subject unless presence.store_subjects, and never for private/confidential events.
     Column("user_id", USER_ID, primary_key=True),
-    Column("event_id", String(256), primary_key=True),
-    Column("start_at", UTCDateTime()),
-    Column("end_at", UTCDateTime()),
-    Column("show_as", String(32)),
-    Column("is_cancelled", Boolean),
-    Column("payload", _json()),  # never the subject of a private event
+    Column("event_id", String(512), primary_key=True),  # immutable id (Prefer: IdType="ImmutableId")
+    Column("start_utc", UTCDateTime()),
+    Column("end_utc", UTCDateTime()),
+    Column("is_all_day", Boolean, nullable=False, default=False),
+    Column("time_zone", String(64)),  # IANA zone of an all-day event (its local days), else null
+    Column("show_as", String(32)),  # free | tentative | busy | oof | workingElsewhere | unknown
+    Column("is_cancelled", Boolean, nullable=False, default=False),
+    Column("sensitivity", String(16)),  # normal | personal | private | confidential
+    Column("event_type", String(16)),  # singleInstance | occurrence | exception
+    Column("series_master_id", String(512)),
+    Column("change_key", String(256)),
+    Column("subject", Text),
     Column("deleted", Boolean, nullable=False, default=False),
+    Column("deleted_at", UTCDateTime()),
+    Column("first_seen_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("last_run_key", RUN_KEY),
-    Index("ix_stg_events_user_window", "user_id", "start_at", "end_at"),
+    Index("ix_stg_events_user_window", "user_id", "start_utc", "end_utc"),
 )
 
 stg_auto_replies: Final = Table(
     "stg_auto_replies",
     metadata,
     Column("user_id", USER_ID, primary_key=True),
-    Column("status", String(32)),  # disabled | alwaysEnabled | scheduled
+    Column("mailbox", Boolean, nullable=False, default=True),  # False: no Exchange Online mailbox
+    Column("status", String(32)),  # disabled | alwaysEnabled | scheduled (canonical casing)
     Column("scheduled_start", UTCDateTime()),
     Column("scheduled_end", UTCDateTime()),
-    Column("payload", _json()),
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("last_run_key", RUN_KEY),
 )
@@ -343,8 +353,10 @@ presence_state: Final = Table(
     "presence_state",
     metadata,
     Column("user_id", USER_ID, primary_key=True),
-    Column("profile", String(64)),  # last profile the sync set
-    Column("set_at", UTCDateTime()),
+    Column("threecx_id", Integer),
+    Column("profile", String(64), nullable=False),  # last profile the sync set (or took as baseline)
+    Column("via", String(16), nullable=False, default="set"),  # set | baseline
+    Column("set_at", UTCDateTime(), nullable=False),
     Column("run_key", RUN_KEY),
 )
 
@@ -378,11 +390,12 @@ tgt_presence: Final = Table(
     "tgt_presence",
     metadata,
     Column("user_id", USER_ID, primary_key=True),
-    Column("profile", String(64)),
-    Column("next_switch_at", UTCDateTime()),
-    Column("payload", _json()),
+    Column("threecx_id", Integer),
+    Column("profile", String(64), nullable=False),  # desired profile at computed_at
+    Column("reason", String(32), nullable=False),  # automatic_replies | oof | busy | ... | default
+    Column("next_switch_at", UTCDateTime()),  # UTC instant the desired profile changes next
     Column("run_key", RUN_KEY),
-    Column("computed_at", UTCDateTime()),
+    Column("computed_at", UTCDateTime(), nullable=False),
 )
 
 

@@ -37,6 +37,11 @@ USER_SELECT: tuple[str, ...] = (
     "Id", "Number", "FirstName", "LastName", "DisplayName", "EmailAddress", "Mobile",
     "OutboundCallerID", "Enabled", "CurrentProfileName", "Tags", "PrimaryGroupId",
 )
+CONTACT_SELECT: tuple[str, ...] = (
+    "Id", "FirstName", "LastName", "CompanyName", "Title", "Department", "Email", "PhoneNumber", "Mobile2",
+    "Business", "Business2", "Home", "BusinessFax", "Other", "Tag", "ContactType",
+)
+"""``Pbx.Contact`` properties the phonebook sync reads."""
 TOKEN_REFRESH_MARGIN = 60.0
 """Seconds before expiry at which a cached token is renewed."""
 
@@ -422,6 +427,94 @@ class ThreeCXClient:
         body = self._json(self._request("GET", "Groups", params={"$filter": "IsDefault eq true"}))
         value = body.get("value") if isinstance(body, dict) else None
         return dict(value[0]) if value else None
+
+    # -- company phonebook (contacts feature) ----------------------------------------------------
+
+    def list_contacts(self, select: Sequence[str] | None = CONTACT_SELECT) -> Iterator[list[dict[str, Any]]]:
+        """Yield pages of the company phonebook (``/Contacts``, ``$orderby=Id&$top=100&$skip``).
+
+        :param select: properties to return (``None``: all).
+        :raises ThreeCXError: any classified error.
+        """
+        return self.iter_collection("Contacts", select=select)
+
+    def create_contact(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a company-phonebook contact; returns it (with its ``Id``).
+
+        Not retried after an ambiguous failure (only 429/503/connect timeouts), to avoid duplicates.
+
+        :raises ThreeCXFatalError: validation errors (``target`` names the field).
+        :raises ThreeCXError: any other classified error.
+        """
+        response = self._request("POST", "Contacts", json=dict(body))
+        if response.status_code != 201:
+            raise ThreeCXFatalError("create contact did not answer 201", status=response.status_code,
+                                    code="UNEXPECTED_STATUS")
+        return dict(self._json(response))
+
+    def update_contact(self, contact_id: int, patch: Mapping[str, Any]) -> None:
+        """PATCH the given properties of a contact.
+
+        :raises ThreeCXFatalError: validation errors or an unknown id (``status=404``).
+        :raises ThreeCXError: any other classified error.
+        """
+        self._request("PATCH", f"Contacts({int(contact_id)})", json=dict(patch))
+
+    def delete_contact(self, contact_id: int) -> None:
+        """Delete one contact.
+
+        :raises ThreeCXFatalError: ``code="NOT_FOUND"``, ``status=404`` when it does not exist.
+        :raises ThreeCXError: any other classified error.
+        """
+        try:
+            self._request("DELETE", f"Contacts({int(contact_id)})")
+        except ThreeCXFatalError as err:
+            if err.status == 404:
+                raise ThreeCXFatalError(f"contact {int(contact_id)} not found", status=404, code="NOT_FOUND",
+                                        request_id=err.request_id) from None
+            raise
+
+    def delete_contacts(self, ids: Iterable[int]) -> None:
+        """Delete several contacts at once (``Pbx.DeleteContactsById``, 20.0.9+); unknown ids are ignored.
+
+        :raises ThreeCXFatalError: when the PBX refuses the action (e.g. before 20.0.9: fall back to
+            :meth:`delete_contact`).
+        :raises ThreeCXError: any other classified error.
+        """
+        self._request("POST", "Contacts/Pbx.DeleteContactsById", json={"ids": [int(i) for i in ids]},
+                      idempotent=True)
+
+    def list_user_profiles(self) -> Iterator[list[dict[str, Any]]]:
+        """Yield pages of every user's ``Id``, ``Number`` and ``CurrentProfileName`` (one paged read).
+
+        :raises ThreeCXError: any classified error.
+        """
+        return self.iter_collection("Users", select=("Id", "Number", "CurrentProfileName"))
+
+    def profile_names(self) -> set[str]:
+        """The forwarding-profile ``Name`` values the PBX reports (read from one user, expanded).
+
+        :return: the names; empty when the PBX has no users.
+        :raises ThreeCXError: any classified error.
+        """
+        body = self._json(self._request("GET", "Users", params={
+            "$top": 1, "$select": "Id", "$expand": "ForwardingProfiles($select=Name)",
+        }))
+        users = body.get("value") if isinstance(body, dict) else None
+        names: set[str] = set()
+        for user in users or []:
+            for profile in user.get("ForwardingProfiles") or []:
+                if isinstance(profile, dict) and profile.get("Name"):
+                    names.add(str(profile["Name"]))
+        return names
+
+    def set_profile(self, user_id: int, profile_name: str) -> None:
+        """Switch a user's status: ``PATCH /Users({Id})`` ``{"CurrentProfileName": name}``.
+
+        :raises ThreeCXFatalError: an unknown profile name or user id (the PBX's 400/404).
+        :raises ThreeCXError: any other classified error.
+        """
+        self._request("PATCH", f"Users({int(user_id)})", json={"CurrentProfileName": str(profile_name)})
 
     def system_status(self) -> dict[str, Any]:
         """``/SystemStatus`` (version, licence).

@@ -27,6 +27,7 @@ def test_defaults() -> None:
     assert s.contacts.personal_contacts == "off"
     assert s.presence.mapping["busy"] == "Away"
     assert s.presence.mapping["tentative"] is None
+    assert (s.presence.store_subjects, s.presence.shard_size) == (False, 200)
 
 
 def test_default_json_round_trips() -> None:
@@ -119,6 +120,8 @@ def test_all_problems_reported_at_once() -> None:
         ({"presence": {"mapping": {"default": None}}}, "presence.mapping.default: must be a profile name"),
         ({"presence": {"window_days_back": -1}}, "presence.window_days_back: must be >= 0"),
         ({"presence": {"window_days_back": 0, "window_days_ahead": 0}}, "the calendar window must not be empty"),
+        ({"presence": {"store_subjects": "yes"}}, "presence.store_subjects: must be true or false"),
+        ({"presence": {"shard_size": 0}}, "presence.shard_size: must be >= 1"),
     ],
 )
 def test_validation_rules(data: dict[str, Any], expected: str) -> None:

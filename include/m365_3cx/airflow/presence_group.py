@@ -1,0 +1,142 @@
+"""Calendar presence as TaskGroups the DAGs wire in: refresh (extract) and apply.
+
+``presence_refresh(mode)``: ``plan_calendar_shards`` splits the managed users into shards of
+``presence.shard_size`` and ``extract_calendars`` is mapped over them (dynamic task mapping;
+XCom carries only ``{"shard", "of", "first", "last"}``), each instance named by its user range.
+``presence_apply()``: ``compute_presence`` (desired profiles at wall-clock now, plan) then
+``apply_presence`` (the writes), both in the ``threecx_api`` pool.
+
+Every task runs with trigger rule ``none_failed``, so a skipped upstream (the delta DAG's
+"no user changed" short-circuit, or no shard at all) never skips presence; a failed one does.
+Task bodies make one call each into :mod:`m365_3cx.pipeline.presence` and use the real current
+time, never the run's logical date, so backfills and late runs never apply a past status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from airflow.sdk import TaskGroup, get_current_context, task
+
+from m365_3cx.airflow.dag_defaults import (
+    GRAPH_POOL,
+    STG_AUTO_REPLIES,
+    STG_EVENTS,
+    TGT_PRESENCE,
+    THREECX_POOL,
+    THREECX_PRESENCE,
+)
+from m365_3cx.airflow.hooks import GraphHook, StagingHook, ThreeCXHook
+from m365_3cx.airflow.runtime import fatal_errors_fail_the_task, load_settings, run_info, utcnow
+
+__all__ = ["presence_apply", "presence_refresh"]
+
+#: ``mode`` used for the run identity of the apply tasks (the run key does not depend on it).
+_APPLY_MODE = "delta"
+
+
+@contextlib.contextmanager
+def _engine() -> Iterator[Any]:
+    engine = StagingHook().get_engine()
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def _client(hook: Any) -> Iterator[Any]:
+    client = hook.get_client()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def plan_calendar_shards_body() -> list[dict[str, Any]]:
+    """Shard descriptors of the managed users (empty when presence is disabled)."""
+    from m365_3cx.pipeline.presence import plan_shards
+
+    settings = load_settings()
+    with fatal_errors_fail_the_task(), _engine() as engine:
+        return plan_shards(engine, settings)
+
+
+def extract_calendars_body(mode: str, shard: dict[str, Any]) -> dict[str, Any]:
+    """Stage one shard's calendars (``full``: window + automatic replies; ``delta``: delta links)."""
+    from m365_3cx.pipeline.presence import extract_calendars, shard_label
+
+    context = get_current_context()
+    context["shard_label"] = shard_label(shard)  # type: ignore[typeddict-unknown-key]
+    params = context.get("params") or {}
+    run = run_info(context, mode)
+    settings = load_settings()
+    effective = "full" if params.get("full_resync") else mode
+    with fatal_errors_fail_the_task(), _engine() as engine, _client(GraphHook()) as graph:
+        return extract_calendars(engine, graph, settings, run.run_key, effective, shard, utcnow())
+
+
+def compute_presence_body() -> dict[str, Any]:
+    """Desired profiles at wall-clock now -> ``tgt_presence`` and the run's presence plan."""
+    from m365_3cx.pipeline.presence import compute_presence
+
+    context = get_current_context()
+    params = context.get("params") or {}
+    run = run_info(context, _APPLY_MODE)
+    settings = load_settings()
+    with fatal_errors_fail_the_task(), _engine() as engine, _client(ThreeCXHook()) as threecx:
+        return compute_presence(engine, threecx, settings, run.run_key, utcnow(),
+                                dry_run=bool(params.get("dry_run", False)))
+
+
+def apply_presence_body() -> dict[str, Any]:
+    """Write the run's planned profile switches (nothing with the ``dry_run`` param)."""
+    from m365_3cx.pipeline.presence import apply_presence
+
+    context = get_current_context()
+    params = context.get("params") or {}
+    run = run_info(context, _APPLY_MODE)
+    settings = load_settings()
+    with fatal_errors_fail_the_task(), _engine() as engine, _client(ThreeCXHook()) as threecx:
+        return apply_presence(engine, threecx, settings, run.run_key, utcnow(),
+                              dry_run=bool(params.get("dry_run", False)))
+
+
+def presence_refresh(mode: str) -> TaskGroup:
+    """TaskGroup ``presence_refresh``: shard the users, extract calendars per shard (mapped).
+
+    :param mode: ``full`` (hourly window refresh + automatic replies) or ``delta`` (delta links).
+    """
+    with TaskGroup(group_id="presence_refresh", tooltip="calendars and automatic replies -> staging") as group:
+
+        @task(task_id="plan_calendar_shards", trigger_rule="none_failed")
+        def plan_calendar_shards() -> list[dict[str, Any]]:
+            return plan_calendar_shards_body()
+
+        @task(task_id="extract_calendars", pool=GRAPH_POOL, trigger_rule="none_failed",
+              map_index_template="{{ shard_label }}", outlets=[STG_EVENTS, STG_AUTO_REPLIES])
+        def extract_calendars(shard: dict[str, Any]) -> dict[str, Any]:
+            return extract_calendars_body(mode, shard)
+
+        extract_calendars.expand(shard=plan_calendar_shards())
+    return group
+
+
+def presence_apply() -> TaskGroup:
+    """TaskGroup ``presence_apply``: compute desired profiles and plan, then switch them in 3CX."""
+    with TaskGroup(group_id="presence_apply", tooltip="desired 3CX status now -> 3CX") as group:
+
+        @task(task_id="compute_presence", pool=THREECX_POOL, trigger_rule="none_failed",
+              inlets=[STG_EVENTS, STG_AUTO_REPLIES], outlets=[TGT_PRESENCE])
+        def compute_presence() -> dict[str, Any]:
+            return compute_presence_body()
+
+        @task(task_id="apply_presence", pool=THREECX_POOL, trigger_rule="none_failed",
+              inlets=[TGT_PRESENCE], outlets=[THREECX_PRESENCE])
+        def apply_presence() -> dict[str, Any]:
+            return apply_presence_body()
+
+        compute_presence() >> apply_presence()
+    return group

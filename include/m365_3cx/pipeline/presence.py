@@ -1,0 +1,265 @@
+"""Calendar and automatic replies -> 3CX status: the steps the presence tasks call.
+
+``plan_shards`` splits the managed users into shards (XCom carries only the descriptors),
+``extract_calendars`` stages one shard's calendars (and automatic replies),
+``compute_presence`` decides every user's profile at wall-clock *now* and plans the switches,
+``apply_presence`` writes them. Steps are idempotent; a second run in the same minute writes
+nothing to 3CX. A late run or a backfill never applies a status from the past: the caller passes
+the real current time, never the DAG run's logical date.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from m365_3cx.staging import presence as stage
+from m365_3cx.staging import repo
+from m365_3cx.staging.state import DeltaStateStore
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from m365_3cx.graph.calendar import UserCalendar
+    from m365_3cx.graph.client import GraphClient
+    from m365_3cx.settings import Settings
+    from m365_3cx.threecx.client import ThreeCXClient
+
+log = logging.getLogger(__name__)
+
+STEP_EXTRACT = "presence_extract"
+STEP_COMPUTE = "presence_compute"
+
+
+def plan_shards(engine: Engine, settings: Settings) -> list[dict[str, Any]]:
+    """Shard descriptors ``{"shard", "of", "first", "last"}`` (user-id ranges) of the managed users.
+
+    :return: no shards when presence is disabled or nobody is managed.
+    """
+    if not settings.presence.enabled:
+        log.info("presence: disabled in settings; no calendar shards")
+        return []
+    with engine.connect() as conn:
+        ids = [u.user_id for u in stage.presence_users(conn)]
+    size = settings.presence.shard_size
+    chunks = [ids[i : i + size] for i in range(0, len(ids), size)]
+    shards = [{"shard": n, "of": len(chunks), "first": chunk[0], "last": chunk[-1]}
+              for n, chunk in enumerate(chunks, start=1)]
+    log.info("presence: %d users in %d shard(s) of up to %d", len(ids), len(shards), size)
+    return shards
+
+
+def shard_label(shard: dict[str, Any]) -> str:
+    """A short UI name of a shard: ``shard 2/5 (users 3fa8..-91c2..)``."""
+    return f"shard {shard['shard']}/{shard['of']} (users {str(shard['first'])[:8]}..-{str(shard['last'])[:8]}..)"
+
+
+def extract_calendars(
+    engine: Engine,
+    graph: GraphClient,
+    settings: Settings,
+    run_key: str,
+    mode: str,
+    shard: dict[str, Any],
+    now: datetime,
+) -> dict[str, Any]:
+    """Stage the calendars of one shard's users.
+
+    ``full`` (hourly): ``calendarView`` over the whole window plus automatic replies; each
+    user's calendar delta link is dropped with the refreshed rows, so the next delta run
+    re-anchors it on the current window. ``delta``: follow each user's delta link (initial round
+    when missing or expired). Each user's rows (and link) commit in one transaction. Users
+    without a mailbox get a note in ``sync_notes`` and are skipped.
+
+    :param mode: ``full`` or ``delta``.
+    :param shard: a descriptor from :func:`plan_shards`.
+    :return: counts from :func:`m365_3cx.graph.calendar.read_calendars` plus ``staged``/``deleted``.
+    :raises GraphError: a non per-user Graph failure.
+    """
+    from m365_3cx.graph.calendar import CalendarWindow, read_calendars
+    from m365_3cx.transform.notes import Note, note_rows
+
+    presence = settings.presence
+    window = CalendarWindow.around(now, presence.window_days_back, presence.window_days_ahead)
+    store = DeltaStateStore()
+    with engine.connect() as conn:
+        users = stage.presence_users(conn, first=shard["first"], last=shard["last"],
+                                     with_mailbox_only=(mode == "delta"))
+        links = ({u.user_id: store.get(conn, stage.events_resource(u.user_id)) for u in users}
+                 if mode == "delta" else {})
+    notes: list[Note] = []
+    totals = {"staged": 0, "deleted": 0}
+
+    def on_user(calendar: UserCalendar) -> None:
+        resource = stage.events_resource(calendar.user_id)
+        with engine.begin() as conn:
+            if not calendar.mailbox or calendar.problem is not None:
+                stage.stage_user_calendar(conn, calendar, run_key, now)
+                store.clear(conn, resource)
+                message = calendar.problem or "no Exchange Online mailbox (MailboxNotEnabledForRESTAPI); skipped"
+                notes.append(Note("presence", calendar.user_id, calendar.user_id, "calendar", "warning",
+                                  f"user {calendar.user_id}: {message}"))
+                return
+            staged = stage.stage_user_calendar(conn, calendar, run_key, now)
+            if calendar.delta_link:
+                store.save(conn, resource, calendar.delta_link, run_key, now=now)
+            elif mode == "full":
+                store.clear(conn, resource)
+        totals["staged"] += staged.upserted
+        totals["deleted"] += staged.deleted
+
+    counts: dict[str, Any] = read_calendars(
+        graph, [u.user_id for u in users], window, mode="view" if mode == "full" else "delta", delta_links=links,
+        read_auto_replies=(mode == "full"), on_user=on_user, default_time_zone=settings.timezone,
+        store_subjects=presence.store_subjects,
+    )
+    with engine.begin() as conn:
+        step = f"{STEP_EXTRACT}:{shard['shard']}"
+        repo.add_notes(conn, run_key, note_rows(notes, run_key, now), step=step, now=now)
+        if mode == "full" and shard["shard"] == 1:
+            counts["purged"] = stage.purge_events(conn, window.start)
+    counts.update(totals)
+    counts["shard"] = shard["shard"]
+    return counts
+
+
+def _event_spans(rows: list[dict[str, Any]]) -> list[Any]:
+    from m365_3cx.transform.presence import EventSpan
+
+    return [
+        EventSpan(row["event_id"], row["start_utc"], row["end_utc"], row["show_as"], bool(row["is_all_day"]),
+                  row["time_zone"], bool(row["is_cancelled"]))
+        for row in rows if row["start_utc"] is not None and row["end_utc"] is not None
+    ]
+
+
+def compute_presence(
+    engine: Engine, threecx: ThreeCXClient, settings: Settings, run_key: str, now: datetime, *, dry_run: bool = False
+) -> dict[str, Any]:
+    """Decide every managed user's profile at ``now``, store ``tgt_presence`` and plan the switches.
+
+    Reads the PBX's profile names (the mapping is checked against them) and every user's
+    ``CurrentProfileName`` in one paged read, then applies the respect/override rule of
+    :mod:`m365_3cx.reconcile.presence`. The plan goes to ``sync_plan`` (object type ``presence``,
+    run key :func:`presence_plan_key`) before anything is written. Users whose 3CX status already
+    equals the desired default while ``presence_state`` holds another profile get the default
+    recorded as the sync's baseline (not in a dry run).
+
+    :param now: the real current time (UTC), never a logical date.
+    :param dry_run: record no baselines.
+    :return: counts: users, switch, unchanged, respected, and the reasons' tallies.
+    :raises ConfigError: the mapping names a profile the PBX does not have.
+    """
+    from m365_3cx.reconcile.presence import DesiredProfile, plan_row, plan_switches
+    from m365_3cx.transform.presence import AutoReplies, check_mapping_against_pbx, decide
+
+    presence = settings.presence
+    if not presence.enabled:
+        return {"enabled": False}
+    mapping = dict(presence.mapping)
+    check_mapping_against_pbx(mapping, threecx.profile_names())
+    current = {int(u["Id"]): u.get("CurrentProfileName") for page in threecx.list_user_profiles() for u in page
+               if isinstance(u.get("Id"), int)}
+    with engine.connect() as conn:
+        users = stage.presence_users(conn)
+        events = stage.load_events(conn, [u.user_id for u in users])
+        replies = stage.load_auto_replies(conn)
+        state = stage.load_state(conn)
+    desired: list[DesiredProfile] = []
+    targets: list[dict[str, Any]] = []
+    reasons: dict[str, int] = {}
+    for user in users:
+        rep = replies.get(user.user_id)
+        auto = AutoReplies(rep["status"], rep["scheduled_start"], rep["scheduled_end"]) if rep else None
+        decision = decide(_event_spans(events.get(user.user_id, [])), auto, mapping, now)
+        reasons[decision.reason] = reasons.get(decision.reason, 0) + 1
+        desired.append(DesiredProfile(user.user_id, user.threecx_id, user.number, decision.profile, decision.reason))
+        targets.append({"user_id": user.user_id, "threecx_id": user.threecx_id, "profile": decision.profile,
+                        "reason": decision.reason, "next_switch_at": decision.next_switch_at})
+    last_set = {uid: row["profile"] for uid, row in state.items()}
+    plan = plan_switches(desired, current, last_set, str(mapping["default"]), presence.mode)
+    with engine.begin() as conn:
+        stage.save_targets(conn, targets, run_key, now)
+        repo.save_plan(conn, presence_plan_key(run_key), [plan_row(s) for s in plan.switches])
+        if not dry_run:
+            for user_id, threecx_id, profile in plan.baselines:
+                stage.save_state(conn, user_id, threecx_id, profile, "baseline", run_key, now)
+    counts = {"users": len(users), "switch": len(plan.switches), "unchanged": plan.unchanged,
+              "respected": len(plan.respected), "baseline": len(plan.baselines), "reasons": reasons}
+    log.info("presence: %d users, %d switches planned, %d unchanged, %d manual statuses respected",
+             counts["users"], counts["switch"], counts["unchanged"], counts["respected"])
+    return counts
+
+
+def presence_plan_key(run_key: str) -> str:
+    """The ``sync_plan`` run key of a run's presence switches: ``"<run key>#presence"``.
+
+    Kept apart from the run's extensions plan, which :func:`repo.save_plan` replaces as a whole
+    (the two are planned in parallel in the delta DAG). Audit rows use the run key itself.
+    """
+    return f"{run_key[:240]}#presence"
+
+
+def apply_presence(
+    engine: Engine,
+    threecx: ThreeCXClient,
+    settings: Settings,
+    run_key: str,
+    now: datetime,
+    *,
+    dry_run: bool,
+) -> dict[str, Any]:
+    """Write this run's planned profile switches, auditing each; record what the sync set.
+
+    A planned switch whose decision expired before it could be applied (its user's
+    ``next_switch_at`` has passed, e.g. a retry long after the plan) is skipped: the next run
+    recomputes it, so no status from the past is ever applied. Dry runs write nothing to 3CX,
+    ``sync_audit`` or ``presence_state``.
+
+    :param now: the real current time (UTC).
+    :return: counts: switched, failed, skipped, stale.
+    :raises RetriableError: the PBX kept failing transiently (the task retries; nothing repeats).
+    """
+    from m365_3cx.reconcile.presence import FIELD, ProfileSwitch, SwitchOutcome, apply_switches, audit_row
+
+    if not settings.presence.enabled:
+        return {"enabled": False}
+    plan_key = presence_plan_key(run_key)
+    with engine.connect() as conn:
+        rows = [r for r in repo.load_plan(conn, plan_key, statuses=("planned", "failed", "dry_run"))
+                if r["object_type"] == "presence"]
+        targets = stage.load_targets(conn)
+    switches: list[tuple[int, ProfileSwitch]] = []
+    stale = 0
+    for row in rows:
+        before, after = (row["changes"] or {}).get(FIELD, [None, None])
+        target = targets.get(row["object_key"]) or {}
+        expires = target.get("next_switch_at")
+        if target.get("profile") != after or (expires is not None and expires <= now):
+            stale += 1
+            with engine.begin() as conn:
+                repo.set_plan_status(conn, plan_key, row["seq"], "skipped")
+            continue
+        reason = (row["reason"] or "").removeprefix("calendar: ")
+        switch = ProfileSwitch(row["object_key"], int(row["threecx_id"]), row["number"] or "", before, str(after),
+                               reason)
+        switches.append((row["seq"], switch))
+    seq_of = {id(s): seq for seq, s in switches}
+
+    def record(outcome: SwitchOutcome) -> None:
+        switch = outcome.switch
+        status = "dry_run" if dry_run else {"ok": "applied"}.get(outcome.result, outcome.result)
+        with engine.begin() as conn:
+            repo.set_plan_status(conn, plan_key, seq_of[id(switch)], status)
+            if dry_run:
+                return
+            repo.add_audit(conn, [audit_row(outcome, run_key, now)])
+            if outcome.result == "ok":
+                stage.save_state(conn, switch.user_id, switch.threecx_id, switch.after, "set", run_key, now)
+
+    counts: dict[str, Any] = apply_switches([s for _, s in switches], threecx, on_outcome=record, dry_run=dry_run)
+    counts["stale"] = stale
+    log.info("presence apply%s: %d switched, %d failed, %d stale",
+             " (dry run)" if dry_run else "", counts["switched"], counts["failed"], stale)
+    return counts

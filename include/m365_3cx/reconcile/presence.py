@@ -1,0 +1,223 @@
+"""Presence: when to switch a user's 3CX profile, and switching it.
+
+The rule (:func:`decide_switch`), with D the desired profile, C the user's current profile in
+3CX, L the profile the sync set last (``presence_state``; none yet counts as the default) and
+Δ the default profile (``presence.mapping["default"]``):
+
+* ``C == D``: nothing to write. When ``C == Δ`` and ``L != Δ`` the sync records Δ as its
+  *baseline* (L := Δ): user and calendar agree again, so the sync owns the status from here on.
+* ``C != D``, mode ``override``: switch to D.
+* ``C != D``, mode ``respect``: switch only if the sync owns the current status, i.e.
+  ``C == (L or Δ)``. A status the user chose by hand (anything else, e.g. ``Custom 1``, or
+  ``Available`` picked during a meeting the sync had switched to ``Away``) is left alone: the sync
+  switches them neither to a calendar status nor back to the default, until the user's status
+  and the calendar agree again (then the baseline rule above hands control back).
+
+Every switch sets L := D. :func:`apply_switches` writes through a :class:`ProfileWriter` (the
+3CX client) and reports every outcome as it happens so the caller can audit it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from m365_3cx.errors import FatalError, RetriableError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ACTION",
+    "FIELD",
+    "OBJECT_TYPE",
+    "DesiredProfile",
+    "PresencePlan",
+    "ProfileSwitch",
+    "ProfileWriter",
+    "SwitchOutcome",
+    "apply_switches",
+    "audit_row",
+    "decide_switch",
+    "plan_row",
+    "plan_switches",
+]
+
+OBJECT_TYPE: Final = "presence"
+ACTION: Final = "set_profile"
+FIELD: Final = "CurrentProfileName"
+
+SET: Final = "set"
+BASELINE: Final = "baseline"
+KEEP: Final = "keep"
+RESPECT: Final = "respect"
+
+
+def decide_switch(desired: str, current: str | None, last_set: str | None, default: str, mode: str) -> str:
+    """Classify one user: ``set`` (switch to ``desired``), ``baseline``, ``keep`` or ``respect``.
+
+    :param desired: D, the profile due now.
+    :param current: C, the profile 3CX reports (``None`` counts as ``default``).
+    :param last_set: L, the profile the sync set last (``None``: never).
+    :param default: Δ, ``presence.mapping["default"]``.
+    :param mode: ``respect`` or ``override``.
+    :raises ValueError: unknown ``mode``.
+    """
+    if mode not in ("respect", "override"):
+        raise ValueError(f"mode must be respect or override, got {mode!r}")
+    now_current = current or default
+    if now_current == desired:
+        return BASELINE if now_current == default and last_set != default else KEEP
+    if mode == "override" or now_current == (last_set or default):
+        return SET
+    return RESPECT
+
+
+@dataclass(frozen=True)
+class DesiredProfile:
+    """The profile a managed user should have now (a ``tgt_presence`` row)."""
+
+    user_id: str
+    threecx_id: int
+    number: str
+    profile: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ProfileSwitch:
+    """One planned ``CurrentProfileName`` write."""
+
+    user_id: str
+    threecx_id: int
+    number: str
+    before: str | None
+    after: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PresencePlan:
+    """What :func:`plan_switches` decided.
+
+    :param switches: writes to make.
+    :param baselines: ``(user_id, threecx_id, profile)`` to record as the sync's baseline (no write).
+    :param respected: ids of users whose hand-chosen status was left alone.
+    :param unchanged: users already at their desired profile.
+    """
+
+    switches: tuple[ProfileSwitch, ...]
+    baselines: tuple[tuple[str, int, str], ...]
+    respected: tuple[str, ...]
+    unchanged: int
+
+
+def plan_switches(
+    desired: Iterable[DesiredProfile],
+    current: Mapping[int, str | None],
+    last_set: Mapping[str, str],
+    default: str,
+    mode: str,
+) -> PresencePlan:
+    """Apply :func:`decide_switch` to every managed user present in 3CX.
+
+    :param desired: desired profiles of the managed users.
+    :param current: ``CurrentProfileName`` by 3CX user id (users missing here are not in 3CX: skipped).
+    :param last_set: ``presence_state.profile`` by Graph user id.
+    :param default: the default profile.
+    :param mode: ``respect`` or ``override``.
+    :raises ValueError: unknown ``mode``.
+    """
+    switches: list[ProfileSwitch] = []
+    baselines: list[tuple[str, int, str]] = []
+    respected: list[str] = []
+    unchanged = 0
+    for want in sorted(desired, key=lambda d: d.user_id):
+        if want.threecx_id not in current:
+            continue
+        now_current = current[want.threecx_id]
+        verdict = decide_switch(want.profile, now_current, last_set.get(want.user_id), default, mode)
+        if verdict == SET:
+            switches.append(ProfileSwitch(want.user_id, want.threecx_id, want.number, now_current, want.profile,
+                                          want.reason))
+        elif verdict == BASELINE:
+            baselines.append((want.user_id, want.threecx_id, want.profile))
+            unchanged += 1
+        elif verdict == RESPECT:
+            respected.append(want.user_id)
+        else:
+            unchanged += 1
+    return PresencePlan(tuple(switches), tuple(baselines), tuple(respected), unchanged)
+
+
+class ProfileWriter(Protocol):
+    """The write :func:`apply_switches` needs from the 3CX client."""
+
+    def set_profile(self, user_id: int, profile_name: str) -> None:
+        """Set ``CurrentProfileName`` of the 3CX user ``user_id``."""
+        ...
+
+
+@dataclass(frozen=True)
+class SwitchOutcome:
+    """What happened to one switch: ``ok``, ``failed`` (with the error) or ``skipped`` (dry run)."""
+
+    switch: ProfileSwitch
+    result: str
+    error: str | None = None
+
+
+def apply_switches(
+    switches: Iterable[ProfileSwitch],
+    writer: ProfileWriter,
+    *,
+    on_outcome: Callable[[SwitchOutcome], None],
+    dry_run: bool = False,
+) -> dict[str, int]:
+    """Write the switches one by one, reporting each outcome before the next write.
+
+    A fatal error fails that switch only (e.g. 3CX rejecting a profile name); a retriable one
+    (the client already retried) stops and is re-raised: the next run re-plans from 3CX's state.
+
+    :return: counts ``switched``, ``failed``, ``skipped``.
+    :raises RetriableError: the PBX kept failing transiently.
+    """
+    counts = {"switched": 0, "failed": 0, "skipped": 0}
+    for switch in switches:
+        if dry_run:
+            outcome = SwitchOutcome(switch, "skipped", "dry run")
+            counts["skipped"] += 1
+        else:
+            try:
+                writer.set_profile(switch.threecx_id, switch.after)
+            except RetriableError:
+                raise
+            except FatalError as exc:
+                log.warning("presence: switching 3CX user %d failed: %s", switch.threecx_id, exc)
+                outcome = SwitchOutcome(switch, "failed", str(exc))
+                counts["failed"] += 1
+            else:
+                outcome = SwitchOutcome(switch, "ok")
+                counts["switched"] += 1
+        on_outcome(outcome)
+    return counts
+
+
+def plan_row(switch: ProfileSwitch) -> dict[str, object]:
+    """The ``sync_plan`` row (without run key/seq) of a switch."""
+    return {
+        "action": ACTION, "object_type": OBJECT_TYPE, "object_key": switch.user_id, "number": switch.number,
+        "threecx_id": switch.threecx_id, "changes": {FIELD: [switch.before, switch.after]},
+        "reason": f"calendar: {switch.reason}",
+    }
+
+
+def audit_row(outcome: SwitchOutcome, run_key: str, at: object) -> dict[str, object]:
+    """The ``sync_audit`` row of an outcome."""
+    switch = outcome.switch
+    return {
+        "run_key": run_key, "at": at, "action": ACTION, "object_type": OBJECT_TYPE, "object_key": switch.user_id,
+        "number": switch.number, "threecx_id": switch.threecx_id, "field": FIELD, "before": switch.before,
+        "after": switch.after, "result": outcome.result, "error": outcome.error,
+    }

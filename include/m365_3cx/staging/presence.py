@@ -1,0 +1,234 @@
+"""Staging for calendar presence: ``stg_events``, ``stg_auto_replies``, ``tgt_presence``, ``presence_state``.
+
+Like :mod:`m365_3cx.staging.repo`, every function takes an open connection and never commits:
+a user's events, automatic replies and calendar delta link are written in one transaction
+(the caller's). No subjects are written unless the extract asked for them (and never those
+of private/confidential events; :func:`m365_3cx.graph.calendar.parse_event` drops them).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, delete, select, update
+from sqlalchemy.engine import Connection
+
+from m365_3cx.staging.repo import upsert
+from m365_3cx.staging.schema import (
+    extension_map,
+    presence_state,
+    stg_auto_replies,
+    stg_events,
+    stg_users,
+    tgt_presence,
+)
+
+if TYPE_CHECKING:
+    from m365_3cx.graph.calendar import UserCalendar
+
+__all__ = [
+    "PresenceUser",
+    "StagedCounts",
+    "events_resource",
+    "load_auto_replies",
+    "load_events",
+    "load_state",
+    "load_targets",
+    "presence_users",
+    "purge_events",
+    "save_state",
+    "save_targets",
+    "stage_user_calendar",
+]
+
+_EVENT_COLUMNS = (
+    "start_utc", "end_utc", "is_all_day", "time_zone", "show_as", "is_cancelled", "sensitivity", "event_type",
+    "series_master_id", "change_key", "subject",
+)
+
+
+def events_resource(user_id: str) -> str:
+    """The ``delta_state`` resource key of a user's calendar delta link."""
+    return f"events:{user_id}"
+
+
+def _aware(now: dt.datetime) -> dt.datetime:
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("naive datetime; pass an aware UTC datetime")
+    return now
+
+
+@dataclass(frozen=True)
+class PresenceUser:
+    """A user whose 3CX profile the presence feature manages.
+
+    :param user_id: Graph user id.
+    :param threecx_id: the 3CX user id of the user's managed extension.
+    :param number: the extension number.
+    """
+
+    user_id: str
+    threecx_id: int
+    number: str
+
+
+def presence_users(
+    conn: Connection,
+    *,
+    first: str | None = None,
+    last: str | None = None,
+    with_mailbox_only: bool = False,
+) -> list[PresenceUser]:
+    """In-scope, live users with a mail address and an active managed extension, ordered by id.
+
+    :param first: only ids ``>= first`` (a shard's range).
+    :param last: only ids ``<= last``.
+    :param with_mailbox_only: leave out users last seen without a mailbox.
+    """
+    query = (
+        select(stg_users.c.user_id, extension_map.c.threecx_id, extension_map.c.number)
+        .select_from(stg_users.join(extension_map, extension_map.c.user_id == stg_users.c.user_id))
+        .where(
+            stg_users.c.in_scope.is_(True),
+            stg_users.c.deleted.is_(False),
+            stg_users.c.mail.is_not(None),
+            stg_users.c.mail != "",
+            extension_map.c.status == "active",
+            extension_map.c.threecx_id.is_not(None),
+        )
+        .order_by(stg_users.c.user_id)
+    )
+    if first is not None:
+        query = query.where(stg_users.c.user_id >= first)
+    if last is not None:
+        query = query.where(stg_users.c.user_id <= last)
+    if with_mailbox_only:
+        no_mailbox = select(stg_auto_replies.c.user_id).where(stg_auto_replies.c.mailbox.is_(False))
+        query = query.where(stg_users.c.user_id.not_in(no_mailbox))
+    return [PresenceUser(uid, int(tid), str(number)) for uid, tid, number in conn.execute(query)]
+
+
+@dataclass(frozen=True)
+class StagedCounts:
+    """Rows one user's round changed."""
+
+    upserted: int = 0
+    deleted: int = 0
+
+
+def stage_user_calendar(conn: Connection, calendar: UserCalendar, run_key: str, now: dt.datetime) -> StagedCounts:
+    """Write one user's round: events (upsert), deletions, automatic replies, mailbox flag.
+
+    A complete round soft-deletes the user's staged events it did not return; ``removed`` ids are
+    soft-deleted either way. The caller saves the delta link in the same transaction.
+
+    :raises ValueError: naive ``now``.
+    """
+    _aware(now)
+    uid = calendar.user_id
+    deleted = 0
+    if not calendar.mailbox:
+        upsert(conn, stg_auto_replies, [{
+            "user_id": uid, "mailbox": False, "status": None, "scheduled_start": None, "scheduled_end": None,
+            "updated_at": now, "last_run_key": run_key,
+        }], ["user_id"])
+        return StagedCounts()
+    rows = [
+        {"user_id": uid, "event_id": e.event_id, **{c: getattr(e, c) for c in _EVENT_COLUMNS},
+         "deleted": False, "deleted_at": None, "first_seen_at": now, "updated_at": now, "last_run_key": run_key}
+        for e in calendar.events
+    ]
+    upsert(conn, stg_events, rows, ["user_id", "event_id"],
+           [*_EVENT_COLUMNS, "deleted", "deleted_at", "updated_at", "last_run_key"])
+    gone = {"deleted": True, "deleted_at": now, "updated_at": now, "last_run_key": run_key}
+    live = and_(stg_events.c.user_id == uid, stg_events.c.deleted.is_(False))
+    if calendar.complete:
+        seen = [e.event_id for e in calendar.events]
+        condition = live if not seen else and_(live, stg_events.c.event_id.not_in(seen))
+        deleted += conn.execute(update(stg_events).where(condition).values(**gone)).rowcount
+    if calendar.removed:
+        deleted += conn.execute(
+            update(stg_events).where(live, stg_events.c.event_id.in_(list(calendar.removed))).values(**gone)
+        ).rowcount
+    if calendar.auto_replies is not None:
+        replies = calendar.auto_replies
+        upsert(conn, stg_auto_replies, [{
+            "user_id": uid, "mailbox": True, "status": replies.status, "scheduled_start": replies.scheduled_start,
+            "scheduled_end": replies.scheduled_end, "updated_at": now, "last_run_key": run_key,
+        }], ["user_id"])
+    else:
+        conn.execute(update(stg_auto_replies).where(stg_auto_replies.c.user_id == uid,
+                                                    stg_auto_replies.c.mailbox.is_(False))
+                     .values(mailbox=True, updated_at=now, last_run_key=run_key))
+    return StagedCounts(upserted=len(rows), deleted=deleted)
+
+
+def purge_events(conn: Connection, ended_before: dt.datetime) -> int:
+    """Hard-delete events that ended before ``ended_before`` and deleted events older than it.
+
+    :returns: rows deleted.
+    :raises ValueError: naive datetime.
+    """
+    _aware(ended_before)
+    result = conn.execute(delete(stg_events).where(
+        (stg_events.c.end_utc < ended_before - dt.timedelta(days=1))
+        | (stg_events.c.deleted.is_(True) & (stg_events.c.updated_at < ended_before))
+    ))
+    return result.rowcount
+
+
+def load_events(conn: Connection, user_ids: Iterable[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Live (not deleted) staged events by user id, each as a dict of ``stg_events`` columns."""
+    query = select(stg_events).where(stg_events.c.deleted.is_(False)).order_by(stg_events.c.user_id,
+                                                                              stg_events.c.event_id)
+    wanted = set(user_ids) if user_ids is not None else None
+    result: dict[str, list[dict[str, Any]]] = {}
+    for row in conn.execute(query).mappings():
+        if wanted is None or row["user_id"] in wanted:
+            result.setdefault(row["user_id"], []).append(dict(row))
+    return result
+
+
+def load_auto_replies(conn: Connection) -> dict[str, dict[str, Any]]:
+    """``stg_auto_replies`` rows by user id."""
+    return {row["user_id"]: dict(row) for row in conn.execute(select(stg_auto_replies)).mappings()}
+
+
+def save_targets(conn: Connection, rows: Iterable[Mapping[str, Any]], run_key: str, now: dt.datetime) -> int:
+    """Upsert desired profiles (``user_id``, ``threecx_id``, ``profile``, ``reason``, ``next_switch_at``).
+
+    :returns: rows written.
+    :raises ValueError: naive ``now`` or unknown columns.
+    """
+    _aware(now)
+    data = [{**row, "run_key": run_key, "computed_at": now} for row in rows]
+    return upsert(conn, tgt_presence, data, ["user_id"])
+
+
+def load_targets(conn: Connection) -> dict[str, dict[str, Any]]:
+    """``tgt_presence`` rows by user id."""
+    return {row["user_id"]: dict(row) for row in conn.execute(select(tgt_presence)).mappings()}
+
+
+def load_state(conn: Connection) -> dict[str, dict[str, Any]]:
+    """``presence_state`` rows by user id (the profile the sync set last, and how)."""
+    return {row["user_id"]: dict(row) for row in conn.execute(select(presence_state)).mappings()}
+
+
+def save_state(
+    conn: Connection, user_id: str, threecx_id: int | None, profile: str, via: str, run_key: str, now: dt.datetime
+) -> None:
+    """Record the profile the sync set (``via="set"``) or took as its baseline (``via="baseline"``).
+
+    :raises ValueError: naive ``now`` or unknown ``via``.
+    """
+    _aware(now)
+    if via not in ("set", "baseline"):
+        raise ValueError(f"via must be set or baseline, got {via!r}")
+    upsert(conn, presence_state, [{
+        "user_id": user_id, "threecx_id": threecx_id, "profile": profile, "via": via, "set_at": now,
+        "run_key": run_key,
+    }], ["user_id"])

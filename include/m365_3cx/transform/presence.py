@@ -1,0 +1,260 @@
+"""Calendar and automatic replies -> the 3CX profile a user should have at an instant.
+
+Pure functions, no I/O. Every instant is an aware UTC :class:`~datetime.datetime`.
+
+Precedence (highest first): automatic replies on (``alwaysEnabled``, or ``scheduled`` with the
+instant inside ``[scheduled_start, scheduled_end)``), then events by ``showAs``: ``oof`` >
+``busy`` > ``workingElsewhere`` > ``tentative``. Cancelled events, ``free`` and ``unknown`` never
+count, nor does a category whose mapping is ``None`` (``tentative`` by default). With nothing
+applying, the profile is ``mapping["default"]``.
+
+Timed events cover ``[start, end)`` in UTC. All-day events cover whole local days in their time
+zone: an all-day event stored with dates ``D1 .. D2`` (the date part of ``start``/``end``; Graph
+writes all-day boundaries as midnights) covers local midnight of ``D1`` to local midnight of
+``D2`` in the event's zone, so the UTC length of the day follows DST (23 or 25 hours).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Final
+
+from m365_3cx.errors import ConfigError
+
+__all__ = [
+    "AUTOMATIC_REPLIES",
+    "DEFAULT",
+    "PRECEDENCE",
+    "AutoReplies",
+    "EventSpan",
+    "PresenceDecision",
+    "check_mapping_against_pbx",
+    "decide",
+    "event_interval",
+    "profile_at",
+]
+
+AUTOMATIC_REPLIES: Final = "automatic_replies"
+DEFAULT: Final = "default"
+
+#: Reasons from highest to lowest precedence (``showAs`` values plus automatic replies).
+PRECEDENCE: Final[tuple[str, ...]] = (AUTOMATIC_REPLIES, "oof", "busy", "workingElsewhere", "tentative")
+_RANK: Final = {reason: len(PRECEDENCE) - i for i, reason in enumerate(PRECEDENCE)}
+_SHOW_AS: Final = {name.lower(): name for name in PRECEDENCE[1:]}
+_BEGINNING: Final = dt.datetime.min.replace(tzinfo=dt.UTC)
+_FOREVER: Final = dt.datetime.max.replace(tzinfo=dt.UTC)
+
+
+def _canonical_show_as(value: str | None) -> str | None:
+    """``showAs`` in its canonical casing (``Busy`` -> ``busy``), or ``None`` when it never counts."""
+    return _SHOW_AS.get((value or "").strip().lower())
+
+
+@lru_cache(maxsize=256)
+def _zone(name: str | None) -> dt.tzinfo:
+    if not name:
+        return dt.UTC
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return dt.UTC
+
+
+@dataclass(frozen=True)
+class EventSpan:
+    """One calendar event as the transform sees it.
+
+    :param event_id: Graph event id.
+    :param start: aware UTC start; for all-day events its date part is the first local day.
+    :param end: aware UTC end (exclusive); for all-day events its date part is the day after the last.
+    :param show_as: Graph ``showAs`` (any casing).
+    :param is_all_day: whole local days in ``time_zone``.
+    :param time_zone: IANA zone of an all-day event (``None`` = UTC).
+    :param is_cancelled: cancelled events never count.
+    """
+
+    event_id: str
+    start: dt.datetime
+    end: dt.datetime
+    show_as: str | None
+    is_all_day: bool = False
+    time_zone: str | None = None
+    is_cancelled: bool = False
+
+
+@dataclass(frozen=True)
+class AutoReplies:
+    """A user's automatic-replies setting.
+
+    :param status: ``disabled``, ``alwaysEnabled`` or ``scheduled`` (any casing).
+    :param start: scheduled start (aware UTC), used only when ``scheduled``.
+    :param end: scheduled end (aware UTC, exclusive), used only when ``scheduled``.
+    """
+
+    status: str | None
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+
+    def interval(self) -> tuple[dt.datetime, dt.datetime] | None:
+        """The instants the replies are on: ``(min, max)`` when always on, ``None`` when off."""
+        status = (self.status or "").strip().lower()
+        if status == "alwaysenabled":
+            return (_BEGINNING, _FOREVER)
+        if status == "scheduled" and self.start is not None and self.end is not None and self.start < self.end:
+            return (self.start, self.end)
+        return None
+
+
+@dataclass(frozen=True)
+class PresenceDecision:
+    """The profile a user should have at ``at`` and when that changes next.
+
+    :param profile: the 3CX profile name.
+    :param reason: ``automatic_replies``, a ``showAs`` value or ``default``.
+    :param at: the instant decided for.
+    :param next_switch_at: the earliest instant after ``at`` at which the profile differs, or
+        ``None`` when nothing known changes it.
+    :param event_id: the event that decided it (``None`` for automatic replies and the default).
+    """
+
+    profile: str
+    reason: str
+    at: dt.datetime
+    next_switch_at: dt.datetime | None
+    event_id: str | None = None
+
+
+def _local_midnight(day: dt.date, zone: dt.tzinfo) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(0), tzinfo=zone).astimezone(dt.UTC)
+
+
+def event_interval(event: EventSpan) -> tuple[dt.datetime, dt.datetime]:
+    """The UTC instants ``[start, end)`` an event covers.
+
+    :raises ValueError: a naive ``start``/``end``.
+    """
+    for value in (event.start, event.end):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("event start/end must be aware datetimes")
+    if not event.is_all_day:
+        return event.start.astimezone(dt.UTC), event.end.astimezone(dt.UTC)
+    zone = _zone(event.time_zone)
+    first = event.start.astimezone(dt.UTC).date()
+    after_last = event.end.astimezone(dt.UTC).date()
+    if after_last <= first:
+        after_last = first + dt.timedelta(days=1)
+    return _local_midnight(first, zone), _local_midnight(after_last, zone)
+
+
+@dataclass(frozen=True)
+class _Span:
+    start: dt.datetime
+    end: dt.datetime
+    reason: str
+    profile: str
+    event_id: str | None
+
+
+def _spans(events: Iterable[EventSpan], replies: AutoReplies | None, mapping: Mapping[str, str | None]) -> list[_Span]:
+    spans: list[_Span] = []
+    if replies is not None and mapping.get(AUTOMATIC_REPLIES):
+        window = replies.interval()
+        if window is not None:
+            spans.append(_Span(window[0], window[1], AUTOMATIC_REPLIES, str(mapping[AUTOMATIC_REPLIES]), None))
+    for event in events:
+        if event.is_cancelled:
+            continue
+        reason = _canonical_show_as(event.show_as)
+        profile = mapping.get(reason) if reason else None
+        if reason is None or not profile:
+            continue
+        start, end = event_interval(event)
+        if start < end:
+            spans.append(_Span(start, end, reason, profile, event.event_id))
+    return spans
+
+
+def _winner(spans: Sequence[_Span], instant: dt.datetime) -> _Span | None:
+    best: _Span | None = None
+    for span in spans:
+        if span.start <= instant < span.end and (best is None or _RANK[span.reason] > _RANK[best.reason]):
+            best = span
+    return best
+
+
+def _require_aware(now: dt.datetime) -> dt.datetime:
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be an aware datetime")
+    return now.astimezone(dt.UTC)
+
+
+def profile_at(
+    events: Iterable[EventSpan],
+    replies: AutoReplies | None,
+    mapping: Mapping[str, str | None],
+    instant: dt.datetime,
+) -> str:
+    """The profile due at ``instant`` (no next-switch search).
+
+    :raises ValueError: naive datetimes.
+    """
+    span = _winner(_spans(events, replies, mapping), _require_aware(instant))
+    return span.profile if span else str(mapping[DEFAULT])
+
+
+def decide(
+    events: Iterable[EventSpan],
+    replies: AutoReplies | None,
+    mapping: Mapping[str, str | None],
+    now: dt.datetime,
+) -> PresenceDecision:
+    """The profile due at ``now`` and the earliest later instant at which it changes.
+
+    :param events: the user's events (any window; cancelled and free ones are ignored).
+    :param replies: the user's automatic-replies setting, or ``None`` when unknown.
+    :param mapping: ``presence.mapping`` (reason -> profile name or ``None``; needs ``default``).
+    :param now: aware instant.
+    :return: the decision.
+    :raises ValueError: naive datetimes.
+    :raises KeyError: ``mapping`` has no ``default``.
+    """
+    now = _require_aware(now)
+    default = str(mapping[DEFAULT])
+    spans = _spans(events, replies, mapping)
+    current = _winner(spans, now)
+    profile = current.profile if current else default
+    boundaries = sorted({b for span in spans for b in (span.start, span.end) if now < b < _FOREVER})
+    next_switch: dt.datetime | None = None
+    for boundary in boundaries:
+        span = _winner(spans, boundary)
+        if (span.profile if span else default) != profile:
+            next_switch = boundary
+            break
+    return PresenceDecision(
+        profile=profile,
+        reason=current.reason if current else DEFAULT,
+        at=now,
+        next_switch_at=next_switch,
+        event_id=current.event_id if current else None,
+    )
+
+
+def check_mapping_against_pbx(mapping: Mapping[str, str | None], pbx_profile_names: Iterable[str]) -> None:
+    """Check every mapped profile name exists on the PBX.
+
+    :param mapping: ``presence.mapping``.
+    :param pbx_profile_names: the ``ForwardingProfiles`` names the PBX reports.
+    :raises ConfigError: a mapped name the PBX lacks (listing them and the names it has).
+    """
+    known = {name for name in pbx_profile_names if name}
+    missing = sorted({f"{key} -> {name!r}" for key, name in mapping.items() if name and name not in known})
+    if missing:
+        raise ConfigError(
+            "presence.mapping names 3CX profiles the PBX does not have: "
+            + ", ".join(missing)
+            + f" (the PBX has: {', '.join(sorted(known)) or 'none'})"
+        )

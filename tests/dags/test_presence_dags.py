@@ -1,0 +1,219 @@
+"""Calendar-driven 3CX status end to end: real Airflow (``dag.test()``), both emulators over HTTPS,
+staging in a throwaway PostgreSQL database.
+
+After a full sync gave every user an extension: a meeting now switches its user to "Away",
+automatic replies to "Out of office", and both go back to "Available" when the meeting is gone /
+the replies are off; a status chosen by hand ("Custom 1") is respected; a run at a meeting's start
+switches within the same run; a second run right after writes nothing; a backfilled run applies
+only what is due at the real current time; dry runs write nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pendulum
+import pytest
+import sqlalchemy as sa
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+
+pytestmark = [pytest.mark.dag, pytest.mark.postgres, pytest.mark.integration]
+
+SETTINGS = {
+    "numbering": {"policy": "attribute", "attribute": "extensionAttribute1", "fallback_to_pool": True,
+                  "pool_first": "300", "pool_last": "399"},
+    "extensions": {"removal_policy": "disable", "default_region": "US"},
+    "presence": {"enabled": True, "mode": "respect", "shard_size": 15},
+}
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, airflow_db: str, graph_emulator: Any, threecx_emulator: Any,
+        pg_database: str) -> dict[str, Any]:
+    """Connections and settings pointing at the emulators and a fresh database; users have extensions."""
+    graph, pbx = graph_emulator.info, threecx_emulator.info
+    url = sa.engine.make_url(pg_database)
+    monkeypatch.setenv("AIRFLOW_CONN_M365_GRAPH", json.dumps({
+        "conn_type": "m365_graph", "login": graph["client_id"], "password": graph["client_secret"],
+        "extra": {"tenant_id": graph["tenant_id"], "authority": graph["authority"].rsplit("/", 1)[0],
+                  "base_url": graph["graph_url"], "ca_bundle": graph["ca_bundle"]},
+    }))
+    monkeypatch.setenv("AIRFLOW_CONN_THREECX_XAPI", json.dumps({
+        "conn_type": "threecx_xapi", "host": pbx["base_url"], "login": pbx["client_id"],
+        "password": pbx["client_secret"], "extra": {"ca_bundle": pbx["ca_bundle"]},
+    }))
+    monkeypatch.setenv("AIRFLOW_CONN_M365_3CX_STAGING", json.dumps({
+        "conn_type": "postgres", "host": url.host, "port": url.port, "login": url.username,
+        "schema": url.database,
+    }))
+    monkeypatch.setenv("AIRFLOW_VAR_M365_3CX_SETTINGS", json.dumps(SETTINGS))
+    engine = sa.create_engine(pg_database)
+    state = {"graph": graph_emulator, "pbx": threecx_emulator, "engine": engine}
+    # Quiet calendars: no seeded event or automatic reply may switch anyone during the test.
+    for user in _mailbox_users(state):
+        for event in graph_emulator.admin("GET", f"users/{user['id']}/mailbox").json()["events"]:
+            graph_emulator.admin("DELETE", f"users/{user['id']}/events/{event['id']}")
+        graph_emulator.admin("PUT", f"users/{user['id']}/automaticReplies", json={"status": "disabled"})
+    assert_success(run_dag("m365_3cx_full_sync"))
+    yield state
+    engine.dispose()
+
+
+def _dag(dag_id: str) -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS / f"{dag_id}.py"))
+    assert bag.import_errors == {}
+    return bag.dags[dag_id]
+
+
+def run_dag(dag_id: str, logical_date: dt.datetime | None = None, **conf: Any) -> Any:
+    kwargs: dict[str, Any] = {"run_conf": conf or None}
+    if logical_date is not None:
+        kwargs["logical_date"] = pendulum.instance(logical_date)
+    return _dag(dag_id).test(**kwargs)
+
+
+def assert_success(dag_run: Any) -> None:
+    assert str(dag_run.state) in ("success", "DagRunState.SUCCESS"), dag_run.state
+
+
+def _mailbox_users(env: dict[str, Any]) -> list[dict[str, Any]]:
+    return [u for u in env["graph"].admin("GET", "state").json()["users"]
+            if u.get("mail") and u.get("userType", "Member") == "Member" and not u.get("deleted")
+            and u.get("accountEnabled")]
+
+
+def _extension(env: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
+    users = env["pbx"].admin("GET", "state").json()["users"]
+    return next(u for u in users if u.get("EmailAddress") == user["mail"].lower())
+
+
+def profile(env: dict[str, Any], user: dict[str, Any]) -> str:
+    return str(_extension(env, user)["CurrentProfileName"])
+
+
+def pbx_writes(env: dict[str, Any]) -> int:
+    return int(env["pbx"].admin("GET", "counters").json()["writes"])
+
+
+def _graph_time(instant: dt.datetime) -> dict[str, str]:
+    return {"dateTime": instant.strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"}
+
+
+def meeting(env: dict[str, Any], user: dict[str, Any], start: dt.datetime, minutes: int,
+            show_as: str = "busy") -> str:
+    body = {"subject": "Private: salary review", "start": _graph_time(start),
+            "end": _graph_time(start + dt.timedelta(minutes=minutes)), "showAs": show_as}
+    response = env["graph"].admin("POST", f"users/{user['id']}/events", json=body)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def presence_audit(env: dict[str, Any]) -> list[dict[str, Any]]:
+    with env["engine"].connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT run_key, object_key, before, after, result FROM sync_audit WHERE object_type = 'presence' "
+            "ORDER BY id")).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def test_meeting_and_automatic_replies_switch_status_and_switch_back(env: dict[str, Any]) -> None:
+    busy, away, manual = _mailbox_users(env)[:3]
+    now = dt.datetime.now(dt.UTC)
+    event_id = meeting(env, busy, now - dt.timedelta(minutes=5), 60)
+    env["graph"].admin("PUT", f"users/{away['id']}/automaticReplies", json={"status": "alwaysEnabled"})
+    env["pbx"].admin("PATCH", f"users/{_extension(env, manual)['Id']}", json={"CurrentProfileName": "Custom 1"})
+    meeting(env, manual, now - dt.timedelta(minutes=5), 60)
+
+    assert_success(run_dag("m365_3cx_hourly"))
+    assert profile(env, busy) == "Away"
+    assert profile(env, away) == "Out of office"
+    assert profile(env, manual) == "Custom 1"  # chosen by hand: respected, not switched to busy
+    audit = presence_audit(env)
+    assert {(a["object_key"], a["before"], a["after"], a["result"]) for a in audit} == {
+        (busy["id"], "Available", "Away", "ok"), (away["id"], "Available", "Out of office", "ok")}
+    with env["engine"].connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM stg_events WHERE subject IS NOT NULL")).scalar_one() == 0
+        planned = conn.execute(sa.text(
+            "SELECT run_key, status FROM sync_plan WHERE object_type = 'presence' AND action = 'set_profile'")).all()
+    assert len(planned) == 2
+    assert all(key.endswith("#presence") and status == "applied" for key, status in planned)
+
+    env["pbx"].admin("DELETE", "counters")
+    assert_success(run_dag("m365_3cx_hourly"))  # again, right away: nothing is due
+    assert pbx_writes(env) == 0
+
+    env["graph"].admin("DELETE", f"users/{busy['id']}/events/{event_id}")
+    env["graph"].admin("PUT", f"users/{away['id']}/automaticReplies", json={"status": "disabled"})
+    assert_success(run_dag("m365_3cx_hourly"))
+    assert profile(env, busy) == "Available"
+    assert profile(env, away) == "Available"
+    assert profile(env, manual) == "Custom 1"
+
+
+def test_delta_run_switches_at_meeting_start_and_back_after_cancellation(env: dict[str, Any]) -> None:
+    user = _mailbox_users(env)[3]
+    assert_success(run_dag("m365_3cx_delta"))  # anchors the calendar delta links; nobody is busy
+    assert profile(env, user) == "Available"
+
+    start = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)  # the meeting starts this minute
+    event_id = meeting(env, user, start, 30)
+    env["pbx"].admin("DELETE", "counters")
+    assert_success(run_dag("m365_3cx_delta"))
+    assert profile(env, user) == "Away"
+    assert pbx_writes(env) == 1
+    with env["engine"].connect() as conn:
+        run_key = conn.execute(sa.text(
+            "SELECT run_key FROM sync_runs WHERE dag_id = 'm365_3cx_delta' ORDER BY started_at DESC LIMIT 1"
+        )).scalar_one()
+    assert [(a["run_key"], a["after"]) for a in presence_audit(env) if a["object_key"] == user["id"]] == [
+        (run_key, "Away")]
+
+    env["pbx"].admin("DELETE", "counters")
+    assert_success(run_dag("m365_3cx_delta"))  # same minute, nothing changed
+    assert pbx_writes(env) == 0
+
+    env["graph"].admin("PATCH", f"users/{user['id']}/events/{event_id}", json={"isCancelled": True})
+    assert_success(run_dag("m365_3cx_delta"))
+    assert profile(env, user) == "Available"
+
+
+def test_backfill_applies_only_what_is_due_now_and_dry_run_writes_nothing(env: dict[str, Any]) -> None:
+    past_busy, now_busy = _mailbox_users(env)[4:6]
+    now = dt.datetime.now(dt.UTC)
+    past = now - dt.timedelta(hours=12)
+    meeting(env, past_busy, past - dt.timedelta(minutes=30), 60)  # over, 12 hours ago
+    meeting(env, now_busy, now - dt.timedelta(minutes=5), 60)
+
+    env["pbx"].admin("DELETE", "counters")
+    assert_success(run_dag("m365_3cx_hourly", dry_run=True))
+    assert pbx_writes(env) == 0
+    assert profile(env, now_busy) == "Available"
+    assert [a for a in presence_audit(env)] == []
+
+    assert_success(run_dag("m365_3cx_hourly", logical_date=past))  # a late run for 12 hours ago
+    assert profile(env, past_busy) == "Available"
+    assert profile(env, now_busy) == "Away"
+
+
+def test_delta_run_with_user_changes_and_a_meeting_applies_both(env: dict[str, Any]) -> None:
+    """Extensions and presence are planned in parallel in one delta run; neither plan clobbers the other."""
+    renamed, busy = _mailbox_users(env)[6:8]
+    assert_success(run_dag("m365_3cx_delta"))
+    env["graph"].admin("PATCH", f"users/{renamed['id']}", json={"surname": "Renamed"})
+    meeting(env, busy, dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1), 30)
+
+    assert_success(run_dag("m365_3cx_delta"))
+    assert _extension(env, renamed)["LastName"] == "Renamed"
+    assert profile(env, busy) == "Away"
+    with env["engine"].connect() as conn:
+        statuses = conn.execute(sa.text(
+            "SELECT object_type, status FROM sync_plan WHERE run_key LIKE 'm365_3cx_delta/%' "
+            "AND status <> 'planned'")).all()
+    assert ("presence", "applied") in statuses
+    assert ("extension", "applied") in statuses

@@ -1,0 +1,122 @@
+"""Presence switch rules (respect / override) and the apply loop with audit outcomes."""
+
+from __future__ import annotations
+
+import pytest
+
+from m365_3cx.errors import ThreeCXFatalError, ThreeCXRetriableError
+from m365_3cx.reconcile.presence import (
+    DesiredProfile,
+    ProfileSwitch,
+    SwitchOutcome,
+    apply_switches,
+    audit_row,
+    decide_switch,
+    plan_row,
+    plan_switches,
+)
+
+D = "Available"
+
+
+@pytest.mark.parametrize(
+    ("desired", "current", "last_set", "mode", "expected"),
+    [
+        # never touched, user at the default: the sync may switch to a calendar status
+        ("Away", "Available", None, "respect", "set"),
+        ("Away", None, None, "respect", "set"),
+        # the sync set Away; the meeting ended: back to the default
+        ("Available", "Away", "Away", "respect", "set"),
+        # the sync set Away, a new oof starts: switch on
+        ("Out of office", "Away", "Away", "respect", "set"),
+        # hand-chosen status: neither to busy nor back to the default
+        ("Away", "Custom 1", None, "respect", "respect"),
+        ("Away", "Custom 1", "Available", "respect", "respect"),
+        ("Available", "Custom 1", "Away", "respect", "respect"),
+        # the user picked Available by hand during a meeting the sync had switched to Away
+        ("Away", "Available", "Away", "respect", "respect"),
+        # ... the meeting ends: user and calendar agree again, the default becomes the baseline
+        ("Available", "Available", "Away", "respect", "baseline"),
+        ("Available", "Available", None, "respect", "baseline"),
+        ("Available", "Available", "Available", "respect", "keep"),
+        ("Away", "Away", "Away", "respect", "keep"),
+        ("Away", "Away", None, "respect", "keep"),
+        # override: always converge on the calendar
+        ("Away", "Custom 1", None, "override", "set"),
+        ("Available", "Custom 1", "Away", "override", "set"),
+        ("Away", "Away", None, "override", "keep"),
+    ],
+)
+def test_decide_switch(desired: str, current: str | None, last_set: str | None, mode: str, expected: str) -> None:
+    assert decide_switch(desired, current, last_set, D, mode) == expected
+
+
+def test_decide_switch_rejects_unknown_mode() -> None:
+    with pytest.raises(ValueError, match="respect or override"):
+        decide_switch("Away", "Available", None, D, "sometimes")
+
+
+def test_plan_switches_sorts_users_and_skips_those_missing_in_3cx() -> None:
+    desired = [
+        DesiredProfile("u2", 12, "102", "Away", "busy"),
+        DesiredProfile("u1", 11, "101", "Out of office", "automatic_replies"),
+        DesiredProfile("u3", 13, "103", "Away", "busy"),
+        DesiredProfile("u4", 14, "104", "Available", "default"),
+        DesiredProfile("u5", 99, "105", "Away", "busy"),
+    ]
+    current = {11: "Available", 12: "Away", 13: "Custom 1", 14: "Available"}
+    plan = plan_switches(desired, current, {"u4": "Away"}, D, "respect")
+    assert [(s.user_id, s.before, s.after) for s in plan.switches] == [("u1", "Available", "Out of office")]
+    assert plan.respected == ("u3",)
+    assert plan.baselines == (("u4", 14, "Available"),)
+    assert plan.unchanged == 2
+
+
+class Writer:
+    def __init__(self, fail: dict[int, Exception] | None = None) -> None:
+        self.fail = fail or {}
+        self.calls: list[tuple[int, str]] = []
+
+    def set_profile(self, user_id: int, profile_name: str) -> None:
+        self.calls.append((user_id, profile_name))
+        if user_id in self.fail:
+            raise self.fail[user_id]
+
+
+def _switch(uid: str, tid: int) -> ProfileSwitch:
+    return ProfileSwitch(uid, tid, str(100 + tid), "Available", "Away", "busy")
+
+
+def test_apply_reports_every_outcome_and_continues_after_a_fatal_error() -> None:
+    outcomes: list[SwitchOutcome] = []
+    writer = Writer({2: ThreeCXFatalError("unknown profile", status=400, code="NOT_FOUND")})
+    counts = apply_switches([_switch("a", 1), _switch("b", 2), _switch("c", 3)], writer, on_outcome=outcomes.append)
+    assert counts == {"switched": 2, "failed": 1, "skipped": 0}
+    assert [o.result for o in outcomes] == ["ok", "failed", "ok"]
+    assert writer.calls == [(1, "Away"), (2, "Away"), (3, "Away")]
+    row = audit_row(outcomes[1], "run", "2026-01-01")
+    assert (row["object_type"], row["action"], row["field"], row["result"]) == ("presence", "set_profile",
+                                                                                 "CurrentProfileName", "failed")
+    assert "NOT_FOUND" in str(row["error"])
+
+
+def test_apply_stops_on_a_retriable_error_after_reporting_earlier_outcomes() -> None:
+    outcomes: list[SwitchOutcome] = []
+    writer = Writer({2: ThreeCXRetriableError("busy", status=503)})
+    with pytest.raises(ThreeCXRetriableError):
+        apply_switches([_switch("a", 1), _switch("b", 2), _switch("c", 3)], writer, on_outcome=outcomes.append)
+    assert [o.switch.user_id for o in outcomes] == ["a"]
+
+
+def test_dry_run_writes_nothing() -> None:
+    writer = Writer()
+    outcomes: list[SwitchOutcome] = []
+    counts = apply_switches([_switch("a", 1)], writer, on_outcome=outcomes.append, dry_run=True)
+    assert writer.calls == []
+    assert counts["skipped"] == 1 and outcomes[0].result == "skipped"
+
+
+def test_plan_row_shape() -> None:
+    row = plan_row(_switch("a", 1))
+    assert row["changes"] == {"CurrentProfileName": ["Available", "Away"]}
+    assert (row["action"], row["object_type"], row["object_key"]) == ("set_profile", "presence", "a")

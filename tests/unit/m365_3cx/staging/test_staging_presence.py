@@ -1,0 +1,110 @@
+"""Presence staging on SQLite and PostgreSQL: managed users, per-user calendar rounds, state, targets."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import Engine, select
+
+from m365_3cx.graph.calendar import AutoRepliesSetting, CalendarEvent, UserCalendar
+from m365_3cx.staging import presence as stage
+from m365_3cx.staging import repo
+from m365_3cx.staging.schema import stg_events, stg_users
+
+NOW = dt.datetime(2026, 3, 29, 10, tzinfo=dt.UTC)
+
+
+def _user(uid: str, mail: str | None, *, in_scope: bool = True, deleted: bool = False) -> dict[str, object]:
+    row = repo.user_row_from_graph({"id": uid, "userPrincipalName": f"{uid}@x.test", "mail": mail})
+    return row | {"in_scope": in_scope, "deleted": deleted}
+
+
+@pytest.fixture
+def seeded(engine: Engine) -> Engine:
+    users = [_user("u1", "u1@x.test"), _user("u2", "u2@x.test"), _user("u3", None), _user("u4", "u4@x.test",
+                                                                                         in_scope=False),
+             _user("u5", "u5@x.test", deleted=True), _user("u6", "u6@x.test")]
+    with engine.begin() as conn:
+        for row in users:
+            repo.upsert(conn, stg_users, [{**row, "first_seen_at": NOW, "updated_at": NOW}], ["user_id"])
+        repo.assign_numbers(conn, [{"user_id": f"u{i}", "number": f"10{i}", "threecx_id": i} for i in range(1, 6)],
+                            NOW)
+        repo.assign_numbers(conn, [{"user_id": "u6", "number": "106"}], NOW)  # no 3CX id yet
+    return engine
+
+
+def _event(event_id: str, hour: int) -> CalendarEvent:
+    start = NOW.replace(hour=hour)
+    return CalendarEvent(event_id, start, start + dt.timedelta(hours=1), False, None, "busy", False, "normal",
+                         "singleInstance", None, "ck")
+
+
+def test_presence_users_are_in_scope_live_with_mail_and_a_3cx_extension(seeded: Engine) -> None:
+    with seeded.connect() as conn:
+        users = stage.presence_users(conn)
+        assert [(u.user_id, u.threecx_id, u.number) for u in users] == [("u1", 1, "101"), ("u2", 2, "102")]
+        assert [u.user_id for u in stage.presence_users(conn, first="u2", last="u9")] == ["u2"]
+
+
+def test_complete_round_replaces_the_users_events_and_delta_removes(seeded: Engine) -> None:
+    with seeded.begin() as conn:
+        stage.stage_user_calendar(conn, UserCalendar("u1", events=(_event("a", 9), _event("b", 11)), complete=True),
+                                  "r1", NOW)
+        stage.stage_user_calendar(conn, UserCalendar("u2", events=(_event("x", 9),), complete=True), "r1", NOW)
+    later = NOW + dt.timedelta(minutes=5)
+    with seeded.begin() as conn:
+        counts = stage.stage_user_calendar(conn, UserCalendar("u1", events=(_event("c", 12),), complete=True), "r2",
+                                           later)
+    assert counts == stage.StagedCounts(upserted=1, deleted=2)
+    with seeded.begin() as conn:
+        stage.stage_user_calendar(conn, UserCalendar("u2", removed=("x",)), "r3", later)
+    with seeded.connect() as conn:
+        live = stage.load_events(conn)
+        assert {uid: [r["event_id"] for r in rows] for uid, rows in live.items()} == {"u1": ["c"]}
+        first_seen = conn.execute(select(stg_events.c.first_seen_at).where(stg_events.c.event_id == "a")).scalar()
+        assert first_seen == NOW
+
+
+def test_subjects_are_not_written_unless_present_on_the_record(seeded: Engine) -> None:
+    with seeded.begin() as conn:
+        stage.stage_user_calendar(conn, UserCalendar("u1", events=(_event("a", 9),), complete=True), "r1", NOW)
+        assert conn.execute(select(stg_events.c.subject)).scalar() is None
+
+
+def test_auto_replies_and_mailbox_flag(seeded: Engine) -> None:
+    replies = AutoRepliesSetting("scheduled", NOW, NOW + dt.timedelta(days=1))
+    with seeded.begin() as conn:
+        stage.stage_user_calendar(conn, UserCalendar("u1", auto_replies=replies, complete=True), "r1", NOW)
+        stage.stage_user_calendar(conn, UserCalendar("u2", mailbox=False), "r1", NOW)
+    with seeded.connect() as conn:
+        rows = stage.load_auto_replies(conn)
+        assert (rows["u1"]["status"], rows["u1"]["scheduled_start"], rows["u1"]["mailbox"]) == ("scheduled", NOW, True)
+        assert rows["u2"]["mailbox"] is False
+        assert [u.user_id for u in stage.presence_users(conn, with_mailbox_only=True)] == ["u1"]
+    with seeded.begin() as conn:  # the mailbox appeared (licence assigned)
+        stage.stage_user_calendar(conn, UserCalendar("u2", complete=True), "r2", NOW)
+    with seeded.connect() as conn:
+        assert stage.load_auto_replies(conn)["u2"]["mailbox"] is True
+
+
+def test_state_and_targets_round_trip(seeded: Engine) -> None:
+    with seeded.begin() as conn:
+        stage.save_state(conn, "u1", 1, "Away", "set", "r1", NOW)
+        stage.save_state(conn, "u1", 1, "Available", "baseline", "r2", NOW)
+        stage.save_targets(conn, [{"user_id": "u1", "threecx_id": 1, "profile": "Away", "reason": "busy",
+                                   "next_switch_at": NOW + dt.timedelta(hours=1)}], "r2", NOW)
+    with seeded.connect() as conn:
+        state = stage.load_state(conn)["u1"]
+        assert (state["profile"], state["via"], state["run_key"]) == ("Available", "baseline", "r2")
+        target = stage.load_targets(conn)["u1"]
+        assert target["next_switch_at"] == NOW + dt.timedelta(hours=1)
+    with seeded.begin() as conn, pytest.raises(ValueError, match="via"):
+        stage.save_state(conn, "u1", 1, "Away", "manual", "r3", NOW)
+
+
+def test_purge_drops_old_and_long_deleted_events(seeded: Engine) -> None:
+    with seeded.begin() as conn:
+        stage.stage_user_calendar(conn, UserCalendar("u1", events=(_event("a", 1), _event("b", 20)), complete=True),
+                                  "r1", NOW - dt.timedelta(days=5))
+        assert stage.purge_events(conn, NOW + dt.timedelta(days=2)) == 2
