@@ -4,8 +4,12 @@
    connections to them through ``AIRFLOW_CONN_*`` environment variables;
 2. runs ``m365_3cx_full_sync`` and shows what it created in 3CX;
 3. runs it again and shows that the second run wrote nothing;
-4. renames, disables and deletes users in the Graph emulator (and adds one),
-   runs ``m365_3cx_delta`` and shows what changed in 3CX.
+4. renames, disables and deletes users in the Graph emulator (and adds one), adds,
+   edits and deletes an Outlook contact, runs ``m365_3cx_delta`` and shows what changed;
+5. runs ``m365_3cx_hourly`` (calendars and automatic replies -> 3CX status), then gives
+   one user a meeting now and turns on another's automatic replies: after a delta run
+   they are ``Away`` and ``Out of office``; after the meeting is cancelled and the
+   replies are turned off, the next delta run puts both back to ``Available``.
 
 ``--ui`` then keeps everything running under ``airflow standalone`` so the runs can
 be inspected in the Airflow UI (http://127.0.0.1:8080).
@@ -21,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +86,8 @@ def airflow_env(graph: dict[str, Any], threecx: dict[str, Any]) -> dict[str, str
             "numbering": {"policy": "attribute", "attribute": "extensionAttribute1", "fallback_to_pool": True,
                           "pool_first": "300", "pool_last": "399"},
             "extensions": {"removal_policy": "disable", "default_region": "US"},
+            "contacts": {"personal_contacts": "all", "exclude_category": "Private", "shard_size": 15},
+            "presence": {"enabled": True, "mode": "respect", "shard_size": 15},
         }),
     })
     return env
@@ -158,6 +165,54 @@ def show_pbx(threecx_admin: Admin, title: str) -> None:
               f" <{user.get('EmailAddress') or ''}> {user.get('Mobile') or ''}")
 
 
+def show_phonebook(threecx_admin: Admin, title: str) -> None:
+    contacts = threecx_admin("GET", "state")["contacts"]
+    ours = [c for c in contacts if str(c.get("Tag") or "").startswith("m365-sync:")]
+    print(f"\n--- 3CX company phonebook: {title}: {len(ours)} synced entries, "
+          f"{len(contacts) - len(ours)} others (hand-made / 3CX's own M365) left alone ---")
+    for contact in sorted(ours, key=lambda c: (c.get("LastName") or "", c.get("FirstName") or ""))[:12]:
+        print(f"  {contact.get('FirstName') or ''} {contact.get('LastName') or ''} | {contact.get('CompanyName') or ''}"
+              f" | {contact.get('PhoneNumber') or ''} {contact.get('Business') or ''}")
+    if len(ours) > 12:
+        print(f"  ... {len(ours) - 12} more")
+
+
+def show_statuses(threecx_admin: Admin, title: str, numbers: list[str] | None = None) -> None:
+    users = sorted(threecx_admin("GET", "state")["users"], key=lambda u: u["Number"])
+    counts: dict[str, int] = {}
+    for user in users:
+        counts[user.get("CurrentProfileName") or "?"] = counts.get(user.get("CurrentProfileName") or "?", 0) + 1
+    print(f"\n--- 3CX statuses {title}: {counts} ---")
+    for user in users:
+        if numbers and user["Number"] in numbers:
+            name = f"{user.get('FirstName')} {user.get('LastName')}"
+            print(f"  {user['Number']:<5} {name}: {user.get('CurrentProfileName')}")
+
+
+def change_contacts(graph_admin: Admin, owner: dict[str, Any]) -> None:
+    """Add, edit and delete Outlook contacts of one user."""
+    print(f"\n==> changing Outlook contacts of {owner['userPrincipalName']}")
+    added = graph_admin("POST", f"users/{owner['id']}/contacts", json={
+        "givenName": "Dana", "surname": "Demo", "companyName": "Fabrikam",
+        "mobilePhone": "+1 425 555 0142", "businessPhones": ["+1 425 555 0143"],
+        "emailAddresses": [{"name": "Dana Demo", "address": "dana.demo@fabrikam.example"}],
+    })
+    print("    added    Dana Demo (Fabrikam)")
+    existing = [c for c in graph_admin("GET", f"users/{owner['id']}/mailbox")["contacts"]
+                if c["id"] != added["id"] and (c.get("mobilePhone") or c.get("businessPhones"))
+                and "Private" not in (c.get("categories") or [])]
+    if len(existing) >= 2:
+        graph_admin("PATCH", f"users/{owner['id']}/contacts/{existing[0]['id']}", json={"jobTitle": "Edited in Outlook",
+                                                                                      "companyName": "Edited Ltd"})
+        print(f"    edited   {existing[0].get('displayName')} -> company 'Edited Ltd'")
+        graph_admin("DELETE", f"users/{owner['id']}/contacts/{existing[1]['id']}")
+        print(f"    deleted  {existing[1].get('displayName')}")
+
+
+def graph_time(instant: datetime) -> dict[str, str]:
+    return {"dateTime": instant.strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"}
+
+
 def change_tenant(graph_admin: Admin) -> None:
     """Rename, disable and delete a user, and add one, in the Graph emulator."""
     users = [u for u in graph_admin("GET", "state")["users"]
@@ -212,9 +267,39 @@ def main() -> int:
         print("\n==> running the full sync again: it must write nothing")
         show_run(run_dag(env, "m365_3cx_full_sync"))
 
+        show_phonebook(threecx_admin, "after the full sync")
+        owner = next(u for u in graph_admin("GET", "state")["users"]
+                     if u.get("mail") and u.get("accountEnabled") and u.get("userType") == "Member"
+                     and graph_admin("GET", f"users/{u['id']}/mailbox")["contacts"])
         change_tenant(graph_admin)
+        change_contacts(graph_admin, owner)
         show_run(run_dag(env, "m365_3cx_delta"))
         show_pbx(threecx_admin, "after the delta run")
+        show_phonebook(threecx_admin, "after the delta run")
+
+        print("\n==> calendar-driven status")
+        run_dag(env, "m365_3cx_hourly")
+        show_statuses(threecx_admin, "after the hourly run (seeded calendars and automatic replies)")
+        available = {u["EmailAddress"]: u for u in threecx_admin("GET", "state")["users"]
+                     if u.get("CurrentProfileName") == "Available" and u.get("Enabled") and u.get("EmailAddress")}
+        members = [u for u in graph_admin("GET", "state")["users"] if (u.get("mail") or "").lower() in available]
+        busy_user, ooo_user = members[0], members[1]
+        numbers = [available[busy_user["mail"].lower()]["Number"], available[ooo_user["mail"].lower()]["Number"]]
+        now = datetime.now(UTC).replace(second=0, microsecond=0)
+        meeting = graph_admin("POST", f"users/{busy_user['id']}/events", json={
+            "subject": "Demo meeting", "showAs": "busy",
+            "start": graph_time(now - timedelta(minutes=5)), "end": graph_time(now + timedelta(minutes=55))})
+        graph_admin("PUT", f"users/{ooo_user['id']}/automaticReplies", json={"status": "alwaysEnabled",
+                                                                             "externalAudience": "all"})
+        print(f"    {busy_user['userPrincipalName']}: meeting now; "
+              f"{ooo_user['userPrincipalName']}: automatic replies on")
+        show_run(run_dag(env, "m365_3cx_delta"))
+        show_statuses(threecx_admin, "after the delta run", numbers)
+        graph_admin("PATCH", f"users/{busy_user['id']}/events/{meeting['id']}", json={"isCancelled": True})
+        graph_admin("PUT", f"users/{ooo_user['id']}/automaticReplies", json={"status": "disabled"})
+        print("    meeting cancelled; automatic replies turned off")
+        show_run(run_dag(env, "m365_3cx_delta"))
+        show_statuses(threecx_admin, "after the next delta run", numbers)
 
         if args.ui:
             print("\n==> starting 'airflow standalone' on http://127.0.0.1:8080 (Ctrl-C to stop)")

@@ -217,3 +217,17 @@ def test_delta_run_with_user_changes_and_a_meeting_applies_both(env: dict[str, A
             "AND status <> 'planned'")).all()
     assert ("presence", "applied") in statuses
     assert ("extension", "applied") in statuses
+
+
+def test_automatic_replies_reach_3cx_within_one_delta_run(env: dict[str, Any]) -> None:
+    assert_success(run_dag("m365_3cx_hourly"))  # baseline: delta links and statuses in place
+    user = _mailbox_users(env)[4]
+    assert profile(env, user) == "Available"
+
+    env["graph"].admin("PUT", f"users/{user['id']}/automaticReplies", json={"status": "alwaysEnabled"})
+    assert_success(run_dag("m365_3cx_delta"))
+    assert profile(env, user) == "Out of office"
+
+    env["graph"].admin("PUT", f"users/{user['id']}/automaticReplies", json={"status": "disabled"})
+    assert_success(run_dag("m365_3cx_delta"))
+    assert profile(env, user) == "Available"

@@ -111,7 +111,9 @@ def extract_calendars(
 
     counts: dict[str, Any] = read_calendars(
         graph, [u.user_id for u in users], window, mode="view" if mode == "full" else "delta", delta_links=links,
-        read_auto_replies=(mode == "full"), on_user=on_user, default_time_zone=settings.timezone,
+        # Automatic replies have no delta query: read them on every run (one batched item per user),
+        # so turning them on or off reaches 3CX within one delta interval.
+        read_auto_replies=True, on_user=on_user, default_time_zone=settings.timezone,
         store_subjects=presence.store_subjects,
     )
     with engine.begin() as conn:
