@@ -455,7 +455,8 @@ class Settings:
     :param extensions: :class:`ExtensionsSettings`.
     :param guards: :class:`GuardSettings`.
     :param alerts: :class:`AlertSettings`.
-    :param timezone: IANA time zone name used for schedules and calendar windows.
+    :param timezone: IANA time zone of all-day calendar events that carry none (DAG schedules use the
+        ``M365_3CX_TIMEZONE`` environment variable).
     :param contacts: :class:`ContactsSettings`.
     :param presence: :class:`PresenceSettings`.
     """
@@ -495,6 +496,9 @@ class Settings:
                 if mapping is not None:
                     values["mapping"] = mapping
             sections[name] = klass(**values)
+        alerts: AlertSettings = sections["alerts"]
+        if alerts.channel != "off" and not alerts.to:
+            problems.append(f"alerts.to: channel {alerts.channel!r} needs at least one recipient")
         if not any(p.startswith("numbering.") for p in problems):  # cross-checks need valid keys
             _check_numbering(sections["numbering"], problems)
         presence: PresenceSettings = sections["presence"]

@@ -206,7 +206,20 @@ def test_dry_run_writes_nothing(sync_env: dict[str, Any]) -> None:
     assert pbx_writes(sync_env) == 0
     with sync_env["engine"].connect() as conn:
         planned = conn.execute(sa.text("SELECT count(*) FROM sync_plan WHERE action = 'create'")).scalar_one()
+        recorded = conn.execute(sa.text("SELECT count(*) FROM extension_map")).scalar_one()
     assert planned == len(managed_members(sync_env))
+    assert recorded == 0, "a dry run must not record extension numbers"
+
+    # the real run after a dry run creates exactly what the dry run planned
+    assert_success(run_dag("m365_3cx_full_sync"))
+    with sync_env["engine"].connect() as conn:
+        dry, real = (
+            set(conn.execute(sa.text(
+                "SELECT p.object_key, p.number FROM sync_plan p JOIN sync_runs r ON r.run_key = p.run_key "
+                "WHERE p.action = 'create' AND r.dry_run = :d"), {"d": flag}).all())
+            for flag in (True, False)
+        )
+    assert dry == real
 
 
 def test_expired_delta_token_falls_back_to_full_extract(sync_env: dict[str, Any]) -> None:

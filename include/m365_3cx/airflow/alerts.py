@@ -7,11 +7,12 @@ raises: an alert that cannot be sent is logged, and the run's own failure stays 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from airflow.sdk import BaseNotifier
 
-from m365_3cx.alerts import FailureAlert, build_alert, one_line_reason
+from m365_3cx.alerts import FailureAlert, build_alert, one_line_reason, scrub
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,8 @@ class SyncFailureNotifier(BaseNotifier):
             if alerts.channel == "off" or not alerts.to:
                 log.info("failure alert not sent: alerts are off")
                 return
-            subject, body = build_alert(alert_from_context(context, alerts.base_url))
+            base_url = alerts.base_url or os.environ.get("AIRFLOW__API__BASE_URL") or None
+            subject, body = build_alert(alert_from_context(context, base_url))
             from airflow.providers.smtp.hooks.smtp import SmtpHook
 
             with SmtpHook(smtp_conn_id=alerts.smtp_conn_id) as smtp:
@@ -114,4 +116,4 @@ class SyncFailureNotifier(BaseNotifier):
                                      from_email=alerts.from_email)
             log.info("failure alert sent to %d recipient(s)", len(alerts.to))
         except Exception as exc:  # an alert must never mask the failure it reports
-            log.error("failure alert could not be sent: %s", type(exc).__name__)
+            log.error("failure alert could not be sent: %s: %s", type(exc).__name__, one_line_reason(scrub(str(exc))))

@@ -86,7 +86,7 @@ def transform_extensions(mode: str) -> dict[str, int]:
     run = run_info(get_current_context(), mode)
     settings = load_settings()
     with fatal_errors_fail_the_task(), _staging() as engine:
-        return transform_users(engine, settings, run.run_key, utcnow())
+        return transform_users(engine, settings, run.run_key, utcnow(), dry_run=run.dry_run)
 
 
 def plan_extensions(mode: str) -> dict[str, int]:

@@ -428,7 +428,8 @@ def apply_phonebook(
     changes = [change for _, change in planned]
     seq_of = {id(change): seq for seq, change in planned}
     check_mass_removal(changes, managed, settings.guards.mass_removal_min, settings.guards.mass_removal_fraction,
-                       allow=allow_mass_removal)
+                       allow=allow_mass_removal, noun="synced phonebook entries",
+                       scope_hint="contacts.personal_contacts, the exclusion category and the user scope")
 
     def before_create(change: Change) -> None:
         with engine.begin() as conn:

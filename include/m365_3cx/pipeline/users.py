@@ -245,8 +245,14 @@ def _relink_lost_creates(conn: Any) -> int:
     return len(pairs)
 
 
-def transform_users(engine: Engine, settings: Settings, run_key: str, now: datetime) -> dict[str, int]:
-    """Staging users -> desired extensions (``tgt_extensions``), new numbers and per-record notes."""
+def transform_users(
+    engine: Engine, settings: Settings, run_key: str, now: datetime, *, dry_run: bool = False
+) -> dict[str, int]:
+    """Staging users -> desired extensions (``tgt_extensions``), new numbers and per-record notes.
+
+    A dry run plans with the numbers it would assign but does not record them in
+    ``extension_map``, so changing the numbering settings after a dry run still takes effect.
+    """
     from m365_3cx.transform.extensions import ExtensionParams, desired_extensions
     from m365_3cx.transform.notes import note_rows
 
@@ -260,11 +266,12 @@ def transform_users(engine: Engine, settings: Settings, run_key: str, now: datet
     with engine.begin() as conn:
         repo.replace_targets(conn, rows, run_key, now)
         reused_from = [a["replaces_user_id"] for a in result.new_assignments if a.get("replaces_user_id")]
-        if reused_from:
+        if reused_from and not dry_run:
             conn.execute(sa.delete(extension_map).where(extension_map.c.user_id.in_(reused_from)))
-        repo.assign_numbers(
-            conn, [{"user_id": a["user_id"], "number": a["number"]} for a in result.new_assignments], now
-        )
+        if not dry_run:
+            repo.assign_numbers(
+                conn, [{"user_id": a["user_id"], "number": a["number"]} for a in result.new_assignments], now
+            )
         repo.add_notes(conn, run_key, note_rows(result.notes, run_key, now), step="transform", now=now)
     active = int((result.frame["state"] == "active").sum()) if len(result.frame) else 0
     log.info(

@@ -110,15 +110,18 @@ def removal_limit(managed_count: int, min_count: int, fraction: float) -> int:
 
 
 def check_mass_removal(
-    changes: Iterable[Change], managed_count: int, min_count: int, fraction: float, allow: bool
+    changes: Iterable[Change], managed_count: int, min_count: int, fraction: float, allow: bool,
+    *, noun: str = "managed extensions", scope_hint: str = "the user scope",
 ) -> None:
-    """Stop a run that would disable or delete too many managed extensions.
+    """Stop a run that would disable or delete too many managed objects.
 
     :param changes: the change set about to be applied.
     :param managed_count: managed extensions before this run.
     :param min_count: removals always allowed (``guards.mass_removal_min``).
     :param fraction: share allowed (``guards.mass_removal_fraction``).
     :param allow: the run's ``allow_mass_removal`` param; when true the guard only logs.
+    :param noun: what is being removed, for the message (e.g. ``"synced phonebook entries"``).
+    :param scope_hint: what to check first, for the message.
     :raises MassRemovalError: when removals exceed the limit and ``allow`` is false.
     """
     removals = count_removals(changes)
@@ -126,9 +129,9 @@ def check_mass_removal(
     if removals <= limit:
         return
     message = (
-        f"{removals} of {managed_count} managed extensions would be disabled or deleted; "
+        f"{removals} of {managed_count} {noun} would be disabled or deleted; "
         f"the guard allows at most max({min_count}, {fraction * 100:g}%) = {limit}. "
-        "Check the user scope, or re-run with allow_mass_removal=true"
+        f"Check {scope_hint}, or re-run with allow_mass_removal=true"
     )
     if allow:
         log.warning("Mass-removal guard overridden by allow_mass_removal: %d of %d", removals, managed_count)

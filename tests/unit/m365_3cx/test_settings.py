@@ -134,3 +134,11 @@ def test_numbering_cross_checks_skipped_when_a_key_is_invalid() -> None:
     msg = _problems({"numbering": {"pool_first": "x", "pool_last": "9999"}})
     assert "numbering.pool_first: must be digits" in msg
     assert "same length" not in msg
+
+
+def test_alerts_need_recipients_when_on() -> None:
+    with pytest.raises(ConfigError, match=r"alerts\.to: channel 'smtp' needs at least one recipient"):
+        Settings.from_mapping({"alerts": {"channel": "smtp"}})
+    assert Settings.from_mapping({"alerts": {"channel": "smtp", "to": "ops@example.com"}}).alerts.to == (
+        "ops@example.com",
+    )
