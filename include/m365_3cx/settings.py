@@ -107,12 +107,17 @@ class ExtensionsSettings:
     :param default_region: ISO 3166 alpha-2 region for numbers without a country code when the
         user has no ``usageLocation``.
     :param group_name: 3CX department for new users; ``None`` = the PBX's default group.
+    :param adopt_existing: ``off`` (default: extensions the sync did not create are never touched)
+        or ``email``: an unmanaged extension whose e-mail address is an in-scope user's own (and
+        that no other extension shares, and 3CX's own M365 sync does not own) becomes that
+        user's managed extension, keeping its number.
     """
 
     removal_policy: str = "disable"
     manage_outbound_caller_id: bool = False
     default_region: str = "US"
     group_name: str | None = None
+    adopt_existing: str = "off"
 
 
 @dataclass(frozen=True)
@@ -335,6 +340,7 @@ _SECTIONS: Final[dict[str, tuple[type, dict[str, Callable[[object], Any]]]]] = {
             "manage_outbound_caller_id": _bool,
             "default_region": _region,
             "group_name": _optional(_str),
+            "adopt_existing": _choice("off", "email"),
         },
     ),
     "guards": (

@@ -252,3 +252,32 @@ def test_throttling_and_503s_do_not_change_the_outcome(sync_env: dict[str, Any])
     sync_env["pbx"].admin("DELETE", "counters")
     assert_success(run_dag("m365_3cx_full_sync"))
     assert pbx_writes(sync_env) == 0
+
+
+def test_existing_extension_is_adopted_by_email_only_when_asked(
+    sync_env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    member = next(u for u in managed_members(sync_env) if u.get("mail"))
+    existing = sync_env["pbx"].admin("POST", "users", json={
+        "Number": "777", "FirstName": "Old", "LastName": "Name", "EmailAddress": member["mail"].lower(),
+    }).json()
+
+    # default: the hand-made extension is left alone; the user gets a new one of their own
+    assert_success(run_dag("m365_3cx_full_sync", dry_run=True))
+    assert pbx_users(sync_env)["777"]["FirstName"] == "Old"
+
+    monkeypatch.setenv("AIRFLOW_VAR_M365_3CX_SETTINGS", json.dumps({
+        **SETTINGS, "extensions": {**SETTINGS["extensions"], "adopt_existing": "email"},
+    }))
+    assert_success(run_dag("m365_3cx_full_sync"))
+    adopted = pbx_users(sync_env)["777"]
+    assert adopted["Id"] == existing["Id"]
+    assert (adopted["FirstName"], adopted["LastName"]) == (member["givenName"], member["surname"])
+    mails = [u.get("EmailAddress") for u in pbx_users(sync_env).values()]
+    assert mails.count(member["mail"].lower()) == 1, "the adopted user must not get a second extension"
+    with sync_env["engine"].connect() as conn:
+        row = conn.execute(sa.text("SELECT number, adopted FROM extension_map WHERE user_id = :u"),
+                           {"u": member["id"]}).one()
+    assert row == ("777", True)
+    untouched = pbx_users(sync_env)["102"]  # tagged MS: owned by 3CX's own M365 sync
+    assert untouched["FirstName"] == "Megan"

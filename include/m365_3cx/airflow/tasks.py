@@ -75,8 +75,9 @@ def snapshot_threecx(mode: str) -> dict[str, int]:
     from m365_3cx.pipeline.users import snapshot_threecx as snapshot
 
     run = run_info(get_current_context(), mode)
+    settings = load_settings()
     with fatal_errors_fail_the_task(), _staging() as engine, _client(ThreeCXHook()) as threecx:
-        return snapshot(engine, threecx, run.run_key, utcnow())
+        return snapshot(engine, threecx, run.run_key, utcnow(), settings)
 
 
 def transform_extensions(mode: str) -> dict[str, int]:

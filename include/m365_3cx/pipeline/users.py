@@ -210,19 +210,62 @@ def resolve_only_users(engine: Engine, upns: list[str]) -> set[str]:
     return found
 
 
-def snapshot_threecx(engine: Engine, threecx: ThreeCXClient, run_key: str, now: datetime) -> dict[str, int]:
+def snapshot_threecx(
+    engine: Engine, threecx: ThreeCXClient, run_key: str, now: datetime, settings: Settings | None = None
+) -> dict[str, int]:
     """Read every 3CX user (one paged OData read) into ``cur_extensions``.
 
     Also re-links creates whose response was lost (e.g. a dropped connection after the PBX
     created the user): a mapped user without a 3CX id whose number is held by an extension
-    with that user's own e-mail address is that user's extension.
+    with that user's own e-mail address is that user's extension. With
+    ``extensions.adopt_existing = "email"`` it adopts existing extensions (see
+    :func:`_adopt_existing`).
     """
     rows = [repo.pbx_row_from_xapi(user) for page in threecx.list_users() for user in page]
     with engine.begin() as conn:
         repo.replace_snapshot(conn, rows, run_key, now)
         relinked = _relink_lost_creates(conn)
-    log.info("3CX snapshot: %d extensions; %d lost creates re-linked", len(rows), relinked)
-    return {"extensions": len(rows), "relinked": relinked}
+        adopted = _adopt_existing(conn, settings, now) if settings is not None else 0
+    log.info("3CX snapshot: %d extensions; %d lost creates re-linked; %d adopted", len(rows), relinked, adopted)
+    return {"extensions": len(rows), "relinked": relinked, "adopted": adopted}
+
+
+def _adopt_existing(conn: Any, settings: Settings, now: datetime) -> int:
+    """Adopt unmanaged extensions whose e-mail address is an in-scope user's own.
+
+    Only with ``extensions.adopt_existing = "email"``; never an extension tagged ``MS`` (3CX's
+    own M365 sync owns it), never when two extensions or two users share the address, never
+    for a user who already has a number.
+    """
+    if settings.extensions.adopt_existing != "email":
+        return 0
+    mapped_users = {r[0] for r in conn.execute(sa.select(extension_map.c.user_id))}
+    mapped_ids = {r[0] for r in conn.execute(sa.select(extension_map.c.threecx_id)) if r[0] is not None}
+    mapped_numbers = {r[0] for r in conn.execute(sa.select(extension_map.c.number))}
+    by_mail: dict[str, list[tuple[int, str]]] = {}
+    for threecx_id, number, email, tags in conn.execute(
+        sa.select(cur_extensions.c.threecx_id, cur_extensions.c.number, cur_extensions.c.email, cur_extensions.c.tags)
+    ):
+        if not email or threecx_id in mapped_ids or number in mapped_numbers or "MS" in (tags or []):
+            continue
+        by_mail.setdefault(email.strip().lower(), []).append((threecx_id, number))
+    users_by_mail: dict[str, list[str]] = {}
+    query = sa.select(stg_users.c.user_id, stg_users.c.mail, stg_users.c.user_type).where(
+        stg_users.c.in_scope.is_(True), stg_users.c.deleted.is_(False), stg_users.c.mail.is_not(None),
+        sa.or_(stg_users.c.account_enabled.is_(None), stg_users.c.account_enabled.is_(True)),
+    )
+    for user_id, mail, user_type in conn.execute(query):
+        if user_id in mapped_users or (user_type == "Guest" and not settings.scope.include_guests):
+            continue
+        users_by_mail.setdefault(mail.strip().lower(), []).append(user_id)
+    adoptions = [
+        {"user_id": users[0], "number": extensions[0][1], "threecx_id": extensions[0][0], "adopted": True}
+        for mail, users in users_by_mail.items()
+        if len(users) == 1 and len(extensions := by_mail.get(mail, [])) == 1
+    ]
+    if adoptions:
+        repo.assign_numbers(conn, adoptions, now)
+    return len(adoptions)
 
 
 def _relink_lost_creates(conn: Any) -> int:

@@ -142,3 +142,10 @@ def test_alerts_need_recipients_when_on() -> None:
     assert Settings.from_mapping({"alerts": {"channel": "smtp", "to": "ops@example.com"}}).alerts.to == (
         "ops@example.com",
     )
+
+
+def test_adopt_existing_is_off_by_default_and_validated() -> None:
+    assert Settings().extensions.adopt_existing == "off"
+    assert Settings.from_mapping({"extensions": {"adopt_existing": "email"}}).extensions.adopt_existing == "email"
+    with pytest.raises(ConfigError, match=r"extensions\.adopt_existing"):
+        Settings.from_mapping({"extensions": {"adopt_existing": "name"}})
