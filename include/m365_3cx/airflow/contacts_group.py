@@ -99,6 +99,19 @@ def run_transform_phonebook(mode: str) -> dict[str, int]:
         return transform_phonebook(engine, settings, run.run_key, utcnow())
 
 
+def run_phonebook_has_work(mode: str, shard_counts: list[dict[str, Any]]) -> bool:
+    """False when a delta run has nothing for the phonebook (its 3CX steps are then skipped)."""
+    from m365_3cx.pipeline.contacts import phonebook_has_work
+
+    context = get_current_context()
+    params = context.get("params") or {}
+    if params.get("full_resync"):
+        return True
+    run = run_info(context, mode)
+    with _staging() as engine:
+        return phonebook_has_work(engine, load_settings(), run.run_key, mode, list(shard_counts or []))
+
+
 def run_plan_phonebook(mode: str) -> dict[str, int]:
     """Desired vs managed 3CX contacts -> ``sync_plan`` (object type ``contact``)."""
     from m365_3cx.pipeline.contacts import plan_phonebook
@@ -141,6 +154,10 @@ def contacts_sync(mode: str) -> None:
     def extract_contacts(shard: dict[str, Any]) -> dict[str, Any]:
         return run_extract_contacts(mode, shard)
 
+    @task.short_circuit(ignore_downstream_trigger_rules=False)
+    def phonebook_changed(shard_counts: list[dict[str, Any]]) -> bool:
+        return run_phonebook_has_work(mode, shard_counts)
+
     @task(pool=THREECX_POOL)
     def snapshot_phonebook() -> dict[str, int]:
         return run_snapshot_phonebook(mode)
@@ -158,4 +175,6 @@ def contacts_sync(mode: str) -> None:
         return run_apply_phonebook(mode)
 
     extracted = extract_contacts.expand(shard=contact_shards())
-    extracted >> snapshot_phonebook() >> transform_phonebook() >> plan_phonebook() >> apply_phonebook()
+    snapshot = snapshot_phonebook()
+    phonebook_changed(extracted) >> snapshot
+    snapshot >> transform_phonebook() >> plan_phonebook() >> apply_phonebook()

@@ -470,3 +470,42 @@ __all__ = [
     "snapshot_phonebook",
     "transform_phonebook",
 ]
+
+
+#: Extract counts that mean the staged contacts changed in this run.
+_CHANGE_COUNTS: Final = ("inserted", "updated", "deleted", "excluded", "gone", "expired")
+
+
+def phonebook_has_work(
+    engine: Engine, settings: Settings, run_key: str, mode: str, shard_counts: list[dict[str, Any]]
+) -> bool:
+    """Whether a run must read, plan and apply the phonebook (else a delta run skips those steps).
+
+    True for full runs; when this run staged contact changes; when users changed since the last
+    successful user-sync run (owners leaving scope take their entries along); when a create is
+    still pending; when contacts are off but synced entries remain; and when staged contacts
+    changed after the last successful run (a failed apply is retried by the next delta run).
+    """
+    import sqlalchemy as sa
+
+    from m365_3cx.pipeline.users import pending_filter, pending_user_keys
+    from m365_3cx.staging.schema import phonebook_map, stg_contacts
+
+    if mode != "delta":
+        return True
+    if any(int(counts.get(name) or 0) for counts in shard_counts for name in _CHANGE_COUNTS):
+        return True
+    if pending_user_keys(engine, run_key):
+        return True
+    with engine.connect() as conn:
+        mapped = conn.execute(sa.select(sa.func.count()).select_from(phonebook_map)).scalar_one()
+        if settings.contacts.personal_contacts == "off" and mapped:
+            return True
+        pending = conn.execute(
+            sa.select(sa.func.count()).select_from(phonebook_map).where(phonebook_map.c.status == "pending")
+        ).scalar_one()
+        condition = pending_filter(conn, stg_contacts, run_key)
+        if pending or condition is None:
+            return True
+        changed = conn.execute(sa.select(sa.func.count()).select_from(stg_contacts).where(condition)).scalar_one()
+    return bool(changed)

@@ -177,23 +177,37 @@ def _apply_scope(engine: Engine, graph: GraphClient, settings: Settings, run_key
     return {"scope_changed": flipped}
 
 
-def pending_user_keys(engine: Engine, run_key: str) -> set[str]:
-    """Users changed in staging since the start of the last successful run (or by this run).
+def _applied_runs() -> Any:
+    """Runs whose plan reached 3CX: successful, not dry, of a DAG that applies the users plan."""
+    return sa.select(sync_runs.c.run_key).where(
+        sync_runs.c.status == "success", sync_runs.c.dry_run.is_(False), sync_runs.c.dag_id.in_(USER_SYNC_DAGS)
+    )
 
-    A delta run plans only these, so a change whose apply failed earlier is retried
-    by the next delta run instead of waiting for the nightly full sync.
+
+def pending_filter(conn: Any, table: Any, run_key: str) -> Any:
+    """Rows of a staging table whose change has not reached 3CX yet (``None`` = every row).
+
+    A row is pending when this run changed it, or when it changed after the start of the last
+    applied run and the run that changed it was not applied itself (it failed, is still running,
+    or was a dry run). So a change whose apply failed is retried by the next delta run, and a
+    change an applied run already carried is not planned again.
     """
+    last_ok = conn.execute(
+        sa.select(sa.func.max(sync_runs.c.started_at)).where(sync_runs.c.run_key.in_(_applied_runs()))
+    ).scalar()
+    if last_ok is None:
+        return None
+    not_applied = sa.or_(table.c.last_run_key.is_(None), table.c.last_run_key.not_in(_applied_runs()))
+    return sa.or_(table.c.last_run_key == run_key, sa.and_(table.c.updated_at >= last_ok, not_applied))
+
+
+def pending_user_keys(engine: Engine, run_key: str) -> set[str]:
+    """Users whose change has not reached 3CX yet (see :func:`pending_filter`); a delta run plans only these."""
     with engine.connect() as conn:
-        last_ok = conn.execute(
-            sa.select(sa.func.max(sync_runs.c.started_at)).where(
-                sync_runs.c.status == "success",
-                sync_runs.c.dry_run.is_(False),
-                sync_runs.c.dag_id.in_(USER_SYNC_DAGS),
-            )
-        ).scalar()
+        condition = pending_filter(conn, stg_users, run_key)
         query = sa.select(stg_users.c.user_id)
-        if last_ok is not None:
-            query = query.where(sa.or_(stg_users.c.updated_at >= last_ok, stg_users.c.last_run_key == run_key))
+        if condition is not None:
+            query = query.where(condition)
         return {row[0] for row in conn.execute(query)}
 
 
