@@ -10,14 +10,13 @@ re-created; the messy corpus gives per-record notes and every usable entry reach
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from dag_helpers import assert_success
+from dag_helpers import run_dag as run_dag_in_airflow
 
-DAGS = Path(__file__).resolve().parents[2] / "dags"
 TAG = "m365-sync:"
 
 pytestmark = [pytest.mark.dag, pytest.mark.postgres, pytest.mark.integration]
@@ -31,35 +30,13 @@ SETTINGS = {
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, airflow_db: str, graph_emulator: Any, threecx_emulator: Any,
-        pg_database: str) -> Iterator[dict[str, Any]]:
-    graph, pbx = graph_emulator.info, threecx_emulator.info
-    url = sa.engine.make_url(pg_database)
-    monkeypatch.setenv("AIRFLOW_CONN_M365_GRAPH", json.dumps({
-        "conn_type": "m365_graph", "login": graph["client_id"], "password": graph["client_secret"],
-        "extra": {"tenant_id": graph["tenant_id"], "authority": graph["authority"].rsplit("/", 1)[0],
-                  "base_url": graph["graph_url"], "ca_bundle": graph["ca_bundle"]},
-    }))
-    monkeypatch.setenv("AIRFLOW_CONN_THREECX_XAPI", json.dumps({
-        "conn_type": "threecx_xapi", "host": pbx["base_url"], "login": pbx["client_id"],
-        "password": pbx["client_secret"], "extra": {"ca_bundle": pbx["ca_bundle"]},
-    }))
-    monkeypatch.setenv("AIRFLOW_CONN_M365_3CX_STAGING", json.dumps({
-        "conn_type": "postgres", "host": url.host, "port": url.port, "login": url.username, "schema": url.database,
-    }))
-    monkeypatch.setenv("AIRFLOW_VAR_M365_3CX_SETTINGS", json.dumps(SETTINGS))
-    engine = sa.create_engine(pg_database)
-    yield {"graph": graph_emulator, "pbx": threecx_emulator, "engine": engine}
-    engine.dispose()
+def env(dag_env: dict[str, Any]) -> dict[str, Any]:
+    return dag_env
 
 
 def run_dag(dag_id: str, **conf: Any) -> Any:
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS / f"{dag_id}.py"))
-    assert bag.import_errors == {}
-    run = bag.dags[dag_id].test(run_conf=conf or None)
-    assert str(run.state) in ("success", "DagRunState.SUCCESS"), run.state
+    run = run_dag_in_airflow(dag_id, **conf)
+    assert_success(run)
     return run
 
 

@@ -11,15 +11,12 @@ only what is due at the real current time; dry runs write nothing.
 from __future__ import annotations
 
 import datetime as dt
-import json
-from pathlib import Path
 from typing import Any
 
 import pendulum
 import pytest
 import sqlalchemy as sa
-
-DAGS = Path(__file__).resolve().parents[2] / "dags"
+from dag_helpers import assert_success, load_dag
 
 pytestmark = [pytest.mark.dag, pytest.mark.postgres, pytest.mark.integration]
 
@@ -32,54 +29,22 @@ SETTINGS = {
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, airflow_db: str, graph_emulator: Any, threecx_emulator: Any,
-        pg_database: str) -> dict[str, Any]:
-    """Connections and settings pointing at the emulators and a fresh database; users have extensions."""
-    graph, pbx = graph_emulator.info, threecx_emulator.info
-    url = sa.engine.make_url(pg_database)
-    monkeypatch.setenv("AIRFLOW_CONN_M365_GRAPH", json.dumps({
-        "conn_type": "m365_graph", "login": graph["client_id"], "password": graph["client_secret"],
-        "extra": {"tenant_id": graph["tenant_id"], "authority": graph["authority"].rsplit("/", 1)[0],
-                  "base_url": graph["graph_url"], "ca_bundle": graph["ca_bundle"]},
-    }))
-    monkeypatch.setenv("AIRFLOW_CONN_THREECX_XAPI", json.dumps({
-        "conn_type": "threecx_xapi", "host": pbx["base_url"], "login": pbx["client_id"],
-        "password": pbx["client_secret"], "extra": {"ca_bundle": pbx["ca_bundle"]},
-    }))
-    monkeypatch.setenv("AIRFLOW_CONN_M365_3CX_STAGING", json.dumps({
-        "conn_type": "postgres", "host": url.host, "port": url.port, "login": url.username,
-        "schema": url.database,
-    }))
-    monkeypatch.setenv("AIRFLOW_VAR_M365_3CX_SETTINGS", json.dumps(SETTINGS))
-    engine = sa.create_engine(pg_database)
-    state = {"graph": graph_emulator, "pbx": threecx_emulator, "engine": engine}
-    # Quiet calendars: no seeded event or automatic reply may switch anyone during the test.
-    for user in _mailbox_users(state):
-        for event in graph_emulator.admin("GET", f"users/{user['id']}/mailbox").json()["events"]:
-            graph_emulator.admin("DELETE", f"users/{user['id']}/events/{event['id']}")
-        graph_emulator.admin("PUT", f"users/{user['id']}/automaticReplies", json={"status": "disabled"})
+def env(dag_env: dict[str, Any]) -> dict[str, Any]:
+    """Quiet calendars (no seeded event or automatic reply may switch anyone), users have extensions."""
+    graph = dag_env["graph"]
+    for user in _mailbox_users(dag_env):
+        for event in graph.admin("GET", f"users/{user['id']}/mailbox").json()["events"]:
+            graph.admin("DELETE", f"users/{user['id']}/events/{event['id']}")
+        graph.admin("PUT", f"users/{user['id']}/automaticReplies", json={"status": "disabled"})
     assert_success(run_dag("m365_3cx_full_sync"))
-    yield state
-    engine.dispose()
-
-
-def _dag(dag_id: str) -> Any:
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS / f"{dag_id}.py"))
-    assert bag.import_errors == {}
-    return bag.dags[dag_id]
+    return dag_env
 
 
 def run_dag(dag_id: str, logical_date: dt.datetime | None = None, **conf: Any) -> Any:
     kwargs: dict[str, Any] = {"run_conf": conf or None}
     if logical_date is not None:
         kwargs["logical_date"] = pendulum.instance(logical_date)
-    return _dag(dag_id).test(**kwargs)
-
-
-def assert_success(dag_run: Any) -> None:
-    assert str(dag_run.state) in ("success", "DagRunState.SUCCESS"), dag_run.state
+    return load_dag(dag_id).test(**kwargs)
 
 
 def _mailbox_users(env: dict[str, Any]) -> list[dict[str, Any]]:

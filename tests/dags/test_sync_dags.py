@@ -11,13 +11,11 @@ token falls back to a full extract; throttling and 503s do not change the outcom
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-
-DAGS = Path(__file__).resolve().parents[2] / "dags"
+from dag_helpers import assert_success, run_dag
 
 pytestmark = [pytest.mark.dag, pytest.mark.postgres, pytest.mark.integration]
 
@@ -30,41 +28,8 @@ SETTINGS = {
 
 
 @pytest.fixture
-def sync_env(monkeypatch: pytest.MonkeyPatch, airflow_db: str, graph_emulator: Any, threecx_emulator: Any,
-             pg_database: str) -> dict[str, Any]:
-    """Point the Airflow connections and settings Variable at the emulators and a fresh database."""
-    graph, pbx = graph_emulator.info, threecx_emulator.info
-    url = sa.engine.make_url(pg_database)
-    monkeypatch.setenv("AIRFLOW_CONN_M365_GRAPH", json.dumps({
-        "conn_type": "m365_graph", "login": graph["client_id"], "password": graph["client_secret"],
-        "extra": {"tenant_id": graph["tenant_id"], "authority": graph["authority"].rsplit("/", 1)[0],
-                  "base_url": graph["graph_url"], "ca_bundle": graph["ca_bundle"]},
-    }))
-    monkeypatch.setenv("AIRFLOW_CONN_THREECX_XAPI", json.dumps({
-        "conn_type": "threecx_xapi", "host": pbx["base_url"], "login": pbx["client_id"],
-        "password": pbx["client_secret"], "extra": {"ca_bundle": pbx["ca_bundle"]},
-    }))
-    monkeypatch.setenv("AIRFLOW_CONN_M365_3CX_STAGING", json.dumps({
-        "conn_type": "postgres", "host": url.host, "port": url.port, "login": url.username,
-        "schema": url.database,
-    }))
-    monkeypatch.setenv("AIRFLOW_VAR_M365_3CX_SETTINGS", json.dumps(SETTINGS))
-    engine = sa.create_engine(pg_database)
-    yield {"graph": graph_emulator, "pbx": threecx_emulator, "engine": engine}
-    engine.dispose()
-
-
-def _dag(dag_id: str):
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS / f"{dag_id}.py"))
-    assert bag.import_errors == {}
-    return bag.dags[dag_id]
-
-
-def run_dag(dag_id: str, **conf: Any) -> Any:
-    """Run a DAG in-process with real Airflow; return the DagRun."""
-    return _dag(dag_id).test(run_conf=conf or None)
+def sync_env(dag_env: dict[str, Any]) -> dict[str, Any]:
+    return dag_env
 
 
 def pbx_users(env: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -100,10 +65,6 @@ def managed_members(env: dict[str, Any]) -> list[dict[str, Any]]:
     """Graph users the default settings put in 3CX: enabled, not deleted members."""
     return [u for u in graph_users(env)
             if u.get("accountEnabled") and not u.get("deleted") and u.get("userType", "Member") != "Guest"]
-
-
-def assert_success(dag_run: Any) -> None:
-    assert str(dag_run.state) in ("success", "DagRunState.SUCCESS"), dag_run.state
 
 
 def test_full_sync_creates_expected_extensions_and_is_idempotent(sync_env: dict[str, Any]) -> None:

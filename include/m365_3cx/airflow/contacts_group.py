@@ -15,8 +15,6 @@ task without retries (:func:`~m365_3cx.airflow.runtime.fatal_errors_fail_the_tas
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 from airflow.sdk import get_current_context, task, task_group
@@ -28,28 +26,19 @@ from m365_3cx.airflow.dag_defaults import (
     THREECX_PHONEBOOK,
     THREECX_POOL,
 )
-from m365_3cx.airflow.hooks import GraphHook, StagingHook, ThreeCXHook
-from m365_3cx.airflow.runtime import fatal_errors_fail_the_task, load_settings, run_info, utcnow
+from m365_3cx.airflow.hooks import GraphHook, ThreeCXHook
+from m365_3cx.airflow.runtime import (
+    api_client,
+    fatal_errors_fail_the_task,
+    load_settings,
+    run_info,
+    staging_engine,
+    utcnow,
+)
 
 __all__ = ["contacts_sync"]
 
 
-@contextlib.contextmanager
-def _staging() -> Iterator[Any]:
-    engine = StagingHook().get_engine()
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
-@contextlib.contextmanager
-def _client(hook: Any) -> Iterator[Any]:
-    client = hook.get_client()
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def _effective_mode(context: Any, mode: str) -> str:
@@ -62,7 +51,7 @@ def run_contact_shards(mode: str) -> list[dict[str, Any]]:
     from m365_3cx.pipeline.contacts import contact_shards
 
     settings = load_settings()
-    with fatal_errors_fail_the_task(), _staging() as engine:
+    with fatal_errors_fail_the_task(), staging_engine() as engine:
         return contact_shards(engine, settings)
 
 
@@ -75,7 +64,7 @@ def run_extract_contacts(mode: str, shard: dict[str, Any]) -> dict[str, Any]:
     effective = _effective_mode(context, mode)
     run = run_info(context, mode)
     settings = load_settings()
-    with fatal_errors_fail_the_task(), _staging() as engine, _client(GraphHook()) as graph:
+    with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(GraphHook()) as graph:
         return extract_contacts(engine, graph, settings, run.run_key, effective, shard, utcnow())
 
 
@@ -85,7 +74,7 @@ def run_snapshot_phonebook(mode: str) -> dict[str, int]:
 
     run = run_info(get_current_context(), mode)
     settings = load_settings()
-    with fatal_errors_fail_the_task(), _staging() as engine, _client(ThreeCXHook()) as threecx:
+    with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(ThreeCXHook()) as threecx:
         return snapshot_phonebook(engine, threecx, settings, run.run_key, utcnow())
 
 
@@ -95,7 +84,7 @@ def run_transform_phonebook(mode: str) -> dict[str, int]:
 
     run = run_info(get_current_context(), mode)
     settings = load_settings()
-    with fatal_errors_fail_the_task(), _staging() as engine:
+    with fatal_errors_fail_the_task(), staging_engine() as engine:
         return transform_phonebook(engine, settings, run.run_key, utcnow())
 
 
@@ -108,7 +97,7 @@ def run_phonebook_has_work(mode: str, shard_counts: list[dict[str, Any]]) -> boo
     if params.get("full_resync"):
         return True
     run = run_info(context, mode)
-    with _staging() as engine:
+    with staging_engine() as engine:
         return phonebook_has_work(engine, load_settings(), run.run_key, mode, list(shard_counts or []))
 
 
@@ -117,7 +106,7 @@ def run_plan_phonebook(mode: str) -> dict[str, int]:
     from m365_3cx.pipeline.contacts import plan_phonebook
 
     run = run_info(get_current_context(), mode)
-    with fatal_errors_fail_the_task(), _staging() as engine:
+    with fatal_errors_fail_the_task(), staging_engine() as engine:
         return plan_phonebook(engine, run.run_key)
 
 
@@ -129,7 +118,7 @@ def run_apply_phonebook(mode: str) -> dict[str, int]:
     params = context.get("params") or {}
     run = run_info(context, mode)
     settings = load_settings()
-    with fatal_errors_fail_the_task(), _staging() as engine, _client(ThreeCXHook()) as threecx:
+    with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(ThreeCXHook()) as threecx:
         return apply_phonebook(
             engine, threecx, settings, run.run_key, utcnow(),
             dry_run=bool(params.get("dry_run", False)),

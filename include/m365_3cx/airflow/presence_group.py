@@ -14,8 +14,6 @@ time, never the run's logical date, so backfills and late runs never apply a pas
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 from airflow.sdk import TaskGroup, get_current_context, task
@@ -28,8 +26,15 @@ from m365_3cx.airflow.dag_defaults import (
     THREECX_POOL,
     THREECX_PRESENCE,
 )
-from m365_3cx.airflow.hooks import GraphHook, StagingHook, ThreeCXHook
-from m365_3cx.airflow.runtime import fatal_errors_fail_the_task, load_settings, run_info, utcnow
+from m365_3cx.airflow.hooks import GraphHook, ThreeCXHook
+from m365_3cx.airflow.runtime import (
+    api_client,
+    fatal_errors_fail_the_task,
+    load_settings,
+    run_info,
+    staging_engine,
+    utcnow,
+)
 
 __all__ = ["presence_apply", "presence_refresh"]
 
@@ -37,22 +42,6 @@ __all__ = ["presence_apply", "presence_refresh"]
 _APPLY_MODE = "delta"
 
 
-@contextlib.contextmanager
-def _engine() -> Iterator[Any]:
-    engine = StagingHook().get_engine()
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
-@contextlib.contextmanager
-def _client(hook: Any) -> Iterator[Any]:
-    client = hook.get_client()
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def plan_calendar_shards_body() -> list[dict[str, Any]]:
@@ -60,7 +49,7 @@ def plan_calendar_shards_body() -> list[dict[str, Any]]:
     from m365_3cx.pipeline.presence import plan_shards
 
     settings = load_settings()
-    with fatal_errors_fail_the_task(), _engine() as engine:
+    with fatal_errors_fail_the_task(), staging_engine() as engine:
         return plan_shards(engine, settings)
 
 
@@ -74,7 +63,7 @@ def extract_calendars_body(mode: str, shard: dict[str, Any]) -> dict[str, Any]:
     run = run_info(context, mode)
     settings = load_settings()
     effective = "full" if params.get("full_resync") else mode
-    with fatal_errors_fail_the_task(), _engine() as engine, _client(GraphHook()) as graph:
+    with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(GraphHook()) as graph:
         return extract_calendars(engine, graph, settings, run.run_key, effective, shard, utcnow())
 
 
@@ -86,7 +75,7 @@ def compute_presence_body() -> dict[str, Any]:
     params = context.get("params") or {}
     run = run_info(context, _APPLY_MODE)
     settings = load_settings()
-    with fatal_errors_fail_the_task(), _engine() as engine, _client(ThreeCXHook()) as threecx:
+    with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(ThreeCXHook()) as threecx:
         return compute_presence(engine, threecx, settings, run.run_key, utcnow(),
                                 dry_run=bool(params.get("dry_run", False)))
 
@@ -99,7 +88,7 @@ def apply_presence_body() -> dict[str, Any]:
     params = context.get("params") or {}
     run = run_info(context, _APPLY_MODE)
     settings = load_settings()
-    with fatal_errors_fail_the_task(), _engine() as engine, _client(ThreeCXHook()) as threecx:
+    with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(ThreeCXHook()) as threecx:
         return apply_presence(engine, threecx, settings, run.run_key, utcnow(),
                               dry_run=bool(params.get("dry_run", False)))
 

@@ -47,6 +47,28 @@ def utcnow() -> datetime:
 
 
 @contextlib.contextmanager
+def staging_engine() -> Iterator[Any]:
+    """The staging database engine (schema ensured) for the duration of a task step."""
+    from m365_3cx.airflow.hooks import StagingHook
+
+    engine = StagingHook().get_engine()
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def api_client(hook: Any) -> Iterator[Any]:
+    """A hook's client (Graph or 3CX), closed at the end of the step."""
+    client = hook.get_client()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
 def fatal_errors_fail_the_task() -> Iterator[None]:
     """Turn :class:`~m365_3cx.errors.FatalError` into ``AirflowFailException`` (no retries).
 

@@ -6,32 +6,19 @@ Every function returns small counts only (XCom).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 from airflow.sdk import get_current_context
 
-from m365_3cx.airflow.hooks import GraphHook, StagingHook, ThreeCXHook
-from m365_3cx.airflow.runtime import fatal_errors_fail_the_task, load_settings, run_info, utcnow
-
-
-@contextlib.contextmanager
-def _staging() -> Iterator[Any]:
-    engine = StagingHook().get_engine()
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
-@contextlib.contextmanager
-def _client(hook: Any) -> Iterator[Any]:
-    client = hook.get_client()
-    try:
-        yield client
-    finally:
-        client.close()
+from m365_3cx.airflow.hooks import GraphHook, ThreeCXHook
+from m365_3cx.airflow.runtime import (
+    api_client,
+    fatal_errors_fail_the_task,
+    load_settings,
+    run_info,
+    staging_engine,
+    utcnow,
+)
 
 
 def start_run(mode: str) -> dict[str, Any]:
@@ -39,7 +26,7 @@ def start_run(mode: str) -> dict[str, Any]:
     from m365_3cx.pipeline.users import start_run as start
 
     run = run_info(get_current_context(), mode)
-    with fatal_errors_fail_the_task(), _staging() as engine:
+    with fatal_errors_fail_the_task(), staging_engine() as engine:
         return start(engine, run, utcnow())
 
 
@@ -53,7 +40,7 @@ def extract_users(mode: str) -> dict[str, Any]:
         mode = "full"
     run = run_info(context, mode)
     settings = load_settings()
-    with fatal_errors_fail_the_task(), _staging() as engine, _client(GraphHook()) as graph:
+    with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(GraphHook()) as graph:
         return extract(engine, graph, settings, run.run_key, mode, utcnow())
 
 
@@ -66,7 +53,7 @@ def has_pending_users(mode: str) -> bool:
     if mode == "full" or params.get("full_resync") or params.get("only_users"):
         return True
     run = run_info(context, mode)
-    with _staging() as engine:
+    with staging_engine() as engine:
         return bool(pending_user_keys(engine, run.run_key))
 
 
@@ -76,7 +63,7 @@ def snapshot_threecx(mode: str) -> dict[str, int]:
 
     run = run_info(get_current_context(), mode)
     settings = load_settings()
-    with fatal_errors_fail_the_task(), _staging() as engine, _client(ThreeCXHook()) as threecx:
+    with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(ThreeCXHook()) as threecx:
         return snapshot(engine, threecx, run.run_key, utcnow(), settings)
 
 
@@ -86,7 +73,7 @@ def transform_extensions(mode: str) -> dict[str, int]:
 
     run = run_info(get_current_context(), mode)
     settings = load_settings()
-    with fatal_errors_fail_the_task(), _staging() as engine:
+    with fatal_errors_fail_the_task(), staging_engine() as engine:
         return transform_users(engine, settings, run.run_key, utcnow(), dry_run=run.dry_run)
 
 
@@ -98,7 +85,7 @@ def plan_extensions(mode: str) -> dict[str, int]:
     params = context.get("params") or {}
     run = run_info(context, mode)
     settings = load_settings()
-    with fatal_errors_fail_the_task(), _staging() as engine:
+    with fatal_errors_fail_the_task(), staging_engine() as engine:
         only_keys: set[str] | None = None
         if params.get("only_users"):
             only_keys = resolve_only_users(engine, list(params["only_users"]))
@@ -112,6 +99,6 @@ def finish_run(mode: str, counts: dict[str, Any] | None = None) -> dict[str, Any
     from m365_3cx.pipeline.users import finish_run as finish
 
     run = run_info(get_current_context(), mode)
-    with _staging() as engine:
+    with staging_engine() as engine:
         finish(engine, run.run_key, "success", counts or {}, utcnow())
     return {"run_key": run.run_key, "status": "success"}
