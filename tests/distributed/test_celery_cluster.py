@@ -23,6 +23,28 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+_config: Any = None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _report_to_terminal(request: pytest.FixtureRequest) -> None:
+    """Let this module's figures reach the CI log even when the test passes (output is captured)."""
+    global _config
+    _config = request.config
+
+
+def report(text: str) -> None:
+    """Write to the test log past pytest's output capture (so CI shows it for a passing test)."""
+    if _config is None:
+        print(text)
+        return
+    capture = _config.pluginmanager.getplugin("capturemanager")
+    terminal = _config.pluginmanager.getplugin("terminalreporter")
+    with capture.global_and_fixture_disabled():
+        for line in str(text).splitlines() or [""]:
+            terminal.write_line(line)
+
+
 pytestmark = [pytest.mark.distributed, pytest.mark.postgres, pytest.mark.integration]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,7 +76,7 @@ def cluster() -> Iterator[Any]:
     except BaseException:
         instance.stop()
         raise
-    print(f"\ncluster ready in {time.monotonic() - started:.1f} s (migrate done at "
+    report(f"\ncluster ready in {time.monotonic() - started:.1f} s (migrate done at "
           f"{instance.timings['migrate_done']:.1f} s); home {instance.home}")
     try:
         yield instance
@@ -73,8 +95,8 @@ def run_and_wait(cluster: Any, dag_id: str, conf: dict[str, Any] | None = None) 
     run_id = cluster.trigger(dag_id, conf)
     state = cluster.wait(dag_id, run_id, timeout=RUN_TIMEOUT)
     tis = cluster.task_instances(dag_id, run_id)
-    print(f"\n{dag_id} {run_id}: {state} in {time.monotonic() - started:.1f} s")
-    print(cluster.format_table(tis))
+    report(f"\n{dag_id} {run_id}: {state} in {time.monotonic() - started:.1f} s")
+    report(cluster.format_table(tis))
     if state != "success":
         logs = []
         for ti in tis:
@@ -170,7 +192,7 @@ def test_full_sync_then_delta_on_two_celery_workers(cluster: Any) -> None:
                 f"{cluster.celery_workers_of(ti['id'])}")
         spread[dag_id] = {worker_of(ti) for ti in ran}  # type: ignore[misc]
         mapped = [ti for ti in tis if ti.get("map_index", -1) >= 0]
-        print(f"{dag_id}: workers {sorted(spread[dag_id])}; "
+        report(f"{dag_id}: workers {sorted(spread[dag_id])}; "
               + ", ".join(f"{w}: {sum(worker_of(ti) == w for ti in ran)} tasks" for w in WORKERS)
               + (f"; {len(mapped)} mapped task instances on "
                  f"{sorted({worker_of(ti) for ti in mapped if worker_of(ti)})}" if mapped else "; no mapped tasks"))
@@ -186,7 +208,7 @@ def test_full_sync_then_delta_on_two_celery_workers(cluster: Any) -> None:
     assert "m365_3cx_full_sync.contacts.extract_contacts" in shards, f"no mapped contact shards ran: {shards}"
     assert any(workers == set(WORKERS) for workers in shards.values()), (
         f"mapped shards did not spread across both workers: {shards}")
-    print(f"test body (two runs + checks) took {time.monotonic() - began:.1f} s")
+    report(f"test body (two runs + checks) took {time.monotonic() - began:.1f} s")
 
 
 def test_status_page_needs_a_login_and_shows_the_runs(cluster: Any) -> None:
