@@ -66,6 +66,8 @@ class Admin:
 def airflow_env(graph: dict[str, Any], threecx: dict[str, Any]) -> dict[str, str]:
     """Environment for Airflow: home, connections and the settings Variable."""
     env = os.environ.copy()
+    # airflow standalone (--ui) starts its components as `airflow ...` subprocesses found on PATH.
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update({
         "AIRFLOW_HOME": str(DEMO / "airflow"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
