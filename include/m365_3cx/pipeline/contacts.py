@@ -28,6 +28,7 @@ from m365_3cx.errors import (
     RetriableError,
 )
 from m365_3cx.graph.batch import BatchRequest, classify_item, execute_batch, relative_url
+from m365_3cx.pipeline.outcomes import load_changes, record_outcome
 from m365_3cx.staging import contacts as crepo
 from m365_3cx.staging import repo
 from m365_3cx.staging.state import DeltaStateStore
@@ -386,19 +387,6 @@ def plan_phonebook(engine: Engine, run_key: str) -> dict[str, int]:
     return {**counts, "managed": result.managed_count, "forgotten": len(result.forget)}
 
 
-def _load_contact_changes(conn: Any, run_key: str) -> list[tuple[int, Change]]:
-    from m365_3cx.reconcile.plan import Change
-
-    changes = []
-    for row in repo.load_plan(conn, contact_plan_key(run_key), statuses=("planned", "failed", "skipped", "dry_run")):
-        fields = {name: (pair[0], pair[1]) for name, pair in (row["changes"] or {}).items()}
-        changes.append((row["seq"], Change(
-            action=row["action"], object_key=row["object_key"], number=row["number"] or "",
-            threecx_id=row["threecx_id"], fields=fields, reason=row["reason"] or "", object_type="contact",
-        )))
-    return changes
-
-
 def apply_phonebook(
     engine: Engine,
     threecx: ThreeCXClient,
@@ -422,7 +410,7 @@ def apply_phonebook(
 
     plan_key = contact_plan_key(run_key)
     with engine.connect() as conn:
-        planned = _load_contact_changes(conn, run_key)
+        planned = load_changes(conn, contact_plan_key(run_key), "contact")
         managed = crepo.managed_present_count(conn)
         mapped_ids = dict(conn.execute(sa.select(phonebook_map.c.contact_key, phonebook_map.c.threecx_id)).all())
     changes = [change for _, change in planned]
@@ -438,12 +426,9 @@ def apply_phonebook(
 
     def record(outcome: Outcome) -> None:
         change = outcome.change
-        status = "dry_run" if dry_run else {"ok": "applied"}.get(outcome.result, outcome.result)
         with engine.begin() as conn:
-            if not dry_run:
-                repo.add_audit(conn, audit_rows(outcome, run_key, now))
-            repo.set_plan_status(conn, plan_key, seq_of[id(change)], status)
-            if outcome.result != "ok" or dry_run:
+            if not record_outcome(conn, plan_key=plan_key, seq=seq_of[id(change)], result=outcome.result,
+                                  audit_rows=audit_rows(outcome, run_key, now), dry_run=dry_run):
                 return
             if change.action == "create" and outcome.threecx_id is not None:
                 crepo.set_entry_id(conn, change.object_key, outcome.threecx_id, now)

@@ -14,6 +14,7 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from m365_3cx.pipeline.outcomes import OPEN_STATUSES, record_outcome
 from m365_3cx.staging import presence as stage
 from m365_3cx.staging import repo
 from m365_3cx.staging.state import DeltaStateStore
@@ -229,7 +230,7 @@ def apply_presence(
         return {"enabled": False}
     plan_key = presence_plan_key(run_key)
     with engine.connect() as conn:
-        rows = [r for r in repo.load_plan(conn, plan_key, statuses=("planned", "failed", "dry_run"))
+        rows = [r for r in repo.load_plan(conn, plan_key, statuses=OPEN_STATUSES)
                 if r["object_type"] == "presence"]
         targets = stage.load_targets(conn)
     switches: list[tuple[int, ProfileSwitch]] = []
@@ -251,13 +252,9 @@ def apply_presence(
 
     def record(outcome: SwitchOutcome) -> None:
         switch = outcome.switch
-        status = "dry_run" if dry_run else {"ok": "applied"}.get(outcome.result, outcome.result)
         with engine.begin() as conn:
-            repo.set_plan_status(conn, plan_key, seq_of[id(switch)], status)
-            if dry_run:
-                return
-            repo.add_audit(conn, [audit_row(outcome, run_key, now)])
-            if outcome.result == "ok":
+            if record_outcome(conn, plan_key=plan_key, seq=seq_of[id(switch)], result=outcome.result,
+                              audit_rows=[audit_row(outcome, run_key, now)], dry_run=dry_run):
                 stage.save_state(conn, switch.user_id, switch.threecx_id, switch.after, "set", run_key, now)
 
     counts: dict[str, Any] = apply_switches([s for _, s in switches], threecx, on_outcome=record, dry_run=dry_run)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from m365_3cx.errors import DeltaTokenExpiredError, GraphFatalError
+from m365_3cx.pipeline.outcomes import load_changes, record_outcome
 from m365_3cx.staging import repo
 from m365_3cx.staging.schema import cur_extensions, extension_map, stg_users, sync_runs
 from m365_3cx.staging.state import DeltaStateStore
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from m365_3cx.graph.client import GraphClient
-    from m365_3cx.reconcile.plan import Change
     from m365_3cx.settings import Settings
     from m365_3cx.threecx.client import ThreeCXClient
 
@@ -370,21 +370,6 @@ def plan_users(
     return counts
 
 
-def _load_changes(conn: Any, run_key: str) -> list[tuple[int, Change]]:
-    """The stored plan of a run as (seq, Change), in apply order; already applied rows are left out."""
-    from m365_3cx.reconcile.plan import Change
-
-    changes = []
-    for row in repo.load_plan(conn, run_key, statuses=("planned", "failed", "skipped", "dry_run")):
-        fields = {name: (pair[0], pair[1]) for name, pair in (row["changes"] or {}).items()}
-        changes.append((row["seq"], Change(
-            action=row["action"], object_key=row["object_key"], number=row["number"] or "",
-            threecx_id=row["threecx_id"], fields=fields, reason=row["reason"] or "",
-            object_type=row["object_type"] or "extension",
-        )))
-    return changes
-
-
 def apply_users(
     engine: Engine,
     threecx: ThreeCXClient,
@@ -402,7 +387,7 @@ def apply_users(
     from m365_3cx.reconcile.apply import Outcome, apply_changes, audit_rows, check_mass_removal
 
     with engine.connect() as conn:
-        planned = _load_changes(conn, run_key)
+        planned = load_changes(conn, run_key, "extension")
         managed_count = _managed_in_snapshot(conn)
     changes = [change for _, change in planned]
     seq_of = {id(change): seq for seq, change in planned}
@@ -414,12 +399,9 @@ def apply_users(
 
     def record(outcome: Outcome) -> None:
         change = outcome.change
-        status = "dry_run" if dry_run else {"ok": "applied"}.get(outcome.result, outcome.result)
         with engine.begin() as conn:
-            if not dry_run:
-                repo.add_audit(conn, audit_rows(outcome, run_key, now))
-            repo.set_plan_status(conn, run_key, seq_of[id(change)], status)
-            if outcome.result != "ok" or dry_run:
+            if not record_outcome(conn, plan_key=run_key, seq=seq_of[id(change)], result=outcome.result,
+                                  audit_rows=audit_rows(outcome, run_key, now), dry_run=dry_run):
                 return
             if change.action == "create" and outcome.threecx_id is not None:
                 repo.set_threecx_id(conn, change.object_key, outcome.threecx_id)
