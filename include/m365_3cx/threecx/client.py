@@ -306,6 +306,24 @@ class ThreeCXClient:
 
     # -- public API ------------------------------------------------------------------------------
 
+    def _create(self, entity: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST a new entity; expects 201 with the created entity."""
+        response = self._request("POST", entity, json=dict(body))
+        if response.status_code != 201:
+            raise ThreeCXFatalError(f"create in {entity} did not answer 201", status=response.status_code,
+                                    code="UNEXPECTED_STATUS")
+        return dict(self._json(response))
+
+    def _delete(self, entity: str, entity_id: int, noun: str) -> None:
+        """DELETE one entity; a 404 becomes ``code="NOT_FOUND"``."""
+        try:
+            self._request("DELETE", f"{entity}({int(entity_id)})")
+        except ThreeCXFatalError as err:
+            if err.status == 404:
+                raise ThreeCXFatalError(f"{noun} {int(entity_id)} not found", status=404, code="NOT_FOUND",
+                                        request_id=err.request_id) from None
+            raise
+
     def iter_collection(
         self,
         entity: str,
@@ -369,11 +387,7 @@ class ThreeCXClient:
             ``target="Number"``.
         :raises ThreeCXError: any other classified error.
         """
-        response = self._request("POST", "Users", json=dict(body))
-        if response.status_code != 201:
-            raise ThreeCXFatalError("create user did not answer 201", status=response.status_code,
-                                    code="UNEXPECTED_STATUS")
-        return dict(self._json(response))
+        return self._create("Users", body)
 
     def update_user(self, user_id: int, patch: Mapping[str, Any]) -> None:
         """PATCH the given properties of a user.
@@ -389,13 +403,7 @@ class ThreeCXClient:
         :raises ThreeCXFatalError: ``code="NOT_FOUND"`` when the user does not exist.
         :raises ThreeCXError: any other classified error.
         """
-        try:
-            self._request("DELETE", f"Users({int(user_id)})")
-        except ThreeCXFatalError as err:
-            if err.status == 404:
-                raise ThreeCXFatalError(f"user {int(user_id)} not found", status=404, code="NOT_FOUND",
-                                        request_id=err.request_id) from None
-            raise
+        self._delete("Users", user_id, "user")
 
     def batch_delete_users(self, ids: Iterable[int]) -> list[dict[str, Any]]:
         """Delete several users at once (``Pbx.BatchDelete``).
@@ -446,11 +454,7 @@ class ThreeCXClient:
         :raises ThreeCXFatalError: validation errors (``target`` names the field).
         :raises ThreeCXError: any other classified error.
         """
-        response = self._request("POST", "Contacts", json=dict(body))
-        if response.status_code != 201:
-            raise ThreeCXFatalError("create contact did not answer 201", status=response.status_code,
-                                    code="UNEXPECTED_STATUS")
-        return dict(self._json(response))
+        return self._create("Contacts", body)
 
     def update_contact(self, contact_id: int, patch: Mapping[str, Any]) -> None:
         """PATCH the given properties of a contact.
@@ -466,13 +470,7 @@ class ThreeCXClient:
         :raises ThreeCXFatalError: ``code="NOT_FOUND"``, ``status=404`` when it does not exist.
         :raises ThreeCXError: any other classified error.
         """
-        try:
-            self._request("DELETE", f"Contacts({int(contact_id)})")
-        except ThreeCXFatalError as err:
-            if err.status == 404:
-                raise ThreeCXFatalError(f"contact {int(contact_id)} not found", status=404, code="NOT_FOUND",
-                                        request_id=err.request_id) from None
-            raise
+        self._delete("Contacts", contact_id, "contact")
 
     def delete_contacts(self, ids: Iterable[int]) -> None:
         """Delete several contacts at once (``Pbx.DeleteContactsById``, 20.0.9+); unknown ids are ignored.
