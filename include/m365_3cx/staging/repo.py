@@ -67,12 +67,10 @@ __all__ = [
     "add_audit",
     "add_notes",
     "assign_numbers",
-    "audit_write_count",
     "changed_user_ids",
     "finish_run",
     "load_frame",
     "load_plan",
-    "managed_extension_count",
     "mark_missing_deleted",
     "mark_users_deleted",
     "merge_users",
@@ -691,10 +689,6 @@ def purge_expired_quarantine(conn: Connection, quarantine_days: int, now: dt.dat
     return result.rowcount
 
 
-def managed_extension_count(conn: Connection) -> int:
-    """Number of managed extensions (active ``extension_map`` rows), the mass-removal guard's base."""
-    query = select(func.count()).select_from(extension_map).where(extension_map.c.status == "active")
-    return int(conn.execute(query).scalar_one())
 
 
 # ------------------------------------------------------------------------- runs / plan / audit / notes
@@ -900,10 +894,3 @@ def add_notes(
         )
     return _insert_many(conn, sync_notes, rows)
 
-
-def audit_write_count(conn: Connection, run_key: str) -> int:
-    """Number of audit rows of ``run_key`` with result ``ok`` (writes that reached 3CX)."""
-    query = (
-        select(func.count()).select_from(sync_audit).where(sync_audit.c.run_key == run_key, sync_audit.c.result == "ok")
-    )
-    return int(conn.execute(query).scalar_one())
