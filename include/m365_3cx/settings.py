@@ -30,8 +30,10 @@ __all__ = [
     "ContactsSettings",
     "ExtensionsSettings",
     "GuardSettings",
+    "LogSettings",
     "NumberingSettings",
     "PresenceSettings",
+    "RetentionSettings",
     "ScopeSettings",
     "Settings",
 ]
@@ -142,6 +144,11 @@ class AlertSettings:
     :param to: recipients.
     :param from_email: sender; ``None`` = the SMTP connection's default.
     :param base_url: Airflow UI base URL, for a link to the failed run; ``None`` = no link.
+    :param stale_users_minutes: the watchdog alerts when no users sync (full or delta run) succeeded
+        for this long; ``0`` = never.
+    :param stale_phonebook_minutes: the same for the phonebook (full or delta run).
+    :param stale_status_minutes: the same for the 3CX statuses (hourly or delta run; only with
+        ``presence.enabled``).
     """
 
     channel: str = "off"
@@ -149,6 +156,29 @@ class AlertSettings:
     to: tuple[str, ...] = ()
     from_email: str | None = None
     base_url: str | None = None
+    stale_users_minutes: int = 90
+    stale_phonebook_minutes: int = 90
+    stale_status_minutes: int = 180
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """How long the run history stays in staging (daily cleanup by ``m365_3cx_maintenance``).
+
+    :param days: runs, plans, audit, notes and traces older than this are deleted (maps never).
+    """
+
+    days: int = 180
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """What the task logs show.
+
+    :param plan_preview: how many planned changes each plan step lists in its log (0 = none).
+    """
+
+    plan_preview: int = 10
 
 
 @dataclass(frozen=True)
@@ -355,8 +385,13 @@ _SECTIONS: Final[dict[str, tuple[type, dict[str, Callable[[object], Any]]]]] = {
             "to": _addresses,
             "from_email": _optional(_str),
             "base_url": _optional(_str),
+            "stale_users_minutes": _int(0, 525_600),
+            "stale_phonebook_minutes": _int(0, 525_600),
+            "stale_status_minutes": _int(0, 525_600),
         },
     ),
+    "retention": (RetentionSettings, {"days": _int(7, 36_500)}),
+    "logs": (LogSettings, {"plan_preview": _int(0, 1000)}),
     "contacts": (
         ContactsSettings,
         {
@@ -465,6 +500,8 @@ class Settings:
         ``M365_3CX_TIMEZONE`` environment variable).
     :param contacts: :class:`ContactsSettings`.
     :param presence: :class:`PresenceSettings`.
+    :param retention: :class:`RetentionSettings`.
+    :param logs: :class:`LogSettings`.
     """
 
     scope: ScopeSettings = field(default_factory=ScopeSettings)
@@ -475,6 +512,8 @@ class Settings:
     timezone: str = "UTC"
     contacts: ContactsSettings = field(default_factory=ContactsSettings)
     presence: PresenceSettings = field(default_factory=PresenceSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
+    logs: LogSettings = field(default_factory=LogSettings)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> Settings:
@@ -544,7 +583,8 @@ class Settings:
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as a JSON-serialisable dict (round-trips through :meth:`from_mapping`)."""
         result: dict[str, Any] = {}
-        for name in ("scope", "numbering", "extensions", "guards", "alerts", "timezone", "contacts", "presence"):
+        for name in ("scope", "numbering", "extensions", "guards", "alerts", "timezone", "contacts", "presence",
+                     "retention", "logs"):
             value = getattr(self, name)
             if isinstance(value, str):
                 result[name] = value

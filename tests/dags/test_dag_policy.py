@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
-EXPECTED = {"m365_3cx_full_sync", "m365_3cx_delta", "m365_3cx_hourly"}
+EXPECTED = {"m365_3cx_full_sync", "m365_3cx_delta", "m365_3cx_hourly", "m365_3cx_watchdog", "m365_3cx_maintenance"}
+#: Housekeeping DAGs: no trigger form, no Graph or 3CX calls.
+MAINTENANCE = {"m365_3cx_watchdog", "m365_3cx_maintenance"}
 #: DAGs without the users -> extensions tasks (checked by test_presence_tasks_run_in_pools).
 PRESENCE_ONLY = {"m365_3cx_hourly"}
 
@@ -40,7 +42,8 @@ def test_dag_level_policy(dagbag) -> None:
         assert dag.dagrun_timeout is not None, dag.dag_id
         assert dag.doc_md, dag.dag_id
         assert dag.on_failure_callback, f"{dag.dag_id} has no failure alert callback"
-        assert {"dry_run", "full_resync", "only_users", "allow_mass_removal"} <= set(dag.params.keys()), dag.dag_id
+        if dag.dag_id not in MAINTENANCE:
+            assert {"dry_run", "full_resync", "only_users", "allow_mass_removal"} <= set(dag.params.keys()), dag.dag_id
 
 
 def test_task_level_policy(dagbag) -> None:
@@ -55,7 +58,7 @@ def test_task_level_policy(dagbag) -> None:
 def test_external_calls_run_in_pools(dagbag) -> None:
     for dag in _dags(dagbag):
         pools = {task.task_id: task.pool for task in dag.tasks}
-        if dag.dag_id in PRESENCE_ONLY:
+        if dag.dag_id in PRESENCE_ONLY | MAINTENANCE:
             continue
         assert pools["extract_users"] == "graph_api", dag.dag_id
         assert pools["snapshot_threecx"] == "threecx_api", dag.dag_id

@@ -1,6 +1,7 @@
-"""DAG-level failure notifier: e-mails the failed task, run and a one-line reason.
+"""Alerts: the DAG-level failure notifier (failed task, run and the whole scrubbed error) and the
+e-mail channel the staleness watchdog shares with it.
 
-Configured by the ``alerts`` section of the settings Variable; off by default. It never
+Configured by the ``alerts`` section of the settings Variable; off by default. The notifier never
 raises: an alert that cannot be sent is logged, and the run's own failure stays visible.
 """
 
@@ -12,7 +13,7 @@ from typing import Any
 
 from airflow.sdk import BaseNotifier
 
-from m365_3cx.alerts import FailureAlert, build_alert, one_line_reason, scrub
+from m365_3cx.alerts import FailureAlert, build_alert, full_reason, one_line_reason, scrub
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def alert_from_context(context: Any, base_url: str | None) -> FailureAlert:
 
 
 def record_task_failure(context: Any) -> None:
-    """Task-level ``on_failure_callback``: store the failed task and a one-line reason in ``sync_runs``.
+    """Task-level ``on_failure_callback``: store the failed task and the whole scrubbed reason in ``sync_runs``.
 
     Runs on the worker after the last try, where the exception is known; never raises.
     """
@@ -79,7 +80,7 @@ def record_task_failure(context: Any) -> None:
         from m365_3cx.staging import repo
 
         dag_id, run_id = _run_ids(context)
-        message = f"{_failed_task(context) or 'unknown task'}: {one_line_reason(str(context.get('exception') or ''))}"
+        message = f"{_failed_task(context) or 'unknown task'}: {full_reason(str(context.get('exception') or ''))}"
         engine = StagingHook().get_engine()
         try:
             with engine.begin() as conn:
@@ -88,6 +89,49 @@ def record_task_failure(context: Any) -> None:
             engine.dispose()
     except Exception as exc:  # a callback must never hide the task's own failure
         log.error("could not record the task failure: %s", type(exc).__name__)
+
+
+def load_alert_settings() -> Any:
+    """The ``alerts`` settings, also when another section of the Variable is invalid.
+
+    A run that failed *because* the settings are invalid must still be reported: when the whole
+    document does not validate, the ``alerts`` section is validated on its own.
+
+    :raises ConfigError: the ``alerts`` section itself is invalid (or the Variable is not JSON).
+    """
+    import json
+
+    from airflow.sdk import Variable
+
+    from m365_3cx.airflow.runtime import SETTINGS_VARIABLE
+    from m365_3cx.errors import ConfigError
+    from m365_3cx.settings import Settings
+
+    raw = Variable.get(SETTINGS_VARIABLE, default=None)
+    try:
+        return (Settings.from_json(raw) if raw else Settings()).alerts
+    except ConfigError:
+        data = json.loads(raw) if raw else {}
+        if not isinstance(data, dict):
+            raise
+        return Settings.from_mapping({"alerts": data.get("alerts") or {}}).alerts
+
+
+def alert_base_url(alerts: Any) -> str | None:
+    """The Airflow UI base URL for links: the setting, else ``AIRFLOW__API__BASE_URL``."""
+    return alerts.base_url or os.environ.get("AIRFLOW__API__BASE_URL") or None
+
+
+def send_email(alerts: Any, subject: str, body: str) -> None:
+    """Send one alert e-mail through the configured Airflow SMTP connection.
+
+    :param alerts: the ``alerts`` settings (channel ``smtp``, recipients set).
+    :raises Exception: whatever the SMTP connection raises (callers decide whether to swallow it).
+    """
+    from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+    with SmtpHook(smtp_conn_id=alerts.smtp_conn_id) as smtp:
+        smtp.send_email_smtp(to=list(alerts.to), subject=subject, html_content=body, from_email=alerts.from_email)
 
 
 class SyncFailureNotifier(BaseNotifier):
@@ -101,19 +145,12 @@ class SyncFailureNotifier(BaseNotifier):
 
     def notify(self, context: Any) -> None:
         try:
-            from m365_3cx.airflow.runtime import load_settings
-
-            alerts = load_settings().alerts
+            alerts = load_alert_settings()
             if alerts.channel == "off" or not alerts.to:
                 log.info("failure alert not sent: alerts are off")
                 return
-            base_url = alerts.base_url or os.environ.get("AIRFLOW__API__BASE_URL") or None
-            subject, body = build_alert(alert_from_context(context, base_url))
-            from airflow.providers.smtp.hooks.smtp import SmtpHook
-
-            with SmtpHook(smtp_conn_id=alerts.smtp_conn_id) as smtp:
-                smtp.send_email_smtp(to=list(alerts.to), subject=subject, html_content=body,
-                                     from_email=alerts.from_email)
+            subject, body = build_alert(alert_from_context(context, alert_base_url(alerts)))
+            send_email(alerts, subject, body)
             log.info("failure alert sent to %d recipient(s)", len(alerts.to))
         except Exception as exc:  # an alert must never mask the failure it reports
             log.error("failure alert could not be sent: %s: %s", type(exc).__name__, one_line_reason(scrub(str(exc))))

@@ -22,6 +22,8 @@ SYNC_TIMEZONE = os.environ.get("M365_3CX_TIMEZONE", "UTC")
 FULL_SYNC_CRON = os.environ.get("M365_3CX_FULL_SYNC_CRON", "30 2 * * *")
 HOURLY_CRON = os.environ.get("M365_3CX_HOURLY_CRON", "5 * * * *")
 DELTA_INTERVAL = timedelta(minutes=max(1, int(os.environ.get("M365_3CX_DELTA_MINUTES", "5"))))
+WATCHDOG_INTERVAL = timedelta(minutes=max(1, int(os.environ.get("M365_3CX_WATCHDOG_MINUTES", "10"))))
+MAINTENANCE_CRON = os.environ.get("M365_3CX_MAINTENANCE_CRON", "45 3 * * *")
 
 STG_USERS = Asset(name="stg_users", uri="m365-3cx-staging://stg_users", group="m365_3cx_staging")
 TGT_EXTENSIONS = Asset(name="tgt_extensions", uri="m365-3cx-staging://tgt_extensions", group="m365_3cx_staging")

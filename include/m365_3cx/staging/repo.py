@@ -747,13 +747,13 @@ def finish_run(conn: Connection, run_key: str, status: str, counts: Mapping[str,
 
 
 def record_run_error(conn: Connection, run_key: str, message: str, now: dt.datetime) -> bool:
-    """Remember the latest task failure of a run (a one-line, scrubbed message) and mark it failed.
+    """Remember the latest task failure of a run (the whole scrubbed message) and mark it failed.
 
     :returns: ``False`` when the run has no row yet (it failed before ``start_run``).
     """
     _require_aware(now)
     result = conn.execute(
-        update(sync_runs).where(sync_runs.c.run_key == run_key).values(last_error=message[:1000], status="failed",
+        update(sync_runs).where(sync_runs.c.run_key == run_key).values(last_error=message[:8000], status="failed",
                                                                         finished_at=now)
     )
     return result.rowcount > 0

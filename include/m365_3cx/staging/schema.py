@@ -5,8 +5,8 @@ only: strings, text, booleans, integers (``BigInteger`` autoincrement ids),
 :class:`UTCDateTime` (``DateTime(timezone=True)`` that always hands back aware UTC
 datetimes, also on SQLite) and :class:`sqlalchemy.JSON`.
 
-:func:`create_schema` creates what is missing and records :data:`SCHEMA_VERSION` in
-``schema_version``; it is idempotent and safe to run from several processes at
+:func:`create_schema` creates the missing tables and indexes (it never alters a column) and
+records :data:`SCHEMA_VERSION` in ``schema_version``; it is idempotent and safe to run from several processes at
 once (PostgreSQL: transaction-level advisory lock; SQLite: ``BEGIN IMMEDIATE``).
 """
 
@@ -194,7 +194,7 @@ sync_runs: Final = Table(
     Column("started_at", UTCDateTime(), nullable=False),
     Column("finished_at", UTCDateTime()),
     Column("counts", _json()),
-    Column("last_error", Text),  # "<task_id>: <one-line reason>" of the latest failed task (scrubbed)
+    Column("last_error", Text),  # "<task_id>: <whole reason>" of the latest failed task (scrubbed)
     Index("ix_sync_runs_dag_started", "dag_id", "started_at"),
 )
 
@@ -248,6 +248,37 @@ sync_notes: Final = Table(
     Column("severity", String(16), nullable=False),
     Column("message", Text, nullable=False),
     Index("ix_sync_notes_run_key_step", "run_key", "step"),
+)
+
+# Provision on demand (``only_users``): one row per step and user, in step order (docs/internals.md).
+sync_trace: Final = Table(
+    "sync_trace",
+    metadata,
+    Column("id", _id(), primary_key=True, autoincrement=True),
+    Column("run_key", RUN_KEY, nullable=False),
+    Column("user_id", USER_ID),  # NULL for an only_users entry that matched nobody (step resolve, unknown)
+    Column("upn", String(320)),  # the user's UPN, or the entry exactly as given when unknown
+    Column("step", String(32), nullable=False),
+    Column("seq", Integer, nullable=False),  # step order (m365_3cx.staging.trace.STEPS)
+    Column("outcome", String(32), nullable=False),
+    Column("detail", _json()),
+    Column("at", UTCDateTime(), nullable=False),
+    Index("ix_sync_trace_run_step", "run_key", "step"),
+    Index("ix_sync_trace_user", "user_id"),
+    Index("ix_sync_trace_upn", "upn"),
+    Index("ix_sync_trace_at", "at"),
+)
+
+# Staleness watchdog: one row per feature, the state of its current staleness episode.
+sync_alert_state: Final = Table(
+    "sync_alert_state",
+    metadata,
+    Column("feature", String(32), primary_key=True),  # users | phonebook | status
+    Column("first_checked_at", UTCDateTime(), nullable=False),  # first watchdog tick (age base when never synced)
+    Column("checked_at", UTCDateTime(), nullable=False),
+    Column("last_success_at", UTCDateTime()),  # as seen at the last tick
+    Column("stale_since", UTCDateTime()),  # start of the open episode, NULL when fresh
+    Column("alerted_at", UTCDateTime()),  # alert of the open episode sent at, NULL when not (yet)
 )
 
 schema_version: Final = Table(
@@ -431,6 +462,11 @@ def create_schema(engine: Engine, *, now: dt.datetime | None = None) -> int:
         if found is not None and found > SCHEMA_VERSION:
             raise ConfigError(f"staging schema version {found} is newer than this code supports ({SCHEMA_VERSION})")
         metadata.create_all(conn, checkfirst=True)
+        # create_all() adds indexes only with a table it creates: an upgrade that adds an index to an
+        # existing table needs this (columns of existing tables are never altered; docs/operations.md).
+        for tbl in metadata.sorted_tables:
+            for index in tbl.indexes:
+                index.create(conn, checkfirst=True)
         if found is None or found < SCHEMA_VERSION:
             conn.execute(schema_version.insert(), [{"version": SCHEMA_VERSION, "applied_at": when}])
     return SCHEMA_VERSION

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from m365_3cx.alerts import MAX_REASON, FailureAlert, build_alert, one_line_reason, scrub
+from m365_3cx.alerts import (
+    MAX_ERROR,
+    MAX_REASON,
+    FailureAlert,
+    StaleAlert,
+    build_alert,
+    build_stale_alert,
+    full_reason,
+    one_line_reason,
+    scrub,
+)
 
 
 @pytest.mark.parametrize(
@@ -46,3 +56,37 @@ def test_build_alert_names_dag_run_task_reason_and_link() -> None:
 def test_build_alert_escapes_html() -> None:
     _, body = build_alert(FailureAlert("d", "r", "t", "<script>alert(1)</script>"))
     assert "<script>" not in body
+
+
+SETTINGS_ERROR = """invalid settings (4 problems):
+  - numbering.pool_first: must be digits, got '2a0'
+  - timezone: unknown IANA time zone 'Mars/Olympus'
+  - alerts.to: channel 'smtp' needs at least one recipient
+  - guards.mass_removal_fraction: must be between 0.0 and 1.0, got 3"""
+
+
+def test_failure_alert_carries_the_whole_error_scrubbed() -> None:
+    reason = SETTINGS_ERROR + "\n  while reading token: client_secret=TopSecret42 "
+    _, body = build_alert(FailureAlert("m365_3cx_delta", "r1", "extract_users", reason))
+    for line in SETTINGS_ERROR.splitlines():
+        assert line.replace("'", "&#x27;") in body
+    assert "TopSecret42" not in body
+
+
+def test_full_reason_keeps_every_line_and_bounds_the_size() -> None:
+    assert full_reason(SETTINGS_ERROR).count("\n") == 4
+    assert full_reason("   ").startswith("no reason recorded")
+    assert len(full_reason("y" * (MAX_ERROR + 50))) == MAX_ERROR
+
+
+def test_stale_alert_names_feature_age_limit_and_dags() -> None:
+    alert = StaleAlert("users", ("m365_3cx_full_sync", "m365_3cx_delta"), "2026-12-01 10:00 UTC", 95, 90,
+                       base_url="https://airflow.example.com")
+    subject, body = build_stale_alert(alert)
+    assert subject == "[m365-3cx-sync] no successful users -> extensions sync for 95 min"
+    assert "2026-12-01 10:00 UTC" in body and "90 minutes" in body and "alerts.stale_users_minutes" in body
+    assert "https://airflow.example.com/dags/m365_3cx_delta" in body
+    never = build_stale_alert(StaleAlert("status", ("m365_3cx_hourly",), None, 200, 180))[1]
+    assert "No successful run is recorded at all" in never
+    subject, _ = build_stale_alert(StaleAlert("phonebook", ("m365_3cx_delta",), "t", 0, 90, recovered=True))
+    assert subject == "[m365-3cx-sync] contacts -> phonebook sync is running again"

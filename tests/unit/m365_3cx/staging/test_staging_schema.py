@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import Engine, inspect, select, text
 
 from m365_3cx.errors import ConfigError
 from m365_3cx.staging.schema import SCHEMA_VERSION, create_schema, metadata, schema_version
@@ -105,8 +105,10 @@ CONTRACT_TABLES = {
         "severity",
         "message",
     },
+    "sync_trace": {"id", "run_key", "user_id", "upn", "step", "seq", "outcome", "detail", "at"},
 }
 LATER_TABLES = {
+    "sync_alert_state",
     "stg_contacts",
     "stg_events",
     "stg_auto_replies",
@@ -147,6 +149,16 @@ def test_newer_schema_is_refused(engine: Engine) -> None:
 
 def test_metadata_declares_every_table() -> None:
     assert set(CONTRACT_TABLES) | LATER_TABLES == set(metadata.tables)
+
+
+def test_create_schema_adds_a_missing_index_to_an_existing_table(empty_engine: Engine) -> None:
+    """The upgrade path: an index added to a table that already exists is created by the next run."""
+    create_schema(empty_engine)
+    with empty_engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_sync_trace_upn"))
+    assert "ix_sync_trace_upn" not in {i["name"] for i in inspect(empty_engine).get_indexes("sync_trace")}
+    create_schema(empty_engine)
+    assert "ix_sync_trace_upn" in {i["name"] for i in inspect(empty_engine).get_indexes("sync_trace")}
 
 
 _RACE = """
