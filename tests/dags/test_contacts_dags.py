@@ -149,7 +149,8 @@ def test_hand_edits_are_put_back_hand_deletes_recreated_and_foreign_contacts_lef
 def test_messy_corpus_gives_notes_and_every_usable_entry_reaches_3cx(env: dict[str, Any]) -> None:
     run_dag("m365_3cx_full_sync")
     notes = sql(env, "SELECT field, severity, message FROM sync_notes WHERE object_type = 'contact'")
-    assert any(n["severity"] == "error" and "no dialable number" in n["message"] for n in notes)
+    assert any(n["severity"] == "info" and "no dialable number" in n["message"] for n in notes)
+    assert not any(n["severity"] == "error" for n in notes)  # messy data is not an operator's error
     assert any("extension" in n["message"] and "dropped" in n["message"] for n in notes)
     assert any(n["field"] == "CompanyName" and "truncated" in n["message"] for n in notes)
     failed = sql(env, "SELECT count(*) AS n FROM sync_audit WHERE object_type = 'contact' AND result <> 'ok'")

@@ -32,7 +32,7 @@ from m365_3cx.pipeline.outcomes import load_changes, record_outcome
 from m365_3cx.staging import contacts as crepo
 from m365_3cx.staging import repo
 from m365_3cx.staging.state import DeltaStateStore
-from m365_3cx.transform.notes import ERROR, Note, note_rows, user_note
+from m365_3cx.transform.notes import ERROR, INFO, Note, note_rows, user_note
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -138,7 +138,8 @@ def _user_failed(user_id: str, label: str, error: Exception, totals: _Totals, sk
     if isinstance(error, MailboxUnavailableError):
         log.info("contacts: user %s has no Exchange Online mailbox; skipped", user_id)
         totals.notes.append(user_note(user_id, label, "mailbox",
-                                      "has no Exchange Online mailbox (MailboxNotEnabledForRESTAPI); contacts skipped"))
+                                      "has no Exchange Online mailbox (MailboxNotEnabledForRESTAPI); contacts skipped",
+                                      INFO))
         return
     totals.counts["failed_users"] += 1
     log.warning("contacts: reading the contacts of user %s failed (status %s); skipped this run",

@@ -134,6 +134,8 @@ USER_SOURCE_COLUMNS: Final[tuple[str, ...]] = (
 
 PLAN_STATUSES: Final = frozenset({"planned", "applied", "failed", "skipped", "dry_run"})
 RUN_STATUSES: Final = frozenset({"running", "success", "failed"})
+#: ``sync_notes.severity`` values (see :mod:`m365_3cx.transform.notes`).
+NOTE_SEVERITIES: Final = ("info", "warning", "error")
 
 
 # ------------------------------------------------------------------------- generic helpers
@@ -866,7 +868,7 @@ def add_notes(
     """Replace the notes of ``(run_key, step)`` (so a retried step does not duplicate them).
 
     :param notes: dicts with ``object_type``, ``object_key``, ``record_label``, ``field``,
-        ``severity`` (``warning|error``), ``message`` and optionally ``at``.
+        ``severity`` (``info|warning|error``), ``message`` and optionally ``at``.
     :param step: the step that produced the notes (e.g. ``transform``).
     :param now: default ``at`` (aware UTC; default: current time).
     :returns: rows written.
@@ -877,8 +879,8 @@ def add_notes(
     rows = []
     for note in notes:
         severity = note.get("severity") or "warning"
-        if severity not in ("warning", "error"):
-            raise ValueError(f"note severity must be warning or error, got {severity!r}")
+        if severity not in NOTE_SEVERITIES:
+            raise ValueError(f"note severity must be one of {', '.join(NOTE_SEVERITIES)}, got {severity!r}")
         rows.append(
             {
                 "run_key": run_key,

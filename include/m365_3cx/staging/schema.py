@@ -122,6 +122,8 @@ stg_users: Final = Table(
     Column("row_hash", String(64), nullable=False),
     Index("ix_stg_users_last_run_key", "last_run_key"),
 )
+# The console finds a user by UPN whatever its case.
+Index("ix_stg_users_upn_lower", func.lower(stg_users.c.user_principal_name))
 
 delta_state: Final = Table(
     "delta_state",
@@ -196,6 +198,7 @@ sync_runs: Final = Table(
     Column("counts", _json()),
     Column("last_error", Text),  # "<task_id>: <whole reason>" of the latest failed task (scrubbed)
     Index("ix_sync_runs_dag_started", "dag_id", "started_at"),
+    Index("ix_sync_runs_started", "started_at"),  # console: recent runs, failures of the last 24 h
 )
 
 sync_plan: Final = Table(
@@ -211,6 +214,7 @@ sync_plan: Final = Table(
     Column("changes", _json()),
     Column("reason", Text),
     Column("status", String(16), nullable=False, default="planned"),
+    Index("ix_sync_plan_object_key", "object_key"),  # console: per-user history
 )
 
 sync_audit: Final = Table(
@@ -231,6 +235,7 @@ sync_audit: Final = Table(
     Column("error", Text),
     Index("ix_sync_audit_run_key", "run_key"),
     Index("ix_sync_audit_object", "object_type", "object_key"),
+    Index("ix_sync_audit_at", "at"),  # console: changes per day
 )
 
 # ``step`` is an addition to docs/internals.md: re-running a step replaces its notes.
@@ -248,6 +253,8 @@ sync_notes: Final = Table(
     Column("severity", String(16), nullable=False),
     Column("message", Text, nullable=False),
     Index("ix_sync_notes_run_key_step", "run_key", "step"),
+    Index("ix_sync_notes_run_key_severity", "run_key", "severity"),  # console: note filters
+    Index("ix_sync_notes_object_key", "object_key"),  # console: per-user history
 )
 
 # Provision on demand (``only_users``): one row per step and user, in step order (docs/internals.md).

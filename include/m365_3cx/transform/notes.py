@@ -11,8 +11,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+#: Severities, least to most urgent. ``info``: expected, nothing to fix (a contact without a phone
+#: number is not a phonebook entry); ``warning``: the sync worked around bad source data (a field left
+#: out or shortened) and the data owner may want to fix it; ``error``: the record was not synced and
+#: needs an operator (number collision, exhausted pool, a mailbox that could not be read).
+INFO = "info"
 WARNING = "warning"
 ERROR = "error"
+SEVERITIES = (INFO, WARNING, ERROR)
 
 
 @dataclass(frozen=True)
@@ -23,8 +29,8 @@ class Note:
     :param object_key: the record's key (the Graph user id for users).
     :param record_label: a human label for the record (the UPN for users).
     :param field: the source or target field concerned, or ``None``.
-    :param severity: ``"warning"`` (the sync worked around it) or ``"error"``
-        (the record was skipped).
+    :param severity: ``"info"`` (expected, nothing to fix), ``"warning"`` (the sync worked
+        around bad data) or ``"error"`` (the record was not synced; an operator must act).
     :param message: a sentence naming the record and the field.
     """
 
@@ -43,7 +49,7 @@ def user_note(user_id: str, label: str, field: str | None, message: str, severit
     :param label: the UPN (or the id when the UPN is unknown).
     :param field: the field concerned, or ``None``.
     :param message: the problem, without the ``user ...:`` prefix.
-    :param severity: ``"warning"`` or ``"error"``.
+    :param severity: one of :data:`SEVERITIES`.
     :return: the note.
     """
     shown = label or user_id

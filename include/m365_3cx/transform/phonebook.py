@@ -34,7 +34,7 @@ from typing import Any, Final
 
 import pandas as pd
 
-from m365_3cx.transform.notes import ERROR, WARNING, Note
+from m365_3cx.transform.notes import INFO, WARNING, Note
 from m365_3cx.transform.phones import to_e164
 from m365_3cx.transform.values import as_bool, as_list, ensure_columns, text
 
@@ -175,7 +175,7 @@ def contact_note(owner_id: str, contact_id: str, label: str, fld: str | None, me
     :param label: the owner's UPN (or id).
     :param fld: the Graph field concerned, or ``None``.
     :param message: what happened.
-    :param severity: ``warning`` (worked around) or ``error`` (the contact was skipped).
+    :param severity: ``info`` (nothing to fix), ``warning`` (worked around bad data) or ``error``.
     :return: the note (object type ``contact``, key ``<owner_id>/<contact_id>``).
     """
     shown = label or owner_id
@@ -290,10 +290,11 @@ def _copy_from_row(row: Mapping[str, Any], label: str, region: str | None, param
     if primary is None:
         fld = "mobilePhone/businessPhones/homePhones"
         why = "has only an e-mail address" if email else "has no phone number"
-        note(fld, f"{why}; no dialable number, contact skipped", ERROR)
+        # Not a fault: a phonebook holds dialable entries only, and many contacts have none.
+        note(fld, f"{why}; no dialable number, contact skipped", INFO)
         return None
     if not (first or last or company):
-        note("displayName", "has no name and no company; contact skipped", ERROR)
+        note("displayName", "has no name and no company; contact skipped", WARNING)
         return None
     shown_name = " ".join(p for p in (first, last) if p) or company
     return _Copy(
@@ -347,7 +348,8 @@ def _merge(key: str, copies: list[_Copy], params: PhonebookParams, notes: list[N
     values["Other"] = leftovers[0] if leftovers else None
     if len(leftovers) > 1:
         notes.append(contact_note(head.owner_id, head.contact_id, head.label, "phones",
-                                  f"{len(leftovers) - 1} number(s) did not fit the 3CX entry and were left out"))
+                                  f"{len(leftovers) - 1} number(s) did not fit the 3CX entry and were left out",
+                                  INFO))
     for fld, limit in FIELD_LIMITS.items():
         if fld == "Tag" or values.get(fld) is None:
             continue

@@ -405,7 +405,7 @@ def test_runs_plan_audit_notes_round_trip(engine: Engine) -> None:
         assert sorted(nf["step"].tolist()) == ["apply", "transform", "transform"]
         assert nf["at"].iloc[0] == pd.Timestamp(T1)
         with pytest.raises(ValueError):
-            repo.add_notes(conn, key, [{**notes[0], "severity": "info"}], step="x")
+            repo.add_notes(conn, key, [{**notes[0], "severity": "fatal"}], step="x")
 
 
 # ------------------------------------------------------------------ additions used by pipeline/users.py
