@@ -122,8 +122,6 @@ stg_users: Final = Table(
     Column("row_hash", String(64), nullable=False),
     Index("ix_stg_users_last_run_key", "last_run_key"),
 )
-# The console finds a user by UPN whatever its case.
-Index("ix_stg_users_upn_lower", func.lower(stg_users.c.user_principal_name))
 
 delta_state: Final = Table(
     "delta_state",
@@ -255,6 +253,7 @@ sync_notes: Final = Table(
     Index("ix_sync_notes_run_key_step", "run_key", "step"),
     Index("ix_sync_notes_run_key_severity", "run_key", "severity"),  # console: note filters
     Index("ix_sync_notes_object_key", "object_key"),  # console: per-user history
+    Index("ix_sync_notes_record_label", "record_label"),  # console: per-user history (contacts of a UPN)
 )
 
 # Provision on demand (``only_users``): one row per step and user, in step order (docs/internals.md).
