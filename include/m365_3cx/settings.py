@@ -36,6 +36,7 @@ __all__ = [
     "RetentionSettings",
     "ScopeSettings",
     "Settings",
+    "ThreeCXSettings",
 ]
 
 #: The XAPI's internal names of the five 3CX V20 status profiles.
@@ -120,6 +121,18 @@ class ExtensionsSettings:
     default_region: str = "US"
     group_name: str | None = None
     adopt_existing: str = "off"
+
+
+@dataclass(frozen=True)
+class ThreeCXSettings:
+    """How the apply steps talk to the PBX.
+
+    :param write_concurrency: 3CX writes in flight at once inside one apply task (over the one
+        shared token; throttling answers, 429/503 with ``Retry-After``, are honoured per request).
+        The ``threecx_api`` pool still keeps apply tasks of different runs apart.
+    """
+
+    write_concurrency: int = 4
 
 
 @dataclass(frozen=True)
@@ -363,6 +376,7 @@ _SECTIONS: Final[dict[str, tuple[type, dict[str, Callable[[object], Any]]]]] = {
             "quarantine_days": _int(0, 3650),
         },
     ),
+    "threecx": (ThreeCXSettings, {"write_concurrency": _int(1, 32)}),
     "extensions": (
         ExtensionsSettings,
         {
@@ -502,6 +516,7 @@ class Settings:
     :param presence: :class:`PresenceSettings`.
     :param retention: :class:`RetentionSettings`.
     :param logs: :class:`LogSettings`.
+    :param threecx: :class:`ThreeCXSettings`.
     """
 
     scope: ScopeSettings = field(default_factory=ScopeSettings)
@@ -514,6 +529,7 @@ class Settings:
     presence: PresenceSettings = field(default_factory=PresenceSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     logs: LogSettings = field(default_factory=LogSettings)
+    threecx: ThreeCXSettings = field(default_factory=ThreeCXSettings)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> Settings:
@@ -584,7 +600,7 @@ class Settings:
         """Return the settings as a JSON-serialisable dict (round-trips through :meth:`from_mapping`)."""
         result: dict[str, Any] = {}
         for name in ("scope", "numbering", "extensions", "guards", "alerts", "timezone", "contacts", "presence",
-                     "retention", "logs"):
+                     "retention", "logs", "threecx"):
             value = getattr(self, name)
             if isinstance(value, str):
                 result[name] = value

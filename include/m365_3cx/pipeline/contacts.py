@@ -28,7 +28,7 @@ from m365_3cx.errors import (
     RetriableError,
 )
 from m365_3cx.graph.batch import BatchRequest, classify_item, execute_batch, relative_url
-from m365_3cx.pipeline.outcomes import load_changes, record_outcome
+from m365_3cx.pipeline.outcomes import load_changes, record_outcomes
 from m365_3cx.staging import contacts as crepo
 from m365_3cx.staging import repo
 from m365_3cx.staging.state import DeltaStateStore
@@ -398,7 +398,8 @@ def apply_phonebook(
     dry_run: bool,
     allow_mass_removal: bool,
 ) -> dict[str, int]:
-    """Execute the stored phonebook plan: mass-removal guard first, then each change, audited.
+    """Execute the stored phonebook plan: mass-removal guard first, then the changes
+    (``threecx.write_concurrency`` at a time), audited with bulk statements per chunk.
 
     :raises MassRemovalError: before any write, when the plan deletes too many managed entries.
     :raises RetriableError: the PBX failed transiently (the changes not tried stay ``skipped``).
@@ -420,24 +421,24 @@ def apply_phonebook(
                        allow=allow_mass_removal, noun="synced phonebook entries",
                        scope_hint="contacts.personal_contacts, the exclusion category and the user scope")
 
-    def before_create(change: Change) -> None:
+    def before_creates(creates: list[Change]) -> None:
         with engine.begin() as conn:
-            tag = change.fields.get("Tag", (None, None))[1] or ""
-            crepo.record_pending(conn, change.object_key, str(tag), run_key, now)
+            crepo.record_pending_many(conn, [(c.object_key, str(c.fields.get("Tag", (None, None))[1] or ""))
+                                             for c in creates], run_key, now)
 
-    def record(outcome: Outcome) -> None:
-        change = outcome.change
+    def record(outcomes: list[Outcome]) -> None:
         with engine.begin() as conn:
-            if not record_outcome(conn, plan_key=plan_key, seq=seq_of[id(change)], result=outcome.result,
-                                  audit_rows=audit_rows(outcome, run_key, now), dry_run=dry_run):
-                return
-            if change.action == "create" and outcome.threecx_id is not None:
-                crepo.set_entry_id(conn, change.object_key, outcome.threecx_id, now)
-            elif change.action == "delete" and mapped_ids.get(change.object_key) == change.threecx_id:
-                crepo.forget_entries(conn, [change.object_key])
+            reached = record_outcomes(
+                conn, plan_key=plan_key, dry_run=dry_run,
+                outcomes=[(seq_of[id(o.change)], o.result, audit_rows(o, run_key, now)) for o in outcomes])
+            done = [o for o, ok in zip(outcomes, reached, strict=True) if ok]
+            crepo.set_entry_ids(conn, {o.change.object_key: o.threecx_id for o in done
+                                       if o.change.action == "create" and o.threecx_id is not None}, now)
+            crepo.forget_entries(conn, [o.change.object_key for o in done if o.change.action == "delete"
+                                        and mapped_ids.get(o.change.object_key) == o.change.threecx_id])
 
-    counts = apply_contact_changes(changes, threecx, on_outcome=record, before_create=before_create,
-                                   dry_run=dry_run).as_dict()
+    counts = apply_contact_changes(changes, threecx, on_outcomes=record, before_creates=before_creates,
+                                   dry_run=dry_run, concurrency=settings.threecx.write_concurrency).as_dict()
     counts.pop("disabled", None)
     log.info("phonebook apply%s: %d created, %d updated, %d deleted, %d failed, %d skipped",
              " (dry run)" if dry_run else "", counts["created"], counts["updated"], counts["deleted"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from m365_3cx.staging import repo
@@ -33,10 +34,24 @@ def plan_status(result: str, dry_run: bool) -> str:
     return "dry_run" if dry_run else {"ok": "applied"}.get(result, result)
 
 
+def record_outcomes(
+    conn: Any, *, plan_key: str, outcomes: Sequence[tuple[int, str, list[dict[str, Any]]]], dry_run: bool
+) -> list[bool]:
+    """Audit a chunk of outcomes and set their plan rows' statuses with bulk statements.
+
+    :param outcomes: ``(seq, result, audit rows)`` per change, in the caller's transaction.
+    :return: per outcome, whether the change reached 3CX (the caller then updates its mapping tables).
+    """
+    if not dry_run:
+        repo.add_audit(conn, [row for _, _, rows in outcomes for row in rows])
+    repo.set_plan_statuses(conn, plan_key, {seq: plan_status(result, dry_run) for seq, result, _ in outcomes})
+    return [result == "ok" and not dry_run for _, result, _ in outcomes]
+
+
 def record_outcome(
     conn: Any, *, plan_key: str, seq: int, result: str, audit_rows: list[dict[str, Any]], dry_run: bool
 ) -> bool:
-    """Audit one outcome and set its plan row's status, in the caller's transaction.
+    """Audit one outcome and set its plan row's status, in the caller's transaction (see :func:`record_outcomes`).
 
     :return: whether the change reached 3CX (the caller then updates its mapping tables).
     """
@@ -46,4 +61,4 @@ def record_outcome(
     return result == "ok" and not dry_run
 
 
-__all__ = ["OPEN_STATUSES", "load_changes", "plan_status", "record_outcome"]
+__all__ = ["OPEN_STATUSES", "load_changes", "plan_status", "record_outcome", "record_outcomes"]

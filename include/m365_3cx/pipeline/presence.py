@@ -14,7 +14,7 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from m365_3cx.pipeline.outcomes import OPEN_STATUSES, record_outcome
+from m365_3cx.pipeline.outcomes import OPEN_STATUSES, record_outcomes
 from m365_3cx.staging import presence as stage
 from m365_3cx.staging import repo
 from m365_3cx.staging.state import DeltaStateStore
@@ -186,8 +186,7 @@ def compute_presence(
         stage.save_targets(conn, targets, run_key, now)
         repo.save_plan(conn, presence_plan_key(run_key), [plan_row(s) for s in plan.switches])
         if not dry_run:
-            for user_id, threecx_id, profile in plan.baselines:
-                stage.save_state(conn, user_id, threecx_id, profile, "baseline", run_key, now)
+            stage.save_states(conn, list(plan.baselines), "baseline", run_key, now)
     counts = {"users": len(users), "switch": len(plan.switches), "unchanged": plan.unchanged,
               "respected": len(plan.respected), "baseline": len(plan.baselines), "reasons": reasons}
     log.info("presence: %d users, %d switches planned, %d unchanged, %d manual statuses respected",
@@ -234,31 +233,34 @@ def apply_presence(
                 if r["object_type"] == "presence"]
         targets = stage.load_targets(conn)
     switches: list[tuple[int, ProfileSwitch]] = []
-    stale = 0
+    stale: list[int] = []
     for row in rows:
         before, after = (row["changes"] or {}).get(FIELD, [None, None])
         target = targets.get(row["object_key"]) or {}
         expires = target.get("next_switch_at")
         if target.get("profile") != after or (expires is not None and expires <= now):
-            stale += 1
-            with engine.begin() as conn:
-                repo.set_plan_status(conn, plan_key, row["seq"], "skipped")
+            stale.append(row["seq"])
             continue
         reason = (row["reason"] or "").removeprefix("calendar: ")
         switch = ProfileSwitch(row["object_key"], int(row["threecx_id"]), row["number"] or "", before, str(after),
                                reason)
         switches.append((row["seq"], switch))
+    if stale:
+        with engine.begin() as conn:
+            repo.set_plan_statuses(conn, plan_key, dict.fromkeys(stale, "skipped"))
     seq_of = {id(s): seq for seq, s in switches}
 
-    def record(outcome: SwitchOutcome) -> None:
-        switch = outcome.switch
+    def record(outcomes: list[SwitchOutcome]) -> None:
         with engine.begin() as conn:
-            if record_outcome(conn, plan_key=plan_key, seq=seq_of[id(switch)], result=outcome.result,
-                              audit_rows=[audit_row(outcome, run_key, now)], dry_run=dry_run):
-                stage.save_state(conn, switch.user_id, switch.threecx_id, switch.after, "set", run_key, now)
+            reached = record_outcomes(
+                conn, plan_key=plan_key, dry_run=dry_run,
+                outcomes=[(seq_of[id(o.switch)], o.result, [audit_row(o, run_key, now)]) for o in outcomes])
+            stage.save_states(conn, [(o.switch.user_id, o.switch.threecx_id, o.switch.after)
+                                     for o, ok in zip(outcomes, reached, strict=True) if ok], "set", run_key, now)
 
-    counts: dict[str, Any] = apply_switches([s for _, s in switches], threecx, on_outcome=record, dry_run=dry_run)
-    counts["stale"] = stale
+    counts: dict[str, Any] = apply_switches([s for _, s in switches], threecx, on_outcomes=record, dry_run=dry_run,
+                                            concurrency=settings.threecx.write_concurrency)
+    counts["stale"] = len(stale)
     log.info("presence apply%s: %d switched, %d failed, %d stale",
-             " (dry run)" if dry_run else "", counts["switched"], counts["failed"], stale)
+             " (dry run)" if dry_run else "", counts["switched"], counts["failed"], len(stale))
     return counts

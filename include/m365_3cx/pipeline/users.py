@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from m365_3cx.errors import DeltaTokenExpiredError, GraphFatalError
-from m365_3cx.pipeline.outcomes import load_changes, record_outcome
+from m365_3cx.pipeline.outcomes import load_changes, record_outcomes
 from m365_3cx.staging import repo
 from m365_3cx.staging.schema import cur_extensions, extension_map, stg_users, sync_runs
 from m365_3cx.staging.state import DeltaStateStore
@@ -297,8 +297,7 @@ def _relink_lost_creates(conn: Any) -> int:
         )
     )
     pairs = conn.execute(query).all()
-    for user_id, threecx_id in pairs:
-        repo.set_threecx_id(conn, user_id, threecx_id)
+    repo.set_threecx_ids(conn, dict(pairs))
     return len(pairs)
 
 
@@ -380,7 +379,8 @@ def apply_users(
     dry_run: bool,
     allow_mass_removal: bool,
 ) -> dict[str, int]:
-    """Execute the stored plan against 3CX: guards first, then each change, audited one by one.
+    """Execute the stored plan against 3CX: guards first, then the changes (``threecx.write_concurrency``
+    at a time), outcomes audited with bulk statements per chunk.
 
     :raises MassRemovalError: before any write, when the plan removes too many extensions.
     """
@@ -397,18 +397,18 @@ def apply_users(
     )
     create_defaults = _create_defaults(threecx, settings) if any(c.action == "create" for c in changes) else {}
 
-    def record(outcome: Outcome) -> None:
-        change = outcome.change
+    def record(outcomes: list[Outcome]) -> None:
         with engine.begin() as conn:
-            if not record_outcome(conn, plan_key=run_key, seq=seq_of[id(change)], result=outcome.result,
-                                  audit_rows=audit_rows(outcome, run_key, now), dry_run=dry_run):
-                return
-            if change.action == "create" and outcome.threecx_id is not None:
-                repo.set_threecx_id(conn, change.object_key, outcome.threecx_id)
-            elif change.action == "delete":
-                repo.release_number(conn, change.object_key, now)
+            reached = record_outcomes(
+                conn, plan_key=run_key, dry_run=dry_run,
+                outcomes=[(seq_of[id(o.change)], o.result, audit_rows(o, run_key, now)) for o in outcomes])
+            done = [o for o, ok in zip(outcomes, reached, strict=True) if ok]
+            repo.set_threecx_ids(conn, {o.change.object_key: o.threecx_id for o in done
+                                        if o.change.action == "create" and o.threecx_id is not None})
+            repo.release_numbers(conn, [o.change.object_key for o in done if o.change.action == "delete"], now)
 
-    counts = apply_changes(changes, threecx, on_outcome=record, create_defaults=create_defaults, dry_run=dry_run)
+    counts = apply_changes(changes, threecx, on_outcomes=record, create_defaults=create_defaults, dry_run=dry_run,
+                           concurrency=settings.threecx.write_concurrency)
     result = counts.as_dict()
     log.info(
         "apply%s: %d created, %d updated, %d disabled, %d deleted, %d failed, %d skipped",

@@ -1,10 +1,11 @@
 """Apply a change set to 3CX: guards, writes, outcomes and audit rows.
 
 :func:`check_mass_removal` runs before the first write. :func:`apply_changes`
-executes the changes one by one through an :class:`ExtensionWriter` (the 3CX
-client) and reports every :class:`Outcome` as it happens, so the caller can
-record it (``sync_audit``, ``sync_plan.status``) even when the run stops
-half-way. A fatal error on one change fails that change only; a retriable
+executes the changes through an :class:`ExtensionWriter` (the 3CX client; a
+few at once, see :mod:`m365_3cx.reconcile.concurrent`) and reports every
+:class:`Outcome` chunk by chunk, so the caller can record them (``sync_audit``,
+``sync_plan.status``) with bulk statements even when the run stops half-way.
+A fatal error on one change fails that change only; a retriable
 error (the client has already retried) stops the run and is re-raised, since
 the next try re-plans from the current 3CX state and so repeats nothing that
 was already applied.
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from m365_3cx.errors import FatalError, MassRemovalError, RetriableError
+from m365_3cx.errors import FatalError, MassRemovalError
 from m365_3cx.reconcile.plan import CREATE, DELETE, DISABLE, UPDATE, Change
 from m365_3cx.transform.values import as_int
 
@@ -177,48 +178,67 @@ def apply_changes(
     changes: list[Change],
     writer: ExtensionWriter,
     *,
-    on_outcome: Callable[[Outcome], None],
+    on_outcome: Callable[[Outcome], None] | None = None,
+    on_outcomes: Callable[[list[Outcome]], None] | None = None,
     create_defaults: dict[str, Any] | None = None,
     dry_run: bool = False,
+    concurrency: int = 1,
 ) -> ApplyCounts:
-    """Execute a change set in order, reporting each outcome.
+    """Execute a change set in plan order, reporting every outcome.
+
+    Writes of one action (the plan orders creates, updates, disables, deletes) go up to
+    ``concurrency`` at a time; outcomes are reported per chunk (:mod:`m365_3cx.reconcile.concurrent`).
 
     :param changes: the change set (already guarded).
     :param writer: the 3CX client.
-    :param on_outcome: called once per change, right after it was tried.
+    :param on_outcome: called once per change once its chunk is done.
+    :param on_outcomes: called once per chunk with its outcomes (plan order); use it to record
+        them with bulk statements.
     :param create_defaults: extra fields for every create (see :func:`create_body`).
     :param dry_run: write nothing; every outcome is ``skipped`` with error ``"dry run"``.
+    :param concurrency: writes in flight at once.
     :return: the counts.
     :raises RetriableError: re-raised from the writer after reporting the failed
         change and the untried ones (as ``skipped``).
     """
-    counts = dict.fromkeys(("created", "updated", "disabled", "deleted", "failed", "skipped"), 0)
-    for index, change in enumerate(changes):
+    from m365_3cx.reconcile.concurrent import run_chunked
+
+    def record(outcomes: list[Outcome]) -> None:
+        if on_outcomes is not None:
+            on_outcomes(outcomes)
+        if on_outcome is not None:
+            for outcome in outcomes:
+                on_outcome(outcome)
+
+    def write(change: Change) -> Outcome:
         if dry_run:
-            on_outcome(Outcome(change, SKIPPED, "dry run", change.threecx_id))
-            counts["skipped"] += 1
-            continue
+            return Outcome(change, SKIPPED, "dry run", change.threecx_id)
         try:
             tid = _write(change, writer, create_defaults)
-        except RetriableError as exc:
-            on_outcome(Outcome(change, FAILED, str(exc), change.threecx_id))
-            for rest in changes[index + 1 :]:
-                on_outcome(Outcome(rest, SKIPPED, "not tried: stopped after a retriable error", rest.threecx_id))
-            log.warning(
-                "Apply stopped after a retriable error on %s of extension %s (%d of %d changes tried)",
-                change.action,
-                change.number,
-                index + 1,
-                len(changes),
-            )
-            raise
         except FatalError as exc:
             log.warning("Change failed: %s of extension %s", change.action, change.number)
-            on_outcome(Outcome(change, FAILED, str(exc), change.threecx_id))
-            counts["failed"] += 1
-            continue
-        on_outcome(Outcome(change, OK, None, tid))
-        counts[_COUNTER[change.action]] += 1
+            return Outcome(change, FAILED, str(exc), change.threecx_id)
+        return Outcome(change, OK, None, tid)
+
+    def failed(change: Change, exc: BaseException) -> Outcome:
+        return Outcome(change, FAILED, str(exc), change.threecx_id)
+
+    def skipped(change: Change) -> Outcome:
+        return Outcome(change, SKIPPED, "not tried: stopped after a retriable error", change.threecx_id)
+
+    outcomes = run_chunked(changes, write, failed=failed, skipped=skipped, record=record,
+                           concurrency=1 if dry_run else concurrency, phase=lambda c: c.action)
+    return count_outcomes(outcomes)
+
+
+def count_outcomes(outcomes: Iterable[Outcome]) -> ApplyCounts:
+    """Tally outcomes into :class:`ApplyCounts` (``ok`` by action, else ``failed``/``skipped``)."""
+    counts = dict.fromkeys(("created", "updated", "disabled", "deleted", "failed", "skipped"), 0)
+    for outcome in outcomes:
+        if outcome.result == OK:
+            counts[_COUNTER[outcome.change.action]] += 1
+        else:
+            counts[FAILED if outcome.result == FAILED else SKIPPED] += 1
     return ApplyCounts(**counts)
 
 

@@ -10,9 +10,9 @@ read for a diff, updated or deleted.
 fields, duplicates carrying the same tag). :func:`plan_phonebook` creates missing
 entries (also ones deleted by hand), puts back hand edits of managed fields and
 deletes entries nobody holds any more. :func:`apply_contact_changes` executes
-the plan change by change (deletes batched through ``Pbx.DeleteContactsById``),
-reporting every :class:`~m365_3cx.reconcile.apply.Outcome`; a fatal error fails
-that record only.
+the plan a few writes at a time (deletes batched through ``Pbx.DeleteContactsById``),
+reporting the :class:`~m365_3cx.reconcile.apply.Outcome` objects chunk by chunk; a
+fatal error fails that record only.
 """
 
 from __future__ import annotations
@@ -224,9 +224,6 @@ class ContactWriter(Protocol):
         ...
 
 
-_COUNTER: Final = {CREATE: "created", UPDATE: "updated", DELETE: "deleted"}
-
-
 def _not_found(exc: FatalError) -> bool:
     return getattr(exc, "status", None) == 404
 
@@ -235,96 +232,124 @@ def apply_contact_changes(
     changes: list[Change],
     writer: ContactWriter,
     *,
-    on_outcome: Callable[[Outcome], None],
+    on_outcome: Callable[[Outcome], None] | None = None,
+    on_outcomes: Callable[[list[Outcome]], None] | None = None,
     before_create: Callable[[Change], None] | None = None,
+    before_creates: Callable[[list[Change]], None] | None = None,
     dry_run: bool = False,
+    concurrency: int = 1,
 ) -> ApplyCounts:
-    """Execute a phonebook change set (already guarded), reporting each outcome.
+    """Execute a phonebook change set (already guarded), reporting every outcome.
 
-    Creates and updates go one by one; deletes are sent in batches of
+    Creates and updates go up to ``concurrency`` at a time, outcomes reported per chunk
+    (:func:`~m365_3cx.reconcile.concurrent.run_chunked`); deletes are sent in batches of
     :data:`DELETE_BATCH_SIZE` through ``writer.delete_contacts`` and, if a batch is refused,
     one by one (a contact that is already gone counts as deleted).
 
     :param changes: creates, updates, deletes.
     :param writer: the 3CX client.
-    :param on_outcome: called once per change, right after it was tried.
-    :param before_create: called before each create is sent (e.g. to record the pending entry so a
-        create whose response is lost can be re-linked by its tag).
+    :param on_outcome: called once per change once its chunk is done.
+    :param on_outcomes: called once per chunk with its outcomes (plan order), for bulk recording.
+    :param before_create: called before each create is sent.
+    :param before_creates: called with a chunk's creates before any of them is sent (to record the
+        pending entries in one statement, so a create whose response is lost is re-linked by its tag).
     :param dry_run: write nothing; every outcome is ``skipped`` with error ``"dry run"``.
+    :param concurrency: writes in flight at once.
     :return: the counts (``disabled`` is always 0 for contacts).
     :raises RetriableError: re-raised after reporting the failed change and the untried ones.
     """
-    counts = dict.fromkeys(("created", "updated", "disabled", "deleted", "failed", "skipped"), 0)
+    from m365_3cx.reconcile.apply import count_outcomes
+    from m365_3cx.reconcile.concurrent import run_chunked
+
+    def report(outcomes: list[Outcome]) -> None:
+        if on_outcomes is not None:
+            on_outcomes(outcomes)
+        if on_outcome is not None:
+            for outcome in outcomes:
+                on_outcome(outcome)
+
+    def skipped(change: Change) -> Outcome:
+        return Outcome(change, SKIPPED, "not tried: stopped after a retriable error", change.threecx_id)
+
     if dry_run:
-        for change in changes:
-            on_outcome(Outcome(change, SKIPPED, "dry run", change.threecx_id))
-        counts["skipped"] = len(changes)
-        return ApplyCounts(**counts)
+        outcomes = [Outcome(change, SKIPPED, "dry run", change.threecx_id) for change in changes]
+        for start in range(0, len(outcomes), DELETE_BATCH_SIZE * 2):
+            report(outcomes[start:start + DELETE_BATCH_SIZE * 2])
+        return count_outcomes(outcomes)
 
     writes = [c for c in changes if c.action != DELETE]
     deletes = [c for c in changes if c.action == DELETE and c.threecx_id is not None]
-    ordered = writes + deletes
+    results: list[Outcome] = []
 
-    def halt(failed: list[Change], untried_from: int, exc: Exception) -> None:
-        """Report the failed changes and every later one as not tried (then the caller re-raises)."""
-        for change in failed:
-            on_outcome(Outcome(change, FAILED, str(exc), change.threecx_id))
-        for rest in ordered[untried_from:]:
-            on_outcome(Outcome(rest, SKIPPED, "not tried: stopped after a retriable error", rest.threecx_id))
-        log.warning("phonebook apply stopped after a retriable error (%d of %d changes tried)",
-                    untried_from, len(ordered))
+    def prepare(chunk: list[Change]) -> None:
+        creates = [c for c in chunk if c.action == CREATE]
+        if creates and before_creates is not None:
+            before_creates(creates)
+        if before_create is not None:
+            for change in creates:
+                before_create(change)
 
-    for index, change in enumerate(writes):
+    def write(change: Change) -> Outcome:
         try:
             if change.action == CREATE:
-                if before_create is not None:
-                    before_create(change)
                 created = writer.create_contact({f: after for f, (_b, after) in change.fields.items()})
-                tid = as_int((created or {}).get("Id"))
-            elif change.action == UPDATE and change.threecx_id is not None:
+                return Outcome(change, OK, None, as_int((created or {}).get("Id")))
+            if change.action == UPDATE and change.threecx_id is not None:
                 writer.update_contact(change.threecx_id, {f: after for f, (_b, after) in change.fields.items()})
-                tid = change.threecx_id
-            else:
-                raise FatalError(f"cannot apply {change.action} of a phonebook entry without a 3CX id")
-        except RetriableError as exc:
-            halt([change], index + 1, exc)
-            raise
+                return Outcome(change, OK, None, change.threecx_id)
+            raise FatalError(f"cannot apply {change.action} of a phonebook entry without a 3CX id")
         except FatalError as exc:
             log.warning("phonebook change failed: %s of 3CX contact %s", change.action, change.threecx_id)
-            on_outcome(Outcome(change, FAILED, str(exc), change.threecx_id))
-            counts["failed"] += 1
-            continue
-        on_outcome(Outcome(change, OK, None, tid))
-        counts[_COUNTER[change.action]] += 1
+            return Outcome(change, FAILED, str(exc), change.threecx_id)
+
+    def failed(change: Change, exc: BaseException) -> Outcome:
+        return Outcome(change, FAILED, str(exc), change.threecx_id)
+
+    def record(outcomes: list[Outcome]) -> None:
+        results.extend(outcomes)
+        report(outcomes)
+
+    try:
+        run_chunked(writes, write, failed=failed, skipped=skipped, record=record, before_chunk=prepare,
+                    concurrency=concurrency)
+    except BaseException:
+        record([skipped(change) for change in deletes])
+        raise
+
+    def halt(failed_changes: list[Change], untried_from: int, exc: Exception) -> None:
+        """Report the failed deletes and every later one as not tried (then the caller re-raises)."""
+        chunk = [Outcome(c, FAILED, str(exc), c.threecx_id) for c in failed_changes]
+        chunk += [skipped(rest) for rest in deletes[untried_from:]]
+        record(chunk)
+        log.warning("phonebook apply stopped after a retriable error (%d of %d deletes tried)",
+                    untried_from, len(deletes))
 
     for start in range(0, len(deletes), DELETE_BATCH_SIZE):
         chunk = deletes[start:start + DELETE_BATCH_SIZE]
-        position = len(writes) + start
         if len(chunk) > 1:
             try:
                 writer.delete_contacts([int(c.threecx_id) for c in chunk if c.threecx_id is not None])
             except RetriableError as exc:
-                halt(chunk, position + len(chunk), exc)
+                halt(chunk, start + len(chunk), exc)
                 raise
             except FatalError:
                 log.warning("batch delete of %d contacts refused; deleting them one by one", len(chunk))
             else:
-                for change in chunk:
-                    on_outcome(Outcome(change, OK, None, change.threecx_id))
-                counts["deleted"] += len(chunk)
+                record([Outcome(change, OK, None, change.threecx_id) for change in chunk])
                 continue
+        done: list[Outcome] = []
         for offset, change in enumerate(chunk):
             try:
                 writer.delete_contact(int(change.threecx_id or 0))
             except RetriableError as exc:
-                halt([change], position + offset + 1, exc)
+                record(done)
+                halt([change], start + offset + 1, exc)
                 raise
             except FatalError as exc:
                 if not _not_found(exc):  # already gone counts as deleted
                     log.warning("phonebook change failed: delete of 3CX contact %s", change.threecx_id)
-                    on_outcome(Outcome(change, FAILED, str(exc), change.threecx_id))
-                    counts["failed"] += 1
+                    done.append(Outcome(change, FAILED, str(exc), change.threecx_id))
                     continue
-            on_outcome(Outcome(change, OK, None, change.threecx_id))
-            counts["deleted"] += 1
-    return ApplyCounts(**counts)
+            done.append(Outcome(change, OK, None, change.threecx_id))
+        record(done)
+    return count_outcomes(results)

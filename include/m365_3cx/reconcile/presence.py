@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from m365_3cx.errors import FatalError, RetriableError
+from m365_3cx.errors import FatalError
 
 log = logging.getLogger(__name__)
 
@@ -172,35 +172,49 @@ def apply_switches(
     switches: Iterable[ProfileSwitch],
     writer: ProfileWriter,
     *,
-    on_outcome: Callable[[SwitchOutcome], None],
+    on_outcome: Callable[[SwitchOutcome], None] | None = None,
+    on_outcomes: Callable[[list[SwitchOutcome]], None] | None = None,
     dry_run: bool = False,
+    concurrency: int = 1,
 ) -> dict[str, int]:
-    """Write the switches one by one, reporting each outcome before the next write.
+    """Write the switches, ``concurrency`` at a time, reporting the outcomes chunk by chunk.
 
     A fatal error fails that switch only (e.g. 3CX rejecting a profile name); a retriable one
-    (the client already retried) stops and is re-raised: the next run re-plans from 3CX's state.
+    (the client already retried) stops and is re-raised after the outcomes so far (and the untried
+    switches, as skipped) were reported: the next run re-plans from 3CX's state.
 
+    :param on_outcome: called per outcome once its chunk is done.
+    :param on_outcomes: called per chunk with its outcomes, for bulk recording.
     :return: counts ``switched``, ``failed``, ``skipped``.
     :raises RetriableError: the PBX kept failing transiently.
     """
-    counts = {"switched": 0, "failed": 0, "skipped": 0}
-    for switch in switches:
+    from m365_3cx.reconcile.concurrent import run_chunked
+
+    def report(outcomes: list[SwitchOutcome]) -> None:
+        if on_outcomes is not None:
+            on_outcomes(outcomes)
+        if on_outcome is not None:
+            for outcome in outcomes:
+                on_outcome(outcome)
+
+    def write(switch: ProfileSwitch) -> SwitchOutcome:
         if dry_run:
-            outcome = SwitchOutcome(switch, "skipped", "dry run")
-            counts["skipped"] += 1
-        else:
-            try:
-                writer.set_profile(switch.threecx_id, switch.after)
-            except RetriableError:
-                raise
-            except FatalError as exc:
-                log.warning("presence: switching 3CX user %d failed: %s", switch.threecx_id, exc)
-                outcome = SwitchOutcome(switch, "failed", str(exc))
-                counts["failed"] += 1
-            else:
-                outcome = SwitchOutcome(switch, "ok")
-                counts["switched"] += 1
-        on_outcome(outcome)
+            return SwitchOutcome(switch, "skipped", "dry run")
+        try:
+            writer.set_profile(switch.threecx_id, switch.after)
+        except FatalError as exc:
+            log.warning("presence: switching 3CX user %d failed: %s", switch.threecx_id, exc)
+            return SwitchOutcome(switch, "failed", str(exc))
+        return SwitchOutcome(switch, "ok")
+
+    outcomes = run_chunked(
+        list(switches), write, record=report, concurrency=1 if dry_run else concurrency,
+        failed=lambda switch, exc: SwitchOutcome(switch, "failed", str(exc)),
+        skipped=lambda switch: SwitchOutcome(switch, "skipped", "not tried: stopped after a retriable error"),
+    )
+    counts = {"switched": 0, "failed": 0, "skipped": 0}
+    for outcome in outcomes:
+        counts[{"ok": "switched", "failed": "failed"}.get(outcome.result, "skipped")] += 1
     return counts
 
 

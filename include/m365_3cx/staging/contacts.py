@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import and_, bindparam, delete, func, select, update
 from sqlalchemy.engine import Connection
 
 from m365_3cx.staging.repo import MergeCounts, upsert
@@ -35,8 +35,10 @@ __all__ = [
     "merge_contacts",
     "purge_contacts",
     "record_pending",
+    "record_pending_many",
     "replace_phonebook_targets",
     "set_entry_id",
+    "set_entry_ids",
     "shard_descriptors",
     "shard_users",
     "staged_streams",
@@ -352,6 +354,33 @@ def record_pending(conn: Connection, contact_key: str, tag: str, run_key: str, n
     upsert(conn, phonebook_map, [row], ["contact_key"], ["tag", "status", "updated_at", "run_key"])
 
 
+def record_pending_many(conn: Connection, entries: Sequence[tuple[str, str]], run_key: str,
+                        now: dt.datetime) -> int:
+    """:func:`record_pending` for a chunk of creates (``(contact_key, tag)`` pairs) in one upsert.
+
+    :returns: rows written.
+    """
+    rows = [{"contact_key": key, "tag": tag, "threecx_id": None, "status": "pending", "present": False,
+             "current": None, "duplicate_ids": [], "created_at": now, "updated_at": now, "run_key": run_key}
+            for key, tag in entries]
+    return upsert(conn, phonebook_map, rows, ["contact_key"], ["tag", "status", "updated_at", "run_key"])
+
+
+def set_entry_ids(conn: Connection, ids: Mapping[str, int], now: dt.datetime) -> int:
+    """:func:`set_entry_id` for many entries (``{contact_key: threecx_id}``) in one executemany.
+
+    :returns: rows sent.
+    """
+    if not ids:
+        return 0
+    stmt = (update(phonebook_map).where(phonebook_map.c.contact_key == bindparam("b_key"))
+            .values(threecx_id=bindparam("b_id"), status="active", updated_at=now))
+    data = [{"b_key": key, "b_id": int(tid)} for key, tid in sorted(ids.items())]
+    for start in range(0, len(data), 500):
+        conn.execute(stmt, data[start:start + 500])
+    return len(data)
+
+
 def set_entry_id(conn: Connection, contact_key: str, threecx_id: int, now: dt.datetime) -> bool:
     """Store the 3CX id of an entry after a successful create (``status=active``).
 
@@ -378,20 +407,45 @@ def forget_entries(conn: Connection, keys: Iterable[str]) -> int:
 def apply_snapshot(conn: Connection, matches: Iterable[Any], run_key: str, now: dt.datetime) -> int:
     """Write what the 3CX read says about every map entry (present, current fields, duplicates, re-links).
 
+    Set-based: one statement stamps ``read_at``/``run_key`` on every entry, and only the entries whose
+    facts changed are rewritten (executemany, pages of 500), so a snapshot that finds everything as
+    it was costs two statements, not one per entry.
+
     :param matches: :class:`~m365_3cx.reconcile.phonebook.SnapshotMatch` objects.
     :returns: entries re-linked by tag.
     """
+    stored = {key: (tid, status, bool(present), current, list(dups or []))
+              for key, tid, status, present, current, dups in conn.execute(select(
+                  phonebook_map.c.contact_key, phonebook_map.c.threecx_id, phonebook_map.c.status,
+                  phonebook_map.c.present, phonebook_map.c.current, phonebook_map.c.duplicate_ids))}
     relinked = 0
+    present_rows: list[dict[str, Any]] = []
+    absent_rows: list[dict[str, Any]] = []
     for match in matches:
-        values: dict[str, Any] = {
-            "present": match.present, "current": match.current, "duplicate_ids": list(match.duplicate_ids),
-            "read_at": now, "run_key": run_key,
-        }
-        if match.present:
-            values["threecx_id"] = match.threecx_id
-            values["status"] = "active"
         relinked += int(match.relinked)
-        conn.execute(update(phonebook_map).where(phonebook_map.c.contact_key == match.contact_key).values(**values))
+        before = stored.get(match.contact_key)
+        if before is None:
+            continue
+        dups = list(match.duplicate_ids)
+        if match.present:
+            if before == (match.threecx_id, "active", True, match.current, dups):
+                continue
+            present_rows.append({"b_key": match.contact_key, "b_id": match.threecx_id, "b_current": match.current,
+                                 "b_dups": dups})
+        elif before[2:] != (False, None, dups):
+            absent_rows.append({"b_key": match.contact_key, "b_dups": dups})
+    conn.execute(update(phonebook_map).values(read_at=now, run_key=run_key))
+    key = phonebook_map.c.contact_key == bindparam("b_key")
+    statements = (
+        (update(phonebook_map).where(key).values(present=True, threecx_id=bindparam("b_id"), status="active",
+                                                 current=bindparam("b_current"), duplicate_ids=bindparam("b_dups")),
+         present_rows),
+        (update(phonebook_map).where(key).values(present=False, current=None, duplicate_ids=bindparam("b_dups")),
+         absent_rows),
+    )
+    for stmt, rows in statements:
+        for start in range(0, len(rows), 500):
+            conn.execute(stmt, rows[start:start + 500])
     return relinked
 
 

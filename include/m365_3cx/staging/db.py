@@ -68,7 +68,8 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     """Create the staging engine for a SQLAlchemy URL.
 
     SQLite: WAL, foreign keys, busy timeout, ``BEGIN IMMEDIATE`` transactions; the parent
-    directory of a database file is created. PostgreSQL: ``pool_pre_ping``.
+    directory of a database file is created. PostgreSQL: ``pool_pre_ping``; with psycopg2, bulk
+    UPDATE/DELETE statements (executemany) are sent in pages of 500 per round trip.
 
     :param url: SQLAlchemy URL, e.g. ``postgresql+psycopg2://user:pw@host/db`` or
         ``sqlite:////var/lib/m365_3cx/staging.db``.
@@ -80,6 +81,11 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     backend = parsed.get_backend_name()
     if backend == "postgresql":
         kwargs.setdefault("pool_pre_ping", True)
+        if parsed.get_driver_name() == "psycopg2":
+            # executemany of UPDATE/DELETE as pages of 500 statements per round trip (INSERTs already
+            # go as multi-row VALUES), so a bulk update costs one round trip per page, not per row.
+            kwargs.setdefault("executemany_mode", "values_plus_batch")
+            kwargs.setdefault("executemany_batch_page_size", 500)
     elif backend == "sqlite":
         path = _sqlite_file(parsed)
         if path is not None and str(path.parent) not in ("", "."):

@@ -40,6 +40,7 @@ __all__ = [
     "presence_users",
     "purge_events",
     "save_state",
+    "save_states",
     "save_targets",
     "stage_user_calendar",
 ]
@@ -232,3 +233,20 @@ def save_state(
         "user_id": user_id, "threecx_id": threecx_id, "profile": profile, "via": via, "set_at": now,
         "run_key": run_key,
     }], ["user_id"])
+
+
+def save_states(
+    conn: Connection, states: Iterable[tuple[str, int | None, str]], via: str, run_key: str, now: dt.datetime
+) -> int:
+    """:func:`save_state` for many users (``(user_id, threecx_id, profile)``) in one upsert.
+
+    :returns: rows written.
+    :raises ValueError: naive ``now`` or unknown ``via``.
+    """
+    _aware(now)
+    if via not in ("set", "baseline"):
+        raise ValueError(f"via must be set or baseline, got {via!r}")
+    latest = {user_id: (threecx_id, profile) for user_id, threecx_id, profile in states}
+    rows = [{"user_id": uid, "threecx_id": tid, "profile": profile, "via": via, "set_at": now, "run_key": run_key}
+            for uid, (tid, profile) in latest.items()]
+    return upsert(conn, presence_state, rows, ["user_id"])

@@ -34,6 +34,7 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    bindparam,
     case,
     delete,
     exists,
@@ -77,12 +78,15 @@ __all__ = [
     "pbx_row_from_xapi",
     "purge_expired_quarantine",
     "release_number",
+    "release_numbers",
     "replace_snapshot",
     "replace_targets",
     "save_plan",
     "set_plan_status",
+    "set_plan_statuses",
     "set_scope",
     "set_threecx_id",
+    "set_threecx_ids",
     "start_run",
     "upsert",
     "user_row_from_graph",
@@ -660,6 +664,38 @@ def set_threecx_id(conn: Connection, user_id: str, threecx_id: int | None) -> bo
     return result.rowcount > 0
 
 
+def set_threecx_ids(conn: Connection, ids: Mapping[str, int]) -> int:
+    """Store the 3CX user ids of many mapped users (``{user_id: threecx_id}``) in one executemany.
+
+    :returns: rows sent.
+    """
+    if not ids:
+        return 0
+    stmt = (update(extension_map).where(extension_map.c.user_id == bindparam("b_user_id"))
+            .values(threecx_id=bindparam("b_threecx_id")))
+    data = [{"b_user_id": uid, "b_threecx_id": int(tid)} for uid, tid in sorted(ids.items())]
+    for batch in _chunks(data):
+        conn.execute(stmt, list(batch))
+    return len(data)
+
+
+def release_numbers(conn: Connection, user_ids: Iterable[str], now: dt.datetime) -> int:
+    """:func:`release_number` for many users (one statement per 500).
+
+    :returns: active mappings released.
+    """
+    _require_aware(now)
+    ids = sorted(set(user_ids))
+    count = 0
+    for batch in _chunks(ids):
+        count += conn.execute(
+            update(extension_map)
+            .where(extension_map.c.user_id.in_(list(batch)), extension_map.c.status == "active")
+            .values(status="released", released_at=now)
+        ).rowcount
+    return count
+
+
 def release_number(conn: Connection, user_id: str, now: dt.datetime) -> bool:
     """Mark a user's number released; it stays reserved (quarantined) for other users.
 
@@ -828,6 +864,28 @@ def set_plan_status(conn: Connection, run_key: str, seq: int, status: str) -> bo
         update(sync_plan).where(sync_plan.c.run_key == run_key, sync_plan.c.seq == seq).values(status=status)
     )
     return result.rowcount > 0
+
+
+def set_plan_statuses(conn: Connection, run_key: str, statuses: Mapping[int, str]) -> int:
+    """Set the status of many plan rows: one ``UPDATE .. WHERE seq IN (..)`` per status and 500 rows.
+
+    :param statuses: ``{seq: status}``.
+    :returns: rows updated.
+    :raises ValueError: unknown status.
+    """
+    by_status: dict[str, list[int]] = {}
+    for seq, status in statuses.items():
+        if status not in PLAN_STATUSES:
+            raise ValueError(f"plan status must be one of {sorted(PLAN_STATUSES)}, got {status!r}")
+        by_status.setdefault(status, []).append(int(seq))
+    count = 0
+    for status, seqs in sorted(by_status.items()):
+        for batch in _chunks(sorted(seqs)):
+            count += conn.execute(
+                update(sync_plan).where(sync_plan.c.run_key == run_key, sync_plan.c.seq.in_(list(batch)))
+                .values(status=status)
+            ).rowcount
+    return count
 
 
 def _as_text(value: Any) -> str | None:

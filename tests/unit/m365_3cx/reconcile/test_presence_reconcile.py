@@ -105,7 +105,21 @@ def test_apply_stops_on_a_retriable_error_after_reporting_earlier_outcomes() -> 
     writer = Writer({2: ThreeCXRetriableError("busy", status=503)})
     with pytest.raises(ThreeCXRetriableError):
         apply_switches([_switch("a", 1), _switch("b", 2), _switch("c", 3)], writer, on_outcome=outcomes.append)
-    assert [o.switch.user_id for o in outcomes] == ["a"]
+    # Like the extension and phonebook applies: the failed switch and the untried ones are reported too.
+    assert [(o.switch.user_id, o.result) for o in outcomes] == [("a", "ok"), ("b", "failed"), ("c", "skipped")]
+    assert writer.calls == [(1, "Away"), (2, "Away")]
+
+
+def test_apply_concurrently_reports_every_outcome_in_plan_order() -> None:
+    chunks: list[list[SwitchOutcome]] = []
+    writer = Writer({2: ThreeCXFatalError("nope", status=404, code="NOT_FOUND")})
+    switches = [_switch(f"u{i:03d}", i) for i in range(1, 251)]
+    counts = apply_switches(switches, writer, on_outcomes=chunks.append, concurrency=4)
+    assert [len(c) for c in chunks] == [100, 100, 50]
+    flat = [o for c in chunks for o in c]
+    assert [o.switch.user_id for o in flat] == [s.user_id for s in switches]
+    assert counts == {"switched": 249, "failed": 1, "skipped": 0}
+    assert sorted(writer.calls) == sorted((i, "Away") for i in range(1, 251))
 
 
 def test_dry_run_writes_nothing() -> None:
