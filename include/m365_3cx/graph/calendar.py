@@ -321,7 +321,8 @@ def read_calendars(
     mode: str,
     delta_links: Mapping[str, str | None] | None = None,
     read_auto_replies: bool = False,
-    on_user: Callable[[UserCalendar], None],
+    on_user: Callable[[UserCalendar], None] | None = None,
+    on_users: Callable[[list[UserCalendar]], None] | None = None,
     default_time_zone: str = "UTC",
     store_subjects: bool = False,
     max_rounds: int = 200,
@@ -342,6 +343,7 @@ def read_calendars(
     :param delta_links: stored delta links by user id (delta mode).
     :param read_auto_replies: also read ``automaticRepliesSetting``.
     :param on_user: called once per user as soon as that user's round is complete.
+    :param on_users: called once per batch round with the users it completed (to stage them together).
     :param default_time_zone: zone of all-day events that name none.
     :param store_subjects: keep subjects (never of private/confidential events).
     :param max_rounds: bound on batch rounds (pages per user), against a looping server.
@@ -402,6 +404,7 @@ def read_calendars(
                 continue  # the user was already settled by another item (no mailbox, denied)
             _handle(state, kind, responses[rid], client, window, mode, counts, enqueue, initial_calendar,
                     default_time_zone, store_subjects)
+        completed: list[UserCalendar] = []
         for uid, state in rounds.items():
             if uid not in finished and state.done():
                 finished.add(uid)
@@ -409,7 +412,11 @@ def read_calendars(
                 result = state.result()
                 counts["events"] += len(result.events)
                 counts["removed"] += len(result.removed)
-                on_user(result)
+                completed.append(result)
+                if on_user is not None:
+                    on_user(result)
+        if completed and on_users is not None:
+            on_users(completed)
     else:
         if pending:
             raise GraphFatalError(f"calendar read did not finish after {max_rounds} batch rounds",

@@ -212,8 +212,9 @@ def extract_contacts(
         if personal == "off":
             for owner in owner_ids:
                 crepo.clear_contact_links(conn, owner)
+        links = store.get_many(conn, [s.resource for s in streams]) if mode == "delta" else {}
         for stream in streams:
-            link = store.get(conn, stream.resource) if mode == "delta" else None
+            link = links.get(stream.resource)
             if link:
                 stream.url, stream.full = relative_url(link, graph.credentials.graph_url), False
             else:
@@ -239,6 +240,7 @@ def extract_contacts(
 
 def _page_rounds(engine: Engine, graph: GraphClient, settings: Settings, store: DeltaStateStore,
                  streams: list[_Stream], totals: _Totals, skipped: set[str], run_key: str, now: datetime) -> None:
+    """Page every stream through ``$batch`` rounds; each round is staged with a few bulk statements."""
     exclude = settings.contacts.exclude_category
     graph_url = graph.credentials.graph_url
     for _ in range(MAX_PAGE_ROUNDS):
@@ -249,6 +251,7 @@ def _page_rounds(engine: Engine, graph: GraphClient, settings: Settings, store: 
         requests = [BatchRequest(id=str(i), url=s.url, headers=CONTACT_HEADERS, mailbox=s.user_id)
                     for i, s in enumerate(active)]
         responses = execute_batch(graph, requests)
+        page = _RoundPage()
         with engine.begin() as conn:
             for i, stream in enumerate(active):
                 response = responses[str(i)]
@@ -270,37 +273,60 @@ def _page_rounds(engine: Engine, graph: GraphClient, settings: Settings, store: 
                     _user_failed(stream.user_id, stream.upn, error, totals, skipped)
                     continue
                 body = response.body if isinstance(response.body, Mapping) else {}
-                _stage_page(conn, stream, body, exclude, totals, run_key, now)
+                page.take(stream, body, exclude, totals)
                 next_link, delta_link = body.get("@odata.nextLink"), body.get("@odata.deltaLink")
                 if isinstance(next_link, str) and next_link:
                     stream.url = relative_url(next_link, graph_url)
                     continue
                 stream.done = True
                 if stream.full:
-                    totals.counts["deleted"] += crepo.mark_missing_contacts_deleted(
-                        conn, stream.user_id, stream.folder_id, stream.seen, run_key, now)
+                    page.finished_full.append((stream.user_id, stream.folder_id, stream.seen))
                 if isinstance(delta_link, str) and delta_link:
-                    store.save(conn, stream.resource, delta_link, run_key, now=now)
+                    page.links[stream.resource] = delta_link
+            page.stage(conn, store, totals, run_key, now)
+        for stream in active:
+            if stream.done:
+                stream.seen = set()  # a finished stream's ids are no longer needed
     raise GraphFatalError("contacts delta paging did not end", code="PaginationLoop")
 
 
-def _stage_page(conn: Any, stream: _Stream, body: Mapping[str, Any], exclude: str | None, totals: _Totals,
-                run_key: str, now: datetime) -> None:
-    items = [i for i in body.get("value") or [] if isinstance(i, Mapping) and i.get("id")]
-    totals.counts["pages"] += 1
-    removed = [str(i["id"]) for i in items if "@removed" in i]
-    excluded = [str(i["id"]) for i in items if "@removed" not in i and _has_category(i, exclude)]
-    rows = [crepo.contact_row_from_graph(i, stream.user_id, stream.folder_id) for i in items
-            if "@removed" not in i and not _has_category(i, exclude)]
-    stream.seen.update(row["contact_id"] for row in rows)
-    merged = crepo.merge_contacts(conn, rows, run_key, now)
-    totals.counts["inserted"] += merged.inserted
-    totals.counts["updated"] += merged.updated
-    totals.counts["unchanged"] += merged.unchanged
-    totals.counts["deleted"] += crepo.mark_contacts_deleted(conn, stream.user_id, removed, run_key, now)
-    if excluded:
-        totals.counts["excluded"] += len(excluded)
-        crepo.purge_contacts(conn, stream.user_id, excluded)
+@dataclass
+class _RoundPage:
+    """What one ``$batch`` round returned for all its streams, staged together."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    removed: dict[str, list[str]] = field(default_factory=dict)
+    excluded: dict[str, list[str]] = field(default_factory=dict)
+    finished_full: list[tuple[str, str | None, set[str]]] = field(default_factory=list)
+    links: dict[str, str] = field(default_factory=dict)
+
+    def take(self, stream: _Stream, body: Mapping[str, Any], exclude: str | None, totals: _Totals) -> None:
+        items = [i for i in body.get("value") or [] if isinstance(i, Mapping) and i.get("id")]
+        totals.counts["pages"] += 1
+        removed = [str(i["id"]) for i in items if "@removed" in i]
+        excluded = [str(i["id"]) for i in items if "@removed" not in i and _has_category(i, exclude)]
+        rows = [crepo.contact_row_from_graph(i, stream.user_id, stream.folder_id) for i in items
+                if "@removed" not in i and not _has_category(i, exclude)]
+        stream.seen.update(row["contact_id"] for row in rows)
+        self.rows.extend(rows)
+        if removed:
+            self.removed.setdefault(stream.user_id, []).extend(removed)
+        if excluded:
+            self.excluded.setdefault(stream.user_id, []).extend(excluded)
+
+    def stage(self, conn: Any, store: DeltaStateStore, totals: _Totals, run_key: str, now: datetime) -> None:
+        merged = crepo.merge_contacts(conn, self.rows, run_key, now)
+        totals.counts["inserted"] += merged.inserted
+        totals.counts["updated"] += merged.updated
+        totals.counts["unchanged"] += merged.unchanged
+        for owner, ids in self.removed.items():
+            totals.counts["deleted"] += crepo.mark_contacts_deleted(conn, owner, ids, run_key, now)
+        for owner, ids in self.excluded.items():
+            totals.counts["excluded"] += len(ids)
+            crepo.purge_contacts(conn, owner, ids)
+        totals.counts["deleted"] += crepo.mark_missing_in_streams(conn, self.finished_full, run_key, now)
+        if self.links:
+            store.save_many(conn, self.links, run_key, now=now)
 
 
 # ----------------------------------------------------------------------------------- shards

@@ -70,7 +70,8 @@ def extract_calendars(
     ``full`` (hourly): ``calendarView`` over the whole window plus automatic replies; each
     user's calendar delta link is dropped with the refreshed rows, so the next delta run
     re-anchors it on the current window. ``delta``: follow each user's delta link (initial round
-    when missing or expired). Each user's rows (and link) commit in one transaction. Users
+    when missing or expired). The users one batch round completes are staged (rows and links) with
+    a few bulk statements in one transaction. Users
     without a mailbox get a note in ``sync_notes`` and are skipped.
 
     :param mode: ``full`` or ``delta``.
@@ -87,34 +88,41 @@ def extract_calendars(
     with engine.connect() as conn:
         users = stage.presence_users(conn, first=shard["first"], last=shard["last"],
                                      with_mailbox_only=(mode == "delta"))
-        links = ({u.user_id: store.get(conn, stage.events_resource(u.user_id)) for u in users}
-                 if mode == "delta" else {})
+        stored = store.get_many(conn, [stage.events_resource(u.user_id) for u in users]) if mode == "delta" else {}
+        links = {u.user_id: stored.get(stage.events_resource(u.user_id)) for u in users}
     notes: list[Note] = []
     totals = {"staged": 0, "deleted": 0}
 
-    def on_user(calendar: UserCalendar) -> None:
-        resource = stage.events_resource(calendar.user_id)
-        with engine.begin() as conn:
+    def on_users(calendars: list[UserCalendar]) -> None:
+        """One page round's finished users: staged, and their links saved or cleared, in one transaction."""
+        save: dict[str, str] = {}
+        clear: list[str] = []
+        for calendar in calendars:
+            resource = stage.events_resource(calendar.user_id)
             if not calendar.mailbox or calendar.problem is not None:
-                stage.stage_user_calendar(conn, calendar, run_key, now)
-                store.clear(conn, resource)
+                clear.append(resource)
                 message = calendar.problem or "no Exchange Online mailbox (MailboxNotEnabledForRESTAPI); skipped"
                 notes.append(Note("presence", calendar.user_id, calendar.user_id, "calendar", "warning",
                                   f"user {calendar.user_id}: {message}"))
-                return
-            staged = stage.stage_user_calendar(conn, calendar, run_key, now)
-            if calendar.delta_link:
-                store.save(conn, resource, calendar.delta_link, run_key, now=now)
+            elif calendar.delta_link:
+                save[resource] = calendar.delta_link
             elif mode == "full":
-                store.clear(conn, resource)
-        totals["staged"] += staged.upserted
-        totals["deleted"] += staged.deleted
+                clear.append(resource)
+        with engine.begin() as conn:
+            staged = stage.stage_calendars(conn, calendars, run_key, now)
+            if save:
+                store.save_many(conn, save, run_key, now=now)
+            store.clear_many(conn, clear)
+        for calendar in calendars:
+            if calendar.mailbox and calendar.problem is None:
+                totals["staged"] += staged[calendar.user_id].upserted
+                totals["deleted"] += staged[calendar.user_id].deleted
 
     counts: dict[str, Any] = read_calendars(
         graph, [u.user_id for u in users], window, mode="view" if mode == "full" else "delta", delta_links=links,
         # Automatic replies have no delta query: read them on every run (one batched item per user),
         # so turning them on or off reaches 3CX within one delta interval.
-        read_auto_replies=True, on_user=on_user, default_time_zone=settings.timezone,
+        read_auto_replies=True, on_users=on_users, default_time_zone=settings.timezone,
         store_subjects=presence.store_subjects,
     )
     with engine.begin() as conn:

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from sqlalchemy import and_, bindparam, delete, func, select, update
+from sqlalchemy import and_, bindparam, delete, func, select, tuple_, update
 from sqlalchemy.engine import Connection
 
 from m365_3cx.staging.repo import MergeCounts, upsert
@@ -31,6 +31,7 @@ __all__ = [
     "managed_present_count",
     "mark_contacts_deleted",
     "mark_missing_contacts_deleted",
+    "mark_missing_in_streams",
     "mark_streams_gone",
     "merge_contacts",
     "purge_contacts",
@@ -158,16 +159,13 @@ def merge_contacts(conn: Connection, rows: Iterable[Mapping[str, Any]], run_key:
     if not latest:
         return MergeCounts()
     existing: dict[tuple[str, str], tuple[str, bool]] = {}
-    by_owner: dict[str, list[str]] = {}
-    for owner, cid in latest:
-        by_owner.setdefault(owner, []).append(cid)
-    for owner, ids in by_owner.items():
-        for start in range(0, len(ids), 500):
-            query = select(stg_contacts.c.contact_id, stg_contacts.c.row_hash, stg_contacts.c.deleted).where(
-                stg_contacts.c.owner_id == owner, stg_contacts.c.contact_id.in_(ids[start:start + 500])
-            )
-            for cid, row_hash, deleted in conn.execute(query):
-                existing[(owner, cid)] = (row_hash, bool(deleted))
+    keys = list(latest)
+    pair = tuple_(stg_contacts.c.owner_id, stg_contacts.c.contact_id)
+    for start in range(0, len(keys), 500):
+        query = select(stg_contacts.c.owner_id, stg_contacts.c.contact_id, stg_contacts.c.row_hash,
+                       stg_contacts.c.deleted).where(pair.in_(keys[start:start + 500]))
+        for owner, cid, row_hash, deleted in conn.execute(query):
+            existing[(owner, cid)] = (row_hash, bool(deleted))
     inserted = updated = unchanged = 0
     to_write: list[dict[str, Any]] = []
     for key, row in latest.items():
@@ -238,6 +236,35 @@ def mark_missing_contacts_deleted(conn: Connection, owner_id: str, folder_id: st
         stg_contacts.c.owner_id == owner_id, _folder_clause(folder_id), stg_contacts.c.deleted.is_(False))
     missing = [cid for (cid,) in conn.execute(query) if cid not in seen]
     return mark_contacts_deleted(conn, owner_id, missing, run_key, now)
+
+
+def mark_missing_in_streams(conn: Connection, rounds: Sequence[tuple[str, str | None, set[str]]], run_key: str,
+                            now: dt.datetime) -> int:
+    """:func:`mark_missing_contacts_deleted` for several streams that finished a full round at once.
+
+    :param rounds: ``(owner_id, folder_id, ids the round returned)`` per stream.
+    :returns: rows that became deleted.
+    """
+    if not rounds:
+        return 0
+    seen = {(owner, folder): ids for owner, folder, ids in rounds}
+    owners = sorted({owner for owner, _, _ in rounds})
+    missing: list[tuple[str, str]] = []
+    for start in range(0, len(owners), 500):
+        query = select(stg_contacts.c.owner_id, stg_contacts.c.folder_id, stg_contacts.c.contact_id).where(
+            stg_contacts.c.owner_id.in_(owners[start:start + 500]), stg_contacts.c.deleted.is_(False))
+        for owner, folder, cid in conn.execute(query):
+            ids = seen.get((owner, folder))
+            if ids is not None and cid not in ids:
+                missing.append((owner, cid))
+    count = 0
+    pair = tuple_(stg_contacts.c.owner_id, stg_contacts.c.contact_id)
+    for start in range(0, len(missing), 500):
+        count += conn.execute(
+            update(stg_contacts).where(pair.in_(missing[start:start + 500]), stg_contacts.c.deleted.is_(False))
+            .values(**_soft_delete(run_key, now))
+        ).rowcount
+    return count
 
 
 def staged_streams(conn: Connection, owner_ids: Sequence[str]) -> set[tuple[str, str | None]]:

@@ -14,6 +14,7 @@ Delta links are opaque resume tokens, not credentials; they are never logged.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable, Mapping
 
 from sqlalchemy import Table, delete, select
 from sqlalchemy.engine import Connection
@@ -70,6 +71,47 @@ class DeltaStateStore:
             "run_key": run_key,
         }
         upsert(conn, self._table, [row], ["resource"])
+
+    def get_many(self, conn: Connection, resources: Iterable[str]) -> dict[str, str]:
+        """The stored delta links of many resources (one query per 500); missing ones are left out.
+
+        :raises ValueError: an empty or too long resource.
+        """
+        wanted = sorted({self._check(r) for r in resources})
+        found: dict[str, str] = {}
+        for start in range(0, len(wanted), 500):
+            query = select(self._table.c.resource, self._table.c.delta_link).where(
+                self._table.c.resource.in_(wanted[start:start + 500]))
+            found.update((resource, link) for resource, link in conn.execute(query))
+        return found
+
+    def save_many(self, conn: Connection, links: Mapping[str, str], run_key: str | None, *,
+                  now: dt.datetime | None = None) -> int:
+        """:meth:`save` for many resources (``{resource: delta_link}``) in one upsert.
+
+        :returns: links written.
+        :raises ValueError: an empty link or bad resource.
+        """
+        when = now or dt.datetime.now(dt.UTC)
+        rows = []
+        for resource, link in sorted(links.items()):
+            if not link:
+                raise ValueError("delta_link must not be empty")
+            rows.append({"resource": self._check(resource), "delta_link": link, "updated_at": when,
+                         "run_key": run_key})
+        return upsert(conn, self._table, rows, ["resource"])
+
+    def clear_many(self, conn: Connection, resources: Iterable[str]) -> int:
+        """:meth:`clear` for many resources (one statement per 500).
+
+        :returns: links deleted.
+        """
+        wanted = sorted({self._check(r) for r in resources})
+        count = 0
+        for start in range(0, len(wanted), 500):
+            count += conn.execute(delete(self._table).where(self._table.c.resource.in_(wanted[start:start + 500]))
+                                  ).rowcount
+        return count
 
     def clear(self, conn: Connection, resource: str) -> bool:
         """Forget the delta link (e.g. after it expired, or to force a full extract).
