@@ -260,11 +260,12 @@ def run_pipeline(h: Harness, mode: str, label: str) -> dict[str, Any]:
         if h.step("phonebook_changed", contacts_steps.phonebook_has_work, h.engine, h.settings, run.run_key, mode,
                   counts):
             h.step("snapshot_phonebook", contacts_steps.snapshot_phonebook, h.engine, pbx, h.settings, run.run_key,
-                   now)
+                   now, mode=mode)
             h.step("transform_phonebook", contacts_steps.transform_phonebook, h.engine, h.settings, run.run_key, now)
             h.step("plan_phonebook", contacts_steps.plan_phonebook, h.engine, run.run_key)
             applied["phonebook"] = h.step("apply_phonebook", contacts_steps.apply_phonebook, h.engine, pbx,
-                                          h.settings, run.run_key, now, dry_run=False, allow_mass_removal=True)
+                                          h.settings, run.run_key, now, dry_run=False, allow_mass_removal=True,
+                                          mode=mode)
         cal_shards = h.step("plan_calendar_shards", presence_steps.plan_shards, h.engine, h.settings)
         h.mapped("extract_calendars", presence_steps.extract_calendars, cal_shards, h.graph, run.run_key, mode, now)
         real_now = datetime.now(UTC)

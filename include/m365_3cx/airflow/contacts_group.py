@@ -75,7 +75,8 @@ def run_snapshot_phonebook(mode: str) -> dict[str, int]:
     run = run_info(get_current_context(), mode)
     settings = load_settings()
     with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(ThreeCXHook()) as threecx:
-        return snapshot_phonebook(engine, threecx, settings, run.run_key, utcnow())
+        return snapshot_phonebook(engine, threecx, settings, run.run_key, utcnow(),
+                                  mode=_effective_mode(get_current_context(), mode))
 
 
 def run_transform_phonebook(mode: str) -> dict[str, int]:
@@ -123,6 +124,7 @@ def run_apply_phonebook(mode: str) -> dict[str, int]:
             engine, threecx, settings, run.run_key, utcnow(),
             dry_run=bool(params.get("dry_run", False)),
             allow_mass_removal=bool(params.get("allow_mass_removal", False)),
+            mode=_effective_mode(context, mode),
         )
 
 

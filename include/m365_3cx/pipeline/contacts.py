@@ -357,13 +357,25 @@ def shard_label(shard: Mapping[str, Any]) -> str:
 
 
 def snapshot_phonebook(engine: Engine, threecx: ThreeCXClient, settings: Settings, run_key: str,
-                       now: datetime) -> dict[str, int]:
+                       now: datetime, mode: str = "full") -> dict[str, int]:
     """Read the whole 3CX company phonebook (one paged read) and match it with ``phonebook_map``.
 
     Only the matches are stored (present, managed fields as read, duplicates, re-links of
-    creates whose response was lost); foreign contacts are counted, never stored.
+    creates whose response was lost); foreign contacts are counted, never stored. A ``delta``
+    run reads nothing here unless a create is still pending (its entry must be re-linked by tag):
+    the map holds what the last writes left, and the apply step verifies the entries it updates
+    by id. Full runs read everything, so hand edits and deletions in 3CX are repaired there.
+
+    :param mode: the run's effective mode (``full`` or ``delta``).
     """
     from m365_3cx.reconcile.phonebook import match_snapshot
+
+    if mode == "delta":
+        with engine.connect() as conn:
+            pending = crepo.pending_entry_count(conn)
+        if not pending:
+            log.info("3CX phonebook snapshot skipped (delta run, no pending creates)")
+            return {"contacts": 0, "managed": 0, "foreign": 0, "relinked": 0, "read": 0}
 
     contacts = [c for page in threecx.list_contacts() for c in page]
     with engine.begin() as conn:
@@ -373,7 +385,7 @@ def snapshot_phonebook(engine: Engine, threecx: ThreeCXClient, settings: Setting
     present = sum(1 for m in matches if m.present)
     log.info("3CX phonebook snapshot: %d contacts, %d managed present, %d foreign, %d re-linked",
              len(contacts), present, foreign, relinked)
-    return {"contacts": len(contacts), "managed": present, "foreign": foreign, "relinked": relinked}
+    return {"contacts": len(contacts), "managed": present, "foreign": foreign, "relinked": relinked, "read": 1}
 
 
 def transform_phonebook(engine: Engine, settings: Settings, run_key: str, now: datetime) -> dict[str, int]:
@@ -423,10 +435,18 @@ def apply_phonebook(
     *,
     dry_run: bool,
     allow_mass_removal: bool,
+    mode: str = "full",
 ) -> dict[str, int]:
     """Execute the stored phonebook plan: mass-removal guard first, then the changes
     (``threecx.write_concurrency`` at a time), audited with bulk statements per chunk.
 
+    Every write also records what the entry now holds (``phonebook_map.current``), so the next
+    plan is right without re-reading the phonebook. A ``delta`` run did not read the phonebook:
+    it reads the entries it is about to update by id first (filtered reads of 40) and re-plans
+    them against what 3CX really holds (an entry deleted by hand is re-created, one already as
+    desired is left alone and recorded as ``skipped``).
+
+    :param mode: ``full`` or ``delta`` (the run's effective mode).
     :raises MassRemovalError: before any write, when the plan deletes too many managed entries.
     :raises RetriableError: the PBX failed transiently (the changes not tried stay ``skipped``).
     """
@@ -441,11 +461,18 @@ def apply_phonebook(
         planned = load_changes(conn, contact_plan_key(run_key), "contact")
         managed = crepo.managed_present_count(conn)
         mapped_ids = dict(conn.execute(sa.select(phonebook_map.c.contact_key, phonebook_map.c.threecx_id)).all())
+        currents = crepo.entry_currents(conn, [c.object_key for _, c in planned if c.action == "update"])
     changes = [change for _, change in planned]
     seq_of = {id(change): seq for seq, change in planned}
     check_mass_removal(changes, managed, settings.guards.mass_removal_min, settings.guards.mass_removal_fraction,
                        allow=allow_mass_removal, noun="synced phonebook entries",
                        scope_hint="contacts.personal_contacts, the exclusion category and the user scope")
+    verified: list[Outcome] = []
+    if mode == "delta" and not dry_run:
+        changes, verified, facts = _verify_updates(engine, threecx, changes, seq_of)
+        currents.update({key: current for key, (_tid, current) in facts.items()})
+        with engine.begin() as conn:
+            crepo.set_entry_facts(conn, facts, now)
 
     def before_creates(creates: list[Change]) -> None:
         with engine.begin() as conn:
@@ -458,18 +485,83 @@ def apply_phonebook(
                 conn, plan_key=plan_key, dry_run=dry_run,
                 outcomes=[(seq_of[id(o.change)], o.result, audit_rows(o, run_key, now)) for o in outcomes])
             done = [o for o, ok in zip(outcomes, reached, strict=True) if ok]
-            crepo.set_entry_ids(conn, {o.change.object_key: o.threecx_id for o in done
-                                       if o.change.action == "create" and o.threecx_id is not None}, now)
+            facts: dict[str, tuple[int, dict[str, Any] | None]] = {}
+            for o in done:
+                written = {f: after for f, (_before, after) in o.change.fields.items()}
+                if o.change.action == "create" and o.threecx_id is not None:
+                    facts[o.change.object_key] = (o.threecx_id, written)
+                elif o.change.action == "update" and o.threecx_id is not None:
+                    facts[o.change.object_key] = (o.threecx_id,
+                                                  {**(currents.get(o.change.object_key) or {}), **written})
+            crepo.set_entry_facts(conn, facts, now)
             crepo.forget_entries(conn, [o.change.object_key for o in done if o.change.action == "delete"
                                         and mapped_ids.get(o.change.object_key) == o.change.threecx_id])
 
-    counts = apply_contact_changes(changes, threecx, on_outcomes=record, before_creates=before_creates,
-                                   dry_run=dry_run, concurrency=settings.threecx.write_concurrency).as_dict()
+    if verified:
+        record(verified)
+    result = apply_contact_changes(changes, threecx, on_outcomes=record, before_creates=before_creates,
+                                   dry_run=dry_run, concurrency=settings.threecx.write_concurrency)
+    counts = result.as_dict()
+    counts["skipped"] += len(verified)
+    counts["verified"] = len(verified)
     counts.pop("disabled", None)
-    log.info("phonebook apply%s: %d created, %d updated, %d deleted, %d failed, %d skipped",
+    log.info("phonebook apply%s: %d created, %d updated, %d deleted, %d failed, %d skipped (%d already as planned)",
              " (dry run)" if dry_run else "", counts["created"], counts["updated"], counts["deleted"],
-             counts["failed"], counts["skipped"])
+             counts["failed"], counts["skipped"], len(verified))
     return counts
+
+
+def _verify_updates(
+    engine: Engine, threecx: ThreeCXClient, changes: list[Change], seq_of: dict[int, int]
+) -> tuple[list[Change], list[Any], dict[str, tuple[int, dict[str, Any] | None]]]:
+    """Read the entries planned for update by id and re-plan them against what 3CX holds.
+
+    :return: the changes to send (each re-planned one takes over its plan row), the outcomes of
+        updates that are already as desired (``skipped``), and their facts as read.
+    """
+    import pandas as pd
+
+    from m365_3cx.reconcile.apply import SKIPPED, Outcome
+    from m365_3cx.reconcile.phonebook import is_foreign, managed_fields_of
+    from m365_3cx.reconcile.phonebook import plan_phonebook as plan
+    from m365_3cx.staging.schema import tgt_phonebook
+    from m365_3cx.transform.phonebook import TAG_PREFIX
+
+    updates = {c.object_key: c for c in changes if c.action == "update" and c.threecx_id is not None}
+    if not updates:
+        return changes, [], {}
+    found = {int(c["Id"]): c for page in threecx.contacts_by_ids(u.threecx_id for u in updates.values())
+             for c in page if isinstance(c.get("Id"), int)}
+    with engine.connect() as conn:
+        desired = repo.load_frame(conn, "tgt_phonebook", where=tgt_phonebook.c.contact_key.in_(sorted(updates)))
+    rows = []
+    for key, change in updates.items():
+        contact = found.get(int(change.threecx_id or 0))
+        ours = contact is not None and not is_foreign(contact) and contact.get("Tag") == f"{TAG_PREFIX}{key}"
+        rows.append({"contact_key": key, "threecx_id": change.threecx_id if ours else None, "present": ours,
+                     "current": managed_fields_of(contact) if ours and contact is not None else None,
+                     "duplicate_ids": []})
+    replanned = {c.object_key: c for c in plan(desired, pd.DataFrame(rows)).changes if c.action != "delete"}
+    kept: list[Change] = []
+    already: list[Any] = []
+    facts: dict[str, tuple[int, dict[str, Any] | None]] = {}
+    current_of = {row["contact_key"]: row for row in rows}
+    for change in changes:
+        if change.action != "update" or change.object_key not in updates:
+            kept.append(change)
+            continue
+        fresh = replanned.get(change.object_key)
+        row = current_of[change.object_key]
+        if fresh is None:
+            already.append(Outcome(change, SKIPPED, "already as planned in 3CX (verified by id)", change.threecx_id))
+            facts[change.object_key] = (int(change.threecx_id or 0), row["current"])
+            continue
+        seq_of[id(fresh)] = seq_of[id(change)]
+        kept.append(fresh)
+    log.info("phonebook delta: %d planned updates verified by id in %d filtered reads; %d re-created, %d already "
+             "as planned", len(updates), -(-len(updates) // 40),
+             sum(1 for c in replanned.values() if c.action == "create"), len(already))
+    return kept, already, facts
 
 
 __all__ = [

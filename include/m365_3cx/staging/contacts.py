@@ -27,6 +27,7 @@ __all__ = [
     "contact_resource",
     "contact_row_from_graph",
     "eligible_user_count",
+    "entry_currents",
     "forget_entries",
     "managed_present_count",
     "mark_contacts_deleted",
@@ -34,10 +35,12 @@ __all__ = [
     "mark_missing_in_streams",
     "mark_streams_gone",
     "merge_contacts",
+    "pending_entry_count",
     "purge_contacts",
     "record_pending",
     "record_pending_many",
     "replace_phonebook_targets",
+    "set_entry_facts",
     "set_entry_id",
     "set_entry_ids",
     "shard_descriptors",
@@ -418,6 +421,39 @@ def set_entry_id(conn: Connection, contact_key: str, threecx_id: int, now: dt.da
     return result.rowcount > 0
 
 
+def set_entry_facts(conn: Connection, facts: Mapping[str, tuple[int, Mapping[str, Any] | None]],
+                    now: dt.datetime) -> int:
+    """Record what 3CX holds for entries just written or verified (``{contact_key: (threecx_id, current)}``):
+    present, ``status=active``, the id and the managed fields as they now are (one executemany).
+
+    Keeping ``current`` true after each write is what lets a delta run plan without re-reading the
+    whole phonebook.
+
+    :returns: rows sent.
+    """
+    if not facts:
+        return 0
+    stmt = (update(phonebook_map).where(phonebook_map.c.contact_key == bindparam("b_key"))
+            .values(threecx_id=bindparam("b_id"), current=bindparam("b_current"), present=True, status="active",
+                    updated_at=now))
+    data = [{"b_key": key, "b_id": int(tid), "b_current": dict(current) if current is not None else None}
+            for key, (tid, current) in sorted(facts.items())]
+    for start in range(0, len(data), 500):
+        conn.execute(stmt, data[start:start + 500])
+    return len(data)
+
+
+def entry_currents(conn: Connection, keys: Iterable[str]) -> dict[str, dict[str, Any] | None]:
+    """``current`` of the given map entries (one query per 500 keys)."""
+    wanted = sorted(set(keys))
+    found: dict[str, dict[str, Any] | None] = {}
+    for start in range(0, len(wanted), 500):
+        query = select(phonebook_map.c.contact_key, phonebook_map.c.current).where(
+            phonebook_map.c.contact_key.in_(wanted[start:start + 500]))
+        found.update((key, dict(current) if current else None) for key, current in conn.execute(query))
+    return found
+
+
 def forget_entries(conn: Connection, keys: Iterable[str]) -> int:
     """Drop map entries (deleted in 3CX, or gone and no longer desired).
 
@@ -480,4 +516,10 @@ def managed_present_count(conn: Connection) -> int:
     """Managed entries found in the last 3CX snapshot (the mass-removal guard's base)."""
     query = select(func.count()).select_from(phonebook_map).where(
         phonebook_map.c.present.is_(True), phonebook_map.c.threecx_id.is_not(None))
+    return int(conn.execute(query).scalar_one())
+
+
+def pending_entry_count(conn: Connection) -> int:
+    """Map entries whose create has not been confirmed yet (``status=pending``)."""
+    query = select(func.count()).select_from(phonebook_map).where(phonebook_map.c.status == "pending")
     return int(conn.execute(query).scalar_one())

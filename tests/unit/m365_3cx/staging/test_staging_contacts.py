@@ -127,3 +127,82 @@ def test_targets_are_replaced(engine: Engine) -> None:
         crepo.replace_phonebook_targets(conn, [row], "r2", NOW)
         frame = repo.load_frame(conn, "tgt_phonebook")
     assert list(frame["contact_key"]) == ["k"] and frame.iloc[0]["owner_ids"] == ["u1"]
+
+
+class _Statements:
+    """Counts the statements an engine sends (one per round trip; an executemany page counts once)."""
+
+    def __init__(self, engine: Engine) -> None:
+        from sqlalchemy import event
+
+        self.count = 0
+        event.listen(engine, "before_cursor_execute", self._hit)
+
+    def _hit(self, *_args: Any) -> None:
+        self.count += 1
+
+
+def test_snapshot_matching_is_set_based_and_rewrites_only_what_changed(engine: Engine) -> None:
+    keys = [f"k{i:04d}" for i in range(1200)]
+    with engine.begin() as conn:
+        crepo.record_pending_many(conn, [(k, f"m365-sync:{k}") for k in keys], "r", NOW)
+        crepo.set_entry_ids(conn, {k: i + 1 for i, k in enumerate(keys)}, NOW)
+    matches = [SnapshotMatch(k, i + 1, True, {"FirstName": f"N{i}"}, []) for i, k in enumerate(keys)]
+    statements = _Statements(engine)
+    with engine.begin() as conn:
+        crepo.apply_snapshot(conn, matches, "r2", NOW)
+    first = statements.count
+    assert first <= 8  # select + stamp + 3 pages of 500, not one UPDATE per entry
+    statements.count = 0
+    with engine.begin() as conn:
+        crepo.apply_snapshot(conn, matches, "r3", NOW)
+    assert statements.count <= 3  # nothing changed: read + stamp only
+    gone = [*matches[:-1], SnapshotMatch(keys[-1], None, False, None)]
+    with engine.begin() as conn:
+        crepo.apply_snapshot(conn, gone, "r4", NOW)
+        rows = {r.contact_key: r for r in conn.execute(select(phonebook_map))}
+    assert rows[keys[0]].current == {"FirstName": "N0"} and rows[keys[0]].present
+    assert not rows[keys[-1]].present and rows[keys[-1]].current is None and rows[keys[-1]].threecx_id == 1200
+
+
+def test_entry_facts_and_pending_creates_in_bulk(engine: Engine) -> None:
+    statements = _Statements(engine)
+    with engine.begin() as conn:
+        assert crepo.record_pending_many(conn, [("a", "m365-sync:a"), ("b", "m365-sync:b")], "r", NOW) == 2
+        assert crepo.pending_entry_count(conn) == 2
+        crepo.set_entry_facts(conn, {"a": (7, {"FirstName": "Ann"})}, NOW)
+        assert crepo.entry_currents(conn, ["a", "b", "zz"]) == {"a": {"FirstName": "Ann"}, "b": None}
+        assert crepo.pending_entry_count(conn) == 1
+        row = conn.execute(select(phonebook_map).where(phonebook_map.c.contact_key == "a")).one()
+    assert row.threecx_id == 7 and row.present and row.status == "active"
+    assert statements.count <= 8
+
+
+def test_page_round_merge_and_missing_marks_are_set_based(engine: Engine) -> None:
+    rows = [crepo.contact_row_from_graph(graph_contact(f"c{o}-{i}"), f"u{o}", None) for o in range(20)
+            for i in range(25)]
+    statements = _Statements(engine)
+    with engine.begin() as conn:
+        merged = crepo.merge_contacts(conn, rows, "r", NOW)
+    assert merged.inserted == 500 and statements.count <= 3
+    statements.count = 0
+    with engine.begin() as conn:
+        again = crepo.merge_contacts(conn, rows, "r2", NOW)
+        deleted = crepo.mark_missing_in_streams(
+            conn, [(f"u{o}", None, {f"c{o}-{i}" for i in range(24)}) for o in range(20)], "r2", NOW)
+    assert (again.unchanged, deleted) == (500, 20)
+    assert statements.count <= 5
+    with engine.connect() as conn:
+        live = conn.execute(select(stg_contacts.c.contact_id).where(stg_contacts.c.deleted.is_(False))).all()
+    assert len(live) == 480 and ("c3-24",) not in live
+
+
+def test_delta_links_in_bulk(engine: Engine) -> None:
+    store = DeltaStateStore()
+    with engine.begin() as conn:
+        assert store.save_many(conn, {"contacts:u1:default": "L1", "contacts:u2:default": "L2"}, "r", now=NOW) == 2
+        assert store.get_many(conn, ["contacts:u1:default", "contacts:u3:default"]) == {"contacts:u1:default": "L1"}
+        assert store.clear_many(conn, ["contacts:u1:default", "contacts:u9:default"]) == 1
+        assert store.get(conn, "contacts:u2:default") == "L2"
+        with pytest.raises(ValueError):
+            store.save_many(conn, {"contacts:u1:default": ""}, "r")

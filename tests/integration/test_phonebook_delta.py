@@ -1,0 +1,131 @@
+"""A delta run's phonebook work is proportional to the change (emulators over HTTPS, PostgreSQL staging).
+
+After a full sync, six Outlook contacts are edited. The delta run does not page through the
+3CX phonebook: it verifies the entries it is about to update by id (one filtered read), re-creates
+one an operator deleted meanwhile, leaves alone one an operator already set to the new values, and
+patches the others: 3CX writes equal the changes really needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from m365_3cx.graph.auth import GraphCredentials
+from m365_3cx.graph.client import GraphClient
+from m365_3cx.http import RetryPolicy
+from m365_3cx.pipeline import contacts as pipeline
+from m365_3cx.pipeline.users import extract_users
+from m365_3cx.settings import Settings
+from m365_3cx.staging import repo
+from m365_3cx.staging.db import make_engine
+from m365_3cx.staging.schema import create_schema, phonebook_map, sync_audit
+from m365_3cx.threecx.client import ThreeCXClient, ThreeCXCredentials, clear_token_cache
+
+pytestmark = [pytest.mark.integration, pytest.mark.postgres]
+
+FAST = RetryPolicy(max_attempts=4, backoff_base=0.01, backoff_cap=0.05, max_total_wait=10,
+                   connect_timeout=5, read_timeout=30)
+SETTINGS = Settings.from_mapping({"contacts": {"personal_contacts": "all", "shard_size": 200},
+                                  "threecx": {"write_concurrency": 3}})
+
+
+@pytest.fixture
+def env(graph_emulator: Any, threecx_emulator: Any, pg_database: str) -> Iterator[dict[str, Any]]:
+    g, p = graph_emulator.info, threecx_emulator.info
+    graph = GraphClient(GraphCredentials(
+        tenant_id=g["tenant_id"], client_id=g["client_id"], client_secret=g["client_secret"],
+        authority_host=str(g["authority"]).rstrip("/").rsplit("/", 1)[0], graph_url=g["graph_url"],
+        ca_bundle=g["ca_bundle"]), FAST)
+    clear_token_cache()
+    pbx = ThreeCXClient(ThreeCXCredentials(p["base_url"], p["client_id"], p["client_secret"], p["ca_bundle"]), FAST)
+    engine = make_engine(pg_database)
+    create_schema(engine)
+    yield {"graph": graph, "pbx": pbx, "engine": engine, "g": graph_emulator, "p": threecx_emulator}
+    graph.close()
+    pbx.close()
+    engine.dispose()
+
+
+def _run(env: dict[str, Any], mode: str, run_key: str, *, before_apply: Any = None) -> dict[str, Any]:
+    engine, graph, pbx = env["engine"], env["graph"], env["pbx"]
+    now = datetime.now(UTC)
+    extract_users(engine, graph, SETTINGS, run_key, mode, now)
+    for shard in pipeline.contact_shards(engine, SETTINGS):
+        pipeline.extract_contacts(engine, graph, SETTINGS, run_key, mode, shard, now)
+    snapshot = pipeline.snapshot_phonebook(engine, pbx, SETTINGS, run_key, now, mode=mode)
+    pipeline.transform_phonebook(engine, SETTINGS, run_key, now)
+    plan = pipeline.plan_phonebook(engine, run_key)
+    if before_apply is not None:
+        before_apply()
+    applied = pipeline.apply_phonebook(engine, pbx, SETTINGS, run_key, now, dry_run=False, allow_mass_removal=True,
+                                       mode=mode)
+    return {"snapshot": snapshot, "plan": plan, "applied": applied}
+
+
+def test_delta_reads_only_the_entries_it_updates_and_writes_only_real_changes(env: dict[str, Any]) -> None:
+    g, p, engine = env["g"], env["p"], env["engine"]
+    full = _run(env, "full", "t/full")
+    assert full["applied"]["created"] > 10 and full["applied"]["failed"] == 0
+    assert _run(env, "full", "t/full2")["plan"] == {**full["plan"], "create": 0, "update": 0, "delete": 0,
+                                                   "managed": full["applied"]["created"]}
+
+    # Edit six contacts of different mailboxes (job title -> the entry's Title).
+    edited = 0
+    for user in g.admin("GET", "state").json()["users"]:
+        if edited == 6 or not user.get("mail"):
+            continue
+        try:
+            box = g.admin("GET", f"users/{user['id']}/mailbox").json()
+        except Exception:  # noqa: BLE001 - no mailbox
+            continue
+        contact = next((c for c in box["contacts"] if c.get("givenName") and c.get("businessPhones")), None)
+        if contact is None:
+            continue
+        g.admin("PATCH", f"users/{user['id']}/contacts/{contact['id']}", json={"jobTitle": f"Bench title {edited}"})
+        edited += 1
+    assert edited == 6
+
+    chosen: dict[str, Any] = {}
+
+    def operator_meddles() -> None:
+        with engine.connect() as conn:
+            rows = repo.load_plan(conn, pipeline.contact_plan_key("t/delta"))
+        updates = [r for r in rows if r["action"] == "update"]
+        assert len(updates) >= 3, rows
+        gone, same, patched = updates[:3]
+        chosen.update(gone=gone, same=same, patched=patched)
+        p.admin("DELETE", f"contacts/{gone['threecx_id']}")
+        p.admin("PATCH", f"contacts/{same['threecx_id']}", json={f: pair[1] for f, pair in same["changes"].items()})
+        p.admin("DELETE", "counters")
+
+    delta = _run(env, "delta", "t/delta", before_apply=operator_meddles)
+    assert delta["snapshot"]["read"] == 0  # the phonebook was not paged through
+    counters = p.admin("GET", "counters").json()["requests"]
+    reads = {k: v for k, v in counters.items() if k.startswith("GET ")}
+    assert sum(reads.values()) == 1, reads  # one filtered read verified every planned update
+    assert delta["applied"]["created"] == 1 and delta["applied"]["verified"] == 1
+    assert delta["applied"]["updated"] == delta["plan"]["update"] - 2
+    writes = sum(v for k, v in counters.items() if k.startswith(("POST ", "PATCH ", "DELETE ")) and "/connect/" not in k)
+    assert writes == delta["applied"]["created"] + delta["applied"]["updated"] + delta["applied"]["deleted"]
+
+    with engine.connect() as conn:
+        entries = {r.contact_key: r for r in conn.execute(sa.select(phonebook_map))}
+        audit = conn.execute(sa.select(sync_audit.c.object_key, sync_audit.c.action, sync_audit.c.result)
+                             .where(sync_audit.c.run_key == "t/delta")).all()
+    recreated = entries[chosen["gone"]["object_key"]]
+    assert recreated.present and recreated.threecx_id != chosen["gone"]["threecx_id"]
+    assert {(a.action, a.result) for a in audit if a.object_key == chosen["same"]["object_key"]} == {
+        ("update", "skipped")}
+    patched = entries[chosen["patched"]["object_key"]]
+    assert patched.current["Title"] == chosen["patched"]["changes"]["Title"][1]
+
+    # The next delta run finds nothing left to do, and a full run agrees.
+    again = _run(env, "delta", "t/delta2")
+    assert again["plan"]["create"] == again["plan"]["update"] == again["plan"]["delete"] == 0
+    final = _run(env, "full", "t/full3")
+    assert final["plan"]["create"] == final["plan"]["update"] == final["plan"]["delete"] == 0
