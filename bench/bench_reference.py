@@ -219,7 +219,15 @@ class Harness:
 
     def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         before, started = self.sql.count, time.perf_counter()
-        result = fn(*args, **kwargs)
+        if name in os.environ.get("BENCH_PROFILE", "").split(","):  # profile one step: BENCH_PROFILE=step,...
+            import cProfile
+            import pstats
+
+            profiler = cProfile.Profile()
+            result = profiler.runcall(fn, *args, **kwargs)
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+        else:
+            result = fn(*args, **kwargs)
         self.steps.append(StepResult(name, time.perf_counter() - started, self.sql.count - before, result))
         return result
 

@@ -92,11 +92,11 @@ def build_router(backend: PbxBackend) -> APIRouter:
         return odata_json({"@odata.context": _context(request, fragment), **shape.apply(record)})
 
     def collection(request: Request, records: list[dict[str, Any]], entity_type: odata.EntityType,
-                   set_name: str) -> JSONResponse:
+                   set_name: str, sorted_by: str | None = None) -> JSONResponse:
         params = _params(request)
         count = odata.wants_count(params)
         page, matched, shape = odata.query_collection(records, params, entity_type,
-                                                      max_top=backend.config.max_top)
+                                                      max_top=backend.config.max_top, sorted_by=sorted_by)
         body: dict[str, Any] = {"@odata.context": _context(request, odata.context_fragment(set_name, shape))}
         if count:
             body["@odata.count"] = matched
@@ -120,7 +120,7 @@ def build_router(backend: PbxBackend) -> APIRouter:
     async def list_users(request: Request) -> JSONResponse:
         authorize(request)
         expand = odata.parse_shape(USER_TYPE, None, _params(request).get("$expand")).expand
-        return collection(request, backend.list_users(expand=set(expand)), USER_TYPE, "Users")
+        return collection(request, backend.list_users(expand=set(expand)), USER_TYPE, "Users", "Id")
 
     @router.get(XAPI + "/Users/$count")
     async def count_users(request: Request) -> PlainTextResponse:
@@ -188,7 +188,7 @@ def build_router(backend: PbxBackend) -> APIRouter:
     @router.get(XAPI + "/Groups")
     async def list_groups(request: Request) -> JSONResponse:
         authorize(request)
-        return collection(request, backend.list_groups(), GROUP_TYPE, "Groups")
+        return collection(request, backend.list_groups(), GROUP_TYPE, "Groups", "Id")
 
     @router.get(XAPI + "/Groups({key})")
     async def get_group(request: Request, key: str) -> JSONResponse:
@@ -207,7 +207,8 @@ def build_router(backend: PbxBackend) -> APIRouter:
     @router.get(XAPI + "/Contacts")
     async def list_contacts(request: Request) -> JSONResponse:
         authorize(request)
-        return collection(request, backend.list_contacts(), CONTACT_TYPE, "Contacts")
+        ids = odata.id_filter_keys(_params(request).get("$filter"))
+        return collection(request, backend.list_contacts(ids), CONTACT_TYPE, "Contacts", "Id")
 
     @router.post(XAPI + "/Contacts/Pbx.DeleteContactsById")
     async def delete_contacts_by_id(request: Request) -> Response:

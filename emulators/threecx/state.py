@@ -307,8 +307,8 @@ class PbxBackend:
         """
         with self.lock:
             if expand is None:
-                return [self._user_view(rec) for rec in self._sorted_users()]
-            return [self._user_view(rec, expand) for rec in self._sorted_users()]
+                return [self._user_view(rec, deep=False) for rec in self._sorted_users()]
+            return [self._user_view(rec, expand, deep=False) for rec in self._sorted_users()]
 
     def get_user(self, user_id: int) -> dict[str, Any]:
         """:raises NotFound: when there is no such user."""
@@ -329,8 +329,11 @@ class PbxBackend:
             raise NotFound("User")
         return rec
 
-    def _user_view(self, rec: UserRecord, expand: Collection[str] | None = None) -> dict[str, Any]:
-        view = copy.deepcopy(rec.props)
+    def _user_view(self, rec: UserRecord, expand: Collection[str] | None = None, *,
+                   deep: bool = True) -> dict[str, Any]:
+        # Listing shares the property values (a shallow copy): records are replaced, never changed in
+        # place (update_user swaps in an edited deep copy), and the route shapes each page into new dicts.
+        view = copy.deepcopy(rec.props) if deep else dict(rec.props)
         if expand is None or "Groups" in expand:
             view["Groups"] = [self._membership_view(rec, m) for m in rec.memberships]
         if expand is None or "ForwardingProfiles" in expand:
@@ -562,10 +565,13 @@ class PbxBackend:
 
     # ------------------------------------------------------------ contacts (company phonebook)
 
-    def list_contacts(self) -> list[dict[str, Any]]:
-        """Every ``Pbx.Contact``, by Id."""
+    def list_contacts(self, ids: Collection[int] | None = None) -> list[dict[str, Any]]:
+        """Every ``Pbx.Contact`` (or those with the given ids), by Id; read-only records.
+
+        :param ids: only these ids (an index lookup, for ``$filter=Id eq ..`` reads).
+        """
         with self.lock:
-            return self._contacts.list()
+            return self._contacts.list() if ids is None else self._contacts.by_ids(ids)
 
     def get_contact(self, contact_id: int) -> dict[str, Any]:
         """:raises NotFound:"""

@@ -9,6 +9,7 @@ It never raises on bad input.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import phonenumbers
@@ -74,6 +75,13 @@ def to_e164(raw: str | None, region: str | None, default_region: str) -> PhoneRe
     s = text(raw)
     if s is None:
         return PhoneResult(None, None)
+    return _normalise(s, region, default_region)
+
+
+@functools.lru_cache(maxsize=200_000)
+def _normalise(s: str, region: str | None, default_region: str) -> PhoneResult:
+    """:func:`to_e164` of a non-blank input, memoised: the same number typed into many mailboxes, or
+    read again by the next run in the same process, is parsed once (results are immutable)."""
     parse_region = _region(region, default_region)
     try:
         number = phonenumbers.parse(s, None if parse_region == "ZZ" else parse_region)

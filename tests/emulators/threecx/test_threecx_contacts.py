@@ -120,3 +120,16 @@ def test_status_profiles_as_presence_sync_sees_them(xapi: Any, threecx_emulator:
                                                                    "Custom 2"]
     bad = xapi.call("PATCH", f"/Users({user['Id']})", json={"CurrentProfileName": "Do Not Disturb"})
     assert bad.status_code == 400 and _detail(bad) == ("WARNINGS.XAPI.NOT_FOUND", "CurrentProfileName")
+
+
+def test_filter_by_ids_uses_the_index_and_keeps_filter_semantics(xapi: Any) -> None:
+    from emulators.threecx.odata import id_filter_keys
+
+    assert id_filter_keys("Id eq 3 or Id eq 12") == [3, 12]
+    assert id_filter_keys("Id eq 3 and Id eq 12") is None and id_filter_keys("Tag eq 'x'") is None
+    ids = [c["Id"] for c in xapi.get("/Contacts", **{"$orderby": "Id"}).json()["value"]]
+    picked = xapi.get("/Contacts", **{"$filter": f"Id eq {ids[3]} or Id eq {ids[1]} or Id eq 99999",
+                                      "$select": "Id,LastName", "$orderby": "Id"}).json()["value"]
+    assert [c["Id"] for c in picked] == [ids[1], ids[3]] and set(picked[0]) == {"Id", "LastName"}
+    descending = xapi.get("/Contacts", **{"$orderby": "Id desc"}).json()["value"]
+    assert [c["Id"] for c in descending] == sorted(ids, reverse=True)
