@@ -531,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.write_concurrency is not None:
             raw["threecx"] = {"write_concurrency": args.write_concurrency}
         settings = Settings.from_mapping(raw)
-        write_concurrency = int(getattr(getattr(settings, "threecx", None), "write_concurrency", 1) or 1)
+        write_concurrency = settings.threecx.write_concurrency
         report["write_concurrency"] = write_concurrency
         h = Harness(engine, SqlCounter(engine), graph_emu.info, pbx_emu.info, settings, args.graph_slots)
         facts: dict[str, Any] = {}
@@ -586,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
                 entry["churn"] = facts
             report["modes"][mode_name] = entry
             print_mode(mode_name, entry)
+            _write(args.json, report)  # after every mode: a long run that is cut short keeps what it measured
         if args.naive_users > 0:
             users = [u for u in graph_emu.admin("GET", "state")["users"] if u.get("mail")]
             sample = random.Random(5).sample(users, min(len(users), args.naive_users))
@@ -612,11 +613,15 @@ def main(argv: list[str] | None = None) -> int:
         graph_emu.stop()
         pbx_emu.stop()
         drop_db()
-    out = Path(args.json)
+    print(f"written: {_write(args.json, report)}")
+    return 0
+
+
+def _write(path: str, report: dict[str, Any]) -> Path:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-    print(f"written: {out}")
-    return 0
+    return out
 
 
 def print_mode(name: str, e: dict[str, Any]) -> None:
