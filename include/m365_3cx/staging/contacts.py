@@ -367,14 +367,31 @@ def shard_users(conn: Connection, first: str | None, last: str | None,
 
 def replace_phonebook_targets(conn: Connection, rows: Iterable[Mapping[str, Any]], run_key: str,
                               now: dt.datetime) -> int:
-    """Replace ``tgt_phonebook`` with the desired entries (delete all, then insert).
+    """Make ``tgt_phonebook`` hold exactly the desired entries, writing only the difference.
+
+    Entries no longer desired are deleted, new or changed ones upserted (``run_key`` and
+    ``computed_at`` name the run that last changed an entry); unchanged entries are not rewritten,
+    so a run whose contacts did not change writes nothing here.
 
     :param rows: records with the ``TARGET_COLUMNS`` of :mod:`m365_3cx.transform.phonebook`.
-    :returns: rows written.
+    :returns: rows written (inserted or changed).
     """
-    data = [{**row, "run_key": run_key, "computed_at": now} for row in rows]
-    conn.execute(delete(tgt_phonebook))
-    return upsert(conn, tgt_phonebook, data, ["contact_key"])
+    from m365_3cx.staging.repo import _clean_rows
+
+    desired = {str(row["contact_key"]): row for row in _clean_rows(tgt_phonebook, rows)}
+    columns = sorted({col for row in desired.values() for col in row} - {"contact_key"})
+    stored: dict[str, tuple[Any, ...]] = {}
+    if columns:
+        query = select(tgt_phonebook.c.contact_key, *(tgt_phonebook.c[col] for col in columns))
+        stored = {key: tuple(values) for key, *values in conn.execute(query)}
+    else:
+        stored = {key: () for (key,) in conn.execute(select(tgt_phonebook.c.contact_key))}
+    gone = sorted(set(stored) - set(desired))
+    for start in range(0, len(gone), 500):
+        conn.execute(delete(tgt_phonebook).where(tgt_phonebook.c.contact_key.in_(gone[start:start + 500])))
+    changed = [{**row, "run_key": run_key, "computed_at": now} for key, row in desired.items()
+               if stored.get(key) != tuple(row.get(col) for col in columns)]
+    return upsert(conn, tgt_phonebook, changed, ["contact_key"])
 
 
 def record_pending(conn: Connection, contact_key: str, tag: str, run_key: str, now: dt.datetime) -> None:

@@ -123,8 +123,11 @@ def test_targets_are_replaced(engine: Engine) -> None:
     row = {"contact_key": "k", "tag": "m365-sync:k", "first_name": "A", "owner_ids": ["u1"], "copies": 1,
            "state": "active"}
     with engine.begin() as conn:
-        crepo.replace_phonebook_targets(conn, [row, {**row, "contact_key": "j", "tag": "m365-sync:j"}], "r", NOW)
-        crepo.replace_phonebook_targets(conn, [row], "r2", NOW)
+        assert crepo.replace_phonebook_targets(
+            conn, [row, {**row, "contact_key": "j", "tag": "m365-sync:j"}], "r", NOW) == 2
+        assert crepo.replace_phonebook_targets(conn, [row], "r2", NOW) == 0  # only j goes; k is unchanged
+        assert crepo.replace_phonebook_targets(conn, [{**row, "first_name": "B"}], "r3", NOW) == 1
+        crepo.replace_phonebook_targets(conn, [row], "r4", NOW)
         frame = repo.load_frame(conn, "tgt_phonebook")
     assert list(frame["contact_key"]) == ["k"] and frame.iloc[0]["owner_ids"] == ["u1"]
 
