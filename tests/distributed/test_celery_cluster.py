@@ -211,14 +211,16 @@ def test_full_sync_then_delta_on_two_celery_workers(cluster: Any) -> None:
     report(f"test body (two runs + checks) took {time.monotonic() - began:.1f} s")
 
 
-def test_status_page_needs_a_login_and_shows_the_runs(cluster: Any) -> None:
-    """The plugin's status page is served by the api-server, behind Airflow's auth, from staging."""
+def test_console_needs_a_login_and_shows_the_runs(cluster: Any) -> None:
+    """The plugin's ops console is served by the api-server, behind Airflow's auth, from staging."""
     import requests
 
-    anonymous = requests.get(f"{cluster.api_url}/m365-3cx/api/status", timeout=30)
+    anonymous = requests.get(f"{cluster.api_url}/m365-3cx/api/health", timeout=30)
     assert anonymous.status_code in (401, 403), anonymous.status_code
-    status = cluster._request("GET", "/m365-3cx/api/status").json()
-    assert status["dags"]["m365_3cx_full_sync"][0]["status"] == "success", status
-    assert status["managed"]["extensions"] > 0
-    page = cluster._request("GET", "/m365-3cx/").text
-    assert "m365_3cx_full_sync" in page and "Managed extensions" in page
+    health = cluster._request("GET", "/m365-3cx/api/health").json()
+    users = next(f for f in health["features"] if f["name"] == "users")
+    assert users["last_success"] is not None, health
+    runs = cluster._request("GET", "/m365-3cx/api/runs", params={"dag_id": "m365_3cx_full_sync"}).json()
+    assert runs["runs"]["items"][0]["status"] == "success", runs
+    page = cluster._request("GET", "/m365-3cx/runs").text
+    assert "m365_3cx_full_sync" in page and "Users → extensions" in page

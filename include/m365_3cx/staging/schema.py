@@ -233,7 +233,8 @@ sync_audit: Final = Table(
     Column("error", Text),
     Index("ix_sync_audit_run_key", "run_key"),
     Index("ix_sync_audit_object", "object_type", "object_key"),
-    Index("ix_sync_audit_at", "at"),  # console: changes per day
+    Index("ix_sync_audit_at_result", "at", "result"),  # console: changes per day (index-only)
+    Index("ix_sync_audit_run_key_id", "run_key", "id"),  # console: a run's writes in order, paginated
 )
 
 # ``step`` is an addition to docs/internals.md: re-running a step replaces its notes.

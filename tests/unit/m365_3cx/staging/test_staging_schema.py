@@ -190,7 +190,8 @@ def _index_names(engine: Engine) -> set[str]:
 def test_an_older_database_gets_the_console_indexes(empty_engine: Engine) -> None:
     """Tables created before the console's indexes existed get them on the next create_schema."""
     create_schema(empty_engine)
-    added = {"ix_sync_plan_object_key", "ix_sync_audit_at", "ix_sync_notes_object_key", "ix_sync_runs_started",
+    added = {"ix_sync_plan_object_key", "ix_sync_audit_at_result", "ix_sync_audit_run_key_id",
+             "ix_sync_notes_object_key", "ix_sync_runs_started",
              "ix_sync_notes_record_label", "ix_sync_notes_run_key_severity"}
     assert added <= _index_names(empty_engine)
     with empty_engine.begin() as conn:

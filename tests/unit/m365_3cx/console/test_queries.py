@@ -1,0 +1,205 @@
+"""Console queries over staging, on PostgreSQL and SQLite, with rows written by the staging repository."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from m365_3cx.console import queries as q
+from m365_3cx.staging import repo
+from m365_3cx.staging.db import make_engine
+from m365_3cx.staging.schema import create_schema, stg_users
+
+NOW = dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    url = f"sqlite:///{tmp_path / 'staging.db'}" if request.param == "sqlite" else request.getfixturevalue(
+        "pg_database")
+    eng = make_engine(url)
+    create_schema(eng)
+    yield eng
+    eng.dispose()
+
+
+def _run(conn, dag_id: str, run_id: str, started: dt.datetime, *, status: str = "success", dry: bool = False,
+         error: str | None = None) -> str:
+    key = f"{dag_id}/{run_id}"
+    repo.start_run(conn, key, dag_id, run_id, "delta", dry, started)
+    if status == "success":
+        repo.finish_run(conn, key, "success", {"apply": {"created": 1}}, started + dt.timedelta(minutes=2))
+    elif status == "failed":
+        repo.record_run_error(conn, key, error or "apply_extensions: boom", started + dt.timedelta(minutes=1))
+    return key
+
+
+def _seed(engine: Engine) -> dict[str, str]:
+    with engine.begin() as conn:
+        repo.upsert(conn, stg_users, [
+            {"user_id": "u1", "user_principal_name": "Ada@Contoso.example", "display_name": "Ada", "row_hash": "h",
+             "first_seen_at": NOW, "updated_at": NOW, "in_scope": True, "deleted": False},
+            {"user_id": "u2", "user_principal_name": "bob@contoso.example", "display_name": "Bob", "row_hash": "h",
+             "first_seen_at": NOW, "updated_at": NOW, "in_scope": True, "deleted": False},
+        ], ["user_id"])
+        repo.assign_numbers(conn, [{"user_id": "u1", "number": "201", "threecx_id": 7},
+                                   {"user_id": "u2", "number": "202", "threecx_id": 8}], NOW)
+        full = _run(conn, "m365_3cx_full_sync", "scheduled__1", NOW - dt.timedelta(hours=30))
+        repo.save_plan(conn, full, [
+            {"action": "create", "object_key": "u1", "number": "201", "changes": {"FirstName": [None, "Ada"]},
+             "reason": "new user", "status": "applied"},
+            {"action": "create", "object_key": "u2", "number": "202", "changes": {"FirstName": [None, "Bob"]},
+             "reason": "new user", "status": "applied"}])
+        repo.save_plan(conn, full + "#contacts", [
+            {"action": "create", "object_type": "contact", "object_key": "k1",
+             "changes": {"FirstName": [None, "Carol"], "LastName": [None, "Contact"]}, "status": "applied"}])
+        repo.add_audit(conn, [
+            {"run_key": full, "at": NOW - dt.timedelta(hours=30), "action": "create", "object_type": "extension",
+             "object_key": "u1", "number": "201", "threecx_id": 7, "field": "FirstName", "before": None,
+             "after": "Ada", "result": "ok", "error": None},
+            {"run_key": full, "at": NOW - dt.timedelta(hours=30), "action": "create", "object_type": "extension",
+             "object_key": "u2", "number": "202", "threecx_id": 8, "field": "FirstName", "before": None,
+             "after": "Bob", "result": "failed", "error": "3cx: 400"}])
+        repo.add_notes(conn, full, [
+            {"object_type": "contact", "object_key": "u1/c1", "record_label": "Ada@Contoso.example",
+             "field": "mobilePhone", "severity": "info", "message": "contact c1 of Ada: has no phone number"},
+            {"object_type": "user", "object_key": "u2", "record_label": "bob@contoso.example", "field": "number",
+             "severity": "error", "message": "user bob: extension 202 is held by an unmanaged extension"},
+            {"object_type": "user", "object_key": "u1", "record_label": "Ada@Contoso.example", "field": "mobile",
+             "severity": "warning", "message": "user Ada: mobilePhone not a number"}], step="transform", now=NOW)
+        hourly = _run(conn, "m365_3cx_hourly", "scheduled__2", NOW - dt.timedelta(minutes=50))
+        repo.save_plan(conn, hourly + "#presence", [
+            {"action": "set_profile", "object_type": "presence", "object_key": "u1", "number": "201",
+             "changes": {"CurrentProfileName": ["Available", "Away"]}, "reason": "calendar: busy",
+             "status": "applied"}])
+        repo.add_audit(conn, [{"run_key": hourly, "at": NOW - dt.timedelta(minutes=49), "action": "set_profile",
+                               "object_type": "presence", "object_key": "u1", "number": "201", "threecx_id": 7,
+                               "field": "CurrentProfileName", "before": "Available", "after": "Away",
+                               "result": "ok", "error": None}])
+        _run(conn, "m365_3cx_delta", "scheduled__3", NOW - dt.timedelta(hours=2), status="failed")
+        dry = _run(conn, "m365_3cx_delta", "manual__4", NOW - dt.timedelta(minutes=10), dry=True)
+        repo.save_plan(conn, dry, [{"action": "update", "object_key": "u1", "number": "201",
+                                    "changes": {"LastName": ["Lovelace", "King"]}, "reason": "fields changed",
+                                    "status": "dry_run"}])
+    return {"full": full, "hourly": hourly, "dry": dry}
+
+
+def test_health_per_feature(engine: Engine) -> None:
+    _seed(engine)
+    with engine.connect() as conn:
+        health = q.health(conn, NOW, {"users": 60, "phonebook": 0, "statuses": 180})
+    users, phonebook, statuses = health["features"]
+    assert users["last_success"]["dag_id"] == "m365_3cx_full_sync"  # the dry delta does not count
+    assert users["stale"] and users["failures_24h"] == 1 and users["last_run"]["dry_run"]
+    assert not phonebook["stale"]  # threshold 0: never stale
+    assert statuses["last_success"]["dag_id"] == "m365_3cx_hourly" and not statuses["stale"]
+    assert 47 * 60 < statuses["age_seconds"] < 49 * 60
+    assert health["writes"]["available"] in (True, False)
+
+
+def test_runs_paginate_and_filter(engine: Engine) -> None:
+    keys = _seed(engine)
+    with engine.connect() as conn:
+        first = q.runs(conn, q.Page(1, 2))
+        second = q.runs(conn, q.Page(2, 2))
+        dry = q.runs(conn, q.Page(1, 10), dry=True)
+        failed = q.runs(conn, q.Page(1, 10), status="failed")
+    assert [r["run_key"] for r in first["items"]] == [keys["dry"], keys["hourly"]] and first["has_next"]
+    assert len(second["items"]) == 2 and not second["has_next"]
+    assert second["items"][1]["planned"] == {"applied": 3}  # extension and phonebook plans together
+    assert [r["run_key"] for r in dry["items"]] == [keys["dry"]]
+    assert [r["dag_id"] for r in failed["items"]] == ["m365_3cx_delta"]
+
+
+def test_change_set_spans_the_three_plans_with_filters(engine: Engine) -> None:
+    keys = _seed(engine)
+    with engine.connect() as conn:
+        every = q.change_set(conn, keys["full"], q.Page())
+        contacts = q.change_set(conn, keys["full"], q.Page(), object_type="contact")
+        by_upn = q.change_set(conn, keys["full"], q.Page(), q="ada@contoso.EXAMPLE")
+        by_number = q.change_set(conn, keys["full"], q.Page(), q="202")
+        writes = q.writes(conn, keys["full"], q.Page(), result="failed")
+        detail = q.run_detail(conn, keys["full"])
+    assert len(every["items"]) == 3
+    assert contacts["items"][0]["label"] == "Carol Contact"
+    assert [c["label"] for c in by_upn["items"]] == ["Ada@Contoso.example"]
+    assert by_upn["items"][0]["fields"] == [{"field": "FirstName", "before": None, "after": "Ada"}]
+    assert [c["object_key"] for c in by_number["items"]] == ["u2"]
+    assert [(w["label"], w["error"]) for w in writes["items"]] == [("bob@contoso.example", "3cx: 400")]
+    assert detail["plan_summary"] == {"extension": {"create": {"applied": 2}}, "contact": {"create": {"applied": 1}}}
+    assert detail["write_results"] == {"ok": 1, "failed": 1}
+    assert detail["note_counts"] == {"info": 1, "error": 1, "warning": 1}
+
+
+def test_user_history_has_every_plan_row_write_and_note(engine: Engine) -> None:
+    keys = _seed(engine)
+    with engine.connect() as conn:
+        assert [u["user_id"] for u in q.find_users(conn, "ADA@contoso.example")] == ["u1"]
+        assert [u["user_id"] for u in q.find_users(conn, "202")] == ["u2"]
+        assert [u["user_id"] for u in q.find_users(conn, "contoso")] == ["u1", "u2"]
+        assert q.find_users(conn, "nobody") == []
+        history = q.user_history(conn, "u1", q.Page())
+    plan = history["plan"]["items"]
+    assert [(p["action"], p["run_key"]) for p in plan] == [
+        ("update", keys["dry"]), ("set_profile", keys["hourly"]), ("create", keys["full"])]
+    assert plan[0]["dry_run"] and plan[1]["started_at"] is not None  # the #presence plan found its run
+    assert [(w["action"], w["after"]) for w in history["writes"]["items"]] == [("set_profile", "Away"),
+                                                                               ("create", "Ada")]
+    assert {n["kind"] for n in history["notes"]["items"]} == {"user", "contact"}  # incl. notes on her contacts
+    assert history["extension"]["number"] == "201"
+
+
+def test_notes_most_severe_first_with_counts_and_filters(engine: Engine) -> None:
+    keys = _seed(engine)
+    with engine.connect() as conn:
+        latest = q.notes(conn, q.Page())  # the latest run of each DAG
+        full = q.notes(conn, q.Page(), run_key=keys["full"])
+        info = q.notes(conn, q.Page(), run_key=keys["full"], severity="info")
+        users = q.notes(conn, q.Page(), run_key=keys["full"], kind="user", q="UNMANAGED")
+    assert len(latest["items"]) == 3 and set(latest["run_keys"]) == {keys["full"], keys["hourly"], keys["dry"]}
+    assert [n["severity"] for n in full["items"]] == ["error", "warning", "info"]
+    assert full["counts"] == {"error": {"user": 1}, "warning": {"user": 1}, "info": {"contact": 1}}
+    assert [n["object_key"] for n in info["items"]] == ["u1/c1"]
+    assert [n["object_key"] for n in users["items"]] == ["u2"]
+
+
+def test_pending_plan_is_the_latest_dry_run(engine: Engine) -> None:
+    keys = _seed(engine)
+    with engine.connect() as conn:
+        pending = q.pending_plan(conn, q.Page())
+    assert pending["run"]["run_key"] == keys["dry"] and pending["superseded_by"] is None
+    assert [c["fields"] for c in pending["changes"]["items"]] == [[{"field": "LastName", "before": "Lovelace",
+                                                                     "after": "King"}]]
+
+
+def test_changes_per_day_lists_every_day(engine: Engine) -> None:
+    _seed(engine)
+    with engine.connect() as conn:
+        days = q.changes_per_day(conn, NOW, days=3)
+    assert [d["day"] for d in days] == ["2026-11-30", "2026-12-01", "2026-12-02"]
+    assert days[1] == {"day": "2026-12-01", "ok": 1, "failed": 1, "other": 0}
+    assert days[2]["ok"] == 1 and days[0]["ok"] == 0
+
+
+def test_page_of_untrusted_parameters() -> None:
+    assert q.Page.of("x", "9999") == q.Page(1, 500) and q.Page.of("3", "0") == q.Page(3, 1)
+
+
+def test_changes_per_day_counts_complete_days_once(engine: Engine) -> None:
+    _seed(engine)
+    cache: dict[str, dict[str, int]] = {}
+    with engine.connect() as conn:
+        first = q.changes_per_day(conn, NOW, days=3, cache=cache)
+    assert set(cache) == {"2026-11-30", "2026-12-01"}  # today is always counted afresh
+    cache["2026-12-01"] = {"ok": 99, "failed": 0, "other": 0}  # a cached day is not read again
+    with engine.connect() as conn:
+        second = q.changes_per_day(conn, NOW, days=3, cache=cache)
+    assert second[1]["ok"] == 99 and second[2] == first[2]
+    with engine.connect() as conn:
+        later = q.changes_per_day(conn, NOW + dt.timedelta(days=1), days=3, cache=cache)
+    assert [d["day"] for d in later] == ["2026-12-01", "2026-12-02", "2026-12-03"] and "2026-11-30" not in cache
+    assert later[1]["ok"] == 1  # yesterday's count came from the database once it was complete

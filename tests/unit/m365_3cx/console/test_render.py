@@ -1,0 +1,71 @@
+"""Console presentation helpers and templates: readable numbers, safe HTML, Airflow links, the chart."""
+
+from __future__ import annotations
+
+from m365_3cx.console.render import (
+    age,
+    airflow_run_url,
+    airflow_task_url,
+    chart,
+    counts_text,
+    failed_task,
+    num,
+    render,
+    value_text,
+    when,
+)
+
+
+def test_numbers_and_durations_read_like_words() -> None:
+    assert num(1234567) == "1,234,567" and num(None) == "\u2013" and num(True) == "yes" and num(2.5) == "2.50"
+    assert [age(s) for s in (None, 5, 125, 3 * 3600 + 300, 2 * 86400 + 4 * 3600)] == [
+        "never", "5 s", "2 min", "3 h 05 min", "2 d 4 h"]
+    assert when("2026-12-02T01:30:05+00:00") == "2026-12-02 01:30:05 UTC" and when(None) == "\u2013"
+    assert value_text(None) == "(empty)" and value_text(False) == "no" and value_text(["a", "b"]) == "a, b"
+    assert value_text({"busy": "Away"}) == "busy: Away"
+
+
+def test_counts_are_sentences_without_zeros_or_json() -> None:
+    counts = {"extract": {"pages": 2, "inserted": 1200, "updated": 0}, "apply": {"created": 3, "failed": 0},
+              "mode": "full", "dry_run": False}
+    text = dict(counts_text(counts))
+    assert text["extract"] == "2 pages · 1,200 inserted"
+    assert text["apply"] == "3 created"
+    assert text["mode"] == "mode full"
+    assert "dry run" not in text and "{" not in "".join(text.values())
+
+
+def test_airflow_links_encode_run_ids() -> None:
+    run_id = "manual__2026-12-02T01:00:00+00:00"
+    url = airflow_run_url("", "m365_3cx_delta", run_id)
+    assert url == "/dags/m365_3cx_delta/runs/manual__2026-12-02T01%3A00%3A00%2B00%3A00"
+    assert airflow_task_url("/airflow/", "d", "r", "contacts.apply_phonebook") == (
+        "/airflow/dags/d/runs/r/tasks/contacts.apply_phonebook")
+    assert failed_task("apply_extensions: guard stopped: 12 removals") == "apply_extensions"
+    assert failed_task("invalid settings (4 problems):") is None and failed_task(None) is None
+
+
+def test_chart_stacks_results_and_scales_to_the_busiest_day() -> None:
+    days = [{"day": "2026-12-01", "ok": 10, "failed": 0, "other": 0},
+            {"day": "2026-12-02", "ok": 5, "failed": 5, "other": 0},
+            {"day": "2026-12-03", "ok": 0, "failed": 0, "other": 0}]
+    geometry = chart(days, width=300, height=130)
+    assert geometry["top"] == 10 and geometry["total"] == 20
+    first, second, third = geometry["bars"]
+    assert [s["kind"] for s in first["segments"]] == ["ok"] and first["segments"][0]["h"] == 100.0
+    assert [s["kind"] for s in second["segments"]] == ["ok", "failed"]
+    assert sum(s["h"] for s in second["segments"]) == 100.0 and third["segments"] == []
+    assert "5 failed" in second["title"]
+
+
+def test_pages_escape_what_they_show() -> None:
+    result = {"items": [{"id": 1, "run_key": "k", "step": "transform", "at": None, "kind": "contact",
+                         "object_key": "u/c", "label": "<b>x</b>", "field": "displayName", "severity": "info",
+                         "message": "<script>alert(1)</script>"}],
+              "page": 1, "size": 50, "has_next": True, "counts": {"info": {"contact": 1}}, "run_keys": ["k"]}
+    html = render("notes.html", title="Notes", nav="notes", base="/m365-3cx", ui="", params={"severity": "info"},
+                  refresh_seconds=60, health=None, result=result, kinds=["user", "contact"])
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
+    assert "&lt;b&gt;x&lt;/b&gt;" in html
+    assert "?severity=info&amp;page=2" in html  # the pager keeps the filters
+    assert "1 info" in html
