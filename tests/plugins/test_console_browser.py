@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -272,7 +273,7 @@ def test_note_filter(browser_page: Any, api_server: dict[str, Any], staging: dic
             "SELECT severity, count(*) FROM sync_notes n JOIN sync_runs r ON r.run_key = n.run_key "
             "WHERE r.dag_id = 'm365_3cx_full_sync' GROUP BY severity")).all())
     assert by_severity.get("info"), by_severity  # contacts without a phone number
-    page = _console(browser_page, api_server, "notes?run=" + _full_run_key(staging), "06-notes")
+    page = _console(browser_page, api_server, "notes?run=" + quote(_full_run_key(staging), safe=""), "06-notes")
     assert f"{by_severity['info']:,} info" in page.inner_text("#note-counts")
     page.select_option("#note-filters select[name=severity]", "info")
     page.click("#note-filters button")
@@ -319,3 +320,24 @@ def test_json_api_serves_the_same_data(api_server: dict[str, Any], staging: dict
     assert user["history"]["user"]["upn"] == staging["member"]["userPrincipalName"]
     plan = session.get(f"{api_server['base']}/m365-3cx/api/plan", timeout=30).json()
     assert plan["pending"]["run"]["dry_run"] is True and plan["pending"]["changes"]["items"]
+
+
+def test_not_live_banner_while_writes_are_off(browser_page: Any, api_server: dict[str, Any],
+                                              staging: dict[str, Any]) -> None:
+    """With the go-live switch off every page says NOT LIVE (and with it on, none does)."""
+    import datetime as dt
+
+    try:
+        from m365_3cx.staging import control  # type: ignore[attr-defined]
+    except ImportError:
+        pytest.skip("this version of the sync has no go-live switch")
+    page = _console(browser_page, api_server, "", "10-live")
+    assert page.locator("#not-live").count() == 0
+    with staging["engine"].begin() as conn:
+        control.set_writes_enabled(conn, False, changed_by="console test", now=dt.datetime.now(dt.UTC))
+    try:
+        page = _console(browser_page, api_server, "runs", "11-not-live")
+        assert "NOT LIVE — writes are off" in page.inner_text("#not-live")
+    finally:
+        with staging["engine"].begin() as conn:
+            control.set_writes_enabled(conn, True, changed_by="console test", now=dt.datetime.now(dt.UTC))
