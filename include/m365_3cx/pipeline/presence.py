@@ -80,7 +80,7 @@ def extract_calendars(
     :raises GraphError: a non per-user Graph failure.
     """
     from m365_3cx.graph.calendar import CalendarWindow, read_calendars
-    from m365_3cx.transform.notes import Note, note_rows
+    from m365_3cx.transform.notes import INFO, WARNING, Note, note_rows
 
     presence = settings.presence
     window = CalendarWindow.around(now, presence.window_days_back, presence.window_days_ahead)
@@ -102,7 +102,10 @@ def extract_calendars(
             if not calendar.mailbox or calendar.problem is not None:
                 clear.append(resource)
                 message = calendar.problem or "no Exchange Online mailbox (MailboxNotEnabledForRESTAPI); skipped"
-                notes.append(Note("presence", calendar.user_id, calendar.user_id, "calendar", "warning",
+                # No mailbox: nothing to fix (no calendar to follow). A calendar that could not be read
+                # (e.g. outside the app's Exchange RBAC scope) is worth a look.
+                severity = WARNING if calendar.problem else INFO
+                notes.append(Note("presence", calendar.user_id, calendar.user_id, "calendar", severity,
                                   f"user {calendar.user_id}: {message}"))
             elif calendar.delta_link:
                 save[resource] = calendar.delta_link
