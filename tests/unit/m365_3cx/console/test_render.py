@@ -69,3 +69,24 @@ def test_pages_escape_what_they_show() -> None:
     assert "&lt;b&gt;x&lt;/b&gt;" in html
     assert "?severity=info&amp;page=2" in html  # the pager keeps the filters
     assert "1 info" in html
+
+
+def test_header_says_not_live_while_writes_are_off_and_lists_running_runs() -> None:
+    def page(enabled: bool, available: bool = True) -> str:
+        health = {"writes": {"available": available, "enabled": enabled, "changed_at": "2026-12-02T01:00:00+00:00",
+                             "changed_by": "admin"},
+                  "features": [{"name": "users", "label": "Users", "stale": True, "age_seconds": 7200,
+                                "last_success_at": "2026-12-02T00:00:00+00:00", "stale_after_minutes": 90,
+                                "last_success": None, "failures_24h": 2, "last_run": None}],
+                  "running": [{"run_key": "d/r", "dag_id": "d", "started_at": "2026-12-02T01:00:00+00:00",
+                               "dry_run": True}]}
+        return render("approvals.html", title="t", nav="approvals", base="/m365-3cx", ui="", params={},
+                      refresh_seconds=60, health=health,
+                      result={"available": False, "items": [], "page": 1, "size": 50, "has_next": False})
+
+    off = page(False)
+    assert "NOT LIVE" in off and 'id="live"' not in off
+    on = page(True)
+    assert "NOT LIVE" not in on and "switched on by admin" in on
+    assert "NOT LIVE" not in page(True, available=False)  # no switch in this install: nothing to say
+    assert "no successful sync for 2 h 00 min" in on and "Running now" in on and "(dry)" in on
