@@ -558,7 +558,7 @@ def _user_dict(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def trace(conn: Connection, page: Page, *, user_id: str | None = None, upn: str | None = None,
           run_key: str | None = None) -> dict[str, Any]:
-    """Provision-on-demand step trace rows (``sync_trace``) of a user or a run, newest first.
+    """Provision-on-demand step trace rows (``sync_trace``) of a user (newest run first) or of a run.
 
     :returns: a page plus ``available`` (false while the schema has no trace table).
     """
@@ -570,12 +570,14 @@ def trace(conn: Connection, page: Page, *, user_id: str | None = None, upn: str 
         conditions.append(table.c.user_id == user_id)
     if upn:
         conditions.append(table.c.upn == upn)
-    query = sa.select(table)
+    query = sa.select(table).select_from(table.outerjoin(sync_runs, sync_runs.c.run_key == table.c.run_key))
     if conditions:
         query = query.where(sa.or_(*conditions))
-    if run_key:
-        query = query.where(table.c.run_key == run_key)
-    rows = conn.execute(page.apply(query.order_by(table.c.at.desc(), table.c.seq))).mappings().all()
+    if run_key:  # one run: user by user, each in step order
+        query = query.where(table.c.run_key == run_key).order_by(table.c.upn, table.c.seq, table.c.id)
+    else:  # one user: newest run first, each in step order
+        query = query.order_by(sync_runs.c.started_at.desc(), table.c.run_key, table.c.seq, table.c.id)
+    rows = conn.execute(page.apply(query)).mappings().all()
     result = page.wrap([{k: (_iso(v) if isinstance(v, dt.datetime) else v) for k, v in r.items()} for r in rows])
     return {**result, "available": True}
 

@@ -203,3 +203,28 @@ def test_changes_per_day_counts_complete_days_once(engine: Engine) -> None:
         later = q.changes_per_day(conn, NOW + dt.timedelta(days=1), days=3, cache=cache)
     assert [d["day"] for d in later] == ["2026-12-01", "2026-12-02", "2026-12-03"] and "2026-11-30" not in cache
     assert later[1]["ok"] == 1  # yesterday's count came from the database once it was complete
+
+
+def test_on_demand_trace_per_user_and_per_run(engine: Engine) -> None:
+    from m365_3cx.staging import trace as strace
+
+    keys = _seed(engine)
+    older = keys["full"]
+    newer = keys["dry"]
+    with engine.begin() as conn:
+        for key, when in ((older, NOW - dt.timedelta(hours=30)), (newer, NOW - dt.timedelta(minutes=10))):
+            for step in ("plan", "resolve"):  # written out of order: the console shows step order
+                entries = [{"user_id": "u1", "upn": "Ada@Contoso.example", "outcome": "ok", "detail": {"n": 1}}]
+                if step == "resolve" and key == newer:
+                    entries.append({"user_id": None, "upn": "ghost@contoso.example", "outcome": "unknown",
+                                    "detail": None})
+                strace.replace_trace(conn, key, step, strace.trace_rows(key, step, entries, when))
+    with engine.connect() as conn:
+        by_user = q.trace(conn, q.Page(), user_id="u1")
+        by_run = q.trace(conn, q.Page(), run_key=newer)
+        unknown = q.trace(conn, q.Page(), upn="ghost@contoso.example")
+    assert [(t["run_key"], t["step"]) for t in by_user["items"]] == [
+        (newer, "resolve"), (newer, "plan"), (older, "resolve"), (older, "plan")]
+    assert [(t["upn"], t["step"]) for t in by_run["items"]] == [
+        ("Ada@Contoso.example", "resolve"), ("Ada@Contoso.example", "plan"), ("ghost@contoso.example", "resolve")]
+    assert [t["outcome"] for t in unknown["items"]] == ["unknown"]
