@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 from m365_3cx.staging import schema
 from m365_3cx.staging.schema import (
     extension_map,
+    phonebook_map,
     presence_state,
     stg_users,
     sync_audit,
@@ -341,6 +342,14 @@ def change_set(conn: Connection, run_key: str, page: Page, *, object_type: str |
     result = page.wrap(rows)
     upns = _upn_lookup(conn, [r["object_key"] for r in result["items"] if r["object_type"] in USER_OBJECT_TYPES])
     result["items"] = [_plan_item(r, upns) for r in result["items"]]
+    nameless = [i["object_key"] for i in result["items"] if i["object_type"] == "contact" and not i["label"]]
+    if nameless:  # e.g. a delete carries no fields: name it as 3CX last showed it
+        current = dict(conn.execute(sa.select(phonebook_map.c.contact_key, phonebook_map.c.current)
+                                    .where(phonebook_map.c.contact_key.in_(nameless))).all())
+        for item in result["items"]:
+            if item["object_key"] in current and not item["label"]:
+                shown = current[item["object_key"]] or {}
+                item["label"] = _contact_label({k: [v, None] for k, v in shown.items()})
     return result
 
 

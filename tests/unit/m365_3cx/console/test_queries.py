@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from m365_3cx.console import queries as q
 from m365_3cx.staging import repo
 from m365_3cx.staging.db import make_engine
-from m365_3cx.staging.schema import create_schema, stg_users
+from m365_3cx.staging.schema import create_schema, phonebook_map, stg_users
 
 NOW = dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.UTC)
 
@@ -56,7 +56,12 @@ def _seed(engine: Engine) -> dict[str, str]:
              "reason": "new user", "status": "applied"}])
         repo.save_plan(conn, full + "#contacts", [
             {"action": "create", "object_type": "contact", "object_key": "k1",
-             "changes": {"FirstName": [None, "Carol"], "LastName": [None, "Contact"]}, "status": "applied"}])
+             "changes": {"FirstName": [None, "Carol"], "LastName": [None, "Contact"]}, "status": "applied"},
+            {"action": "delete", "object_type": "contact", "object_key": "k2", "status": "applied"}])
+        repo.upsert(conn, phonebook_map, [{"contact_key": "k2", "tag": "m365-sync:k2", "threecx_id": 5,
+                                           "status": "active", "present": True, "created_at": NOW,
+                                           "updated_at": NOW, "current": {"CompanyName": "Gone Ltd"}}],
+                    ["contact_key"])
         repo.add_audit(conn, [
             {"run_key": full, "at": NOW - dt.timedelta(hours=30), "action": "create", "object_type": "extension",
              "object_key": "u1", "number": "201", "threecx_id": 7, "field": "FirstName", "before": None,
@@ -110,7 +115,7 @@ def test_runs_paginate_and_filter(engine: Engine) -> None:
         failed = q.runs(conn, q.Page(1, 10), status="failed")
     assert [r["run_key"] for r in first["items"]] == [keys["dry"], keys["hourly"]] and first["has_next"]
     assert len(second["items"]) == 2 and not second["has_next"]
-    assert second["items"][1]["planned"] == {"applied": 3}  # extension and phonebook plans together
+    assert second["items"][1]["planned"] == {"applied": 4}  # extension and phonebook plans together
     assert [r["run_key"] for r in dry["items"]] == [keys["dry"]]
     assert [r["dag_id"] for r in failed["items"]] == ["m365_3cx_delta"]
 
@@ -124,13 +129,14 @@ def test_change_set_spans_the_three_plans_with_filters(engine: Engine) -> None:
         by_number = q.change_set(conn, keys["full"], q.Page(), q="202")
         writes = q.writes(conn, keys["full"], q.Page(), result="failed")
         detail = q.run_detail(conn, keys["full"])
-    assert len(every["items"]) == 3
-    assert contacts["items"][0]["label"] == "Carol Contact"
+    assert len(every["items"]) == 4
+    assert [c["label"] for c in contacts["items"]] == ["Carol Contact", "Gone Ltd"]
     assert [c["label"] for c in by_upn["items"]] == ["Ada@Contoso.example"]
     assert by_upn["items"][0]["fields"] == [{"field": "FirstName", "before": None, "after": "Ada"}]
     assert [c["object_key"] for c in by_number["items"]] == ["u2"]
     assert [(w["label"], w["error"]) for w in writes["items"]] == [("bob@contoso.example", "3cx: 400")]
-    assert detail["plan_summary"] == {"extension": {"create": {"applied": 2}}, "contact": {"create": {"applied": 1}}}
+    assert detail["plan_summary"] == {"extension": {"create": {"applied": 2}},
+                                      "contact": {"create": {"applied": 1}, "delete": {"applied": 1}}}
     assert detail["write_results"] == {"ok": 1, "failed": 1}
     assert detail["note_counts"] == {"info": 1, "error": 1, "warning": 1}
 
