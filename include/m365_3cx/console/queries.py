@@ -180,6 +180,8 @@ def health(conn: Connection, now: dt.datetime, stale_minutes: Mapping[str, int] 
     """
     thresholds = dict(stale_minutes or {})
     since = now - dt.timedelta(hours=24)
+    switch = writes_switch(conn)
+    not_live = switch["available"] and not switch["enabled"]
     features = []
     for feature in FEATURES:
         in_feature = sync_runs.c.dag_id.in_(feature.dag_ids)
@@ -195,21 +197,30 @@ def health(conn: Connection, now: dt.datetime, stale_minutes: Mapping[str, int] 
             sa.select(sa.func.count()).select_from(sync_runs)
             .where(in_feature, sync_runs.c.status == "failed", sync_runs.c.started_at >= since)
         ).scalar_one()
+        last_dry = conn.execute(
+            sa.select(*_run_columns()).where(in_feature, sync_runs.c.status == "success",
+                                             sync_runs.c.dry_run.is_(True))
+            .order_by(sync_runs.c.started_at.desc()).limit(1)
+        ).mappings().first()
         limit = int(thresholds.get(feature.name, feature.default_stale_minutes))
         at = (last_ok["finished_at"] or last_ok["started_at"]) if last_ok else None
         age = (now - at).total_seconds() if at is not None else None
-        stale = limit > 0 and (age is None or age > limit * 60)
+        # Not live yet: every run is dry and nothing is expected to be in sync; NOT LIVE says it all.
+        stale = not not_live and limit > 0 and (age is None or age > limit * 60)
+        dry_at = (last_dry["finished_at"] or last_dry["started_at"]) if last_dry else None
         features.append({
             "name": feature.name, "label": feature.label, "dag_ids": list(feature.dag_ids),
             "last_success": _run_dict(last_ok) if last_ok else None,
             "last_success_at": _iso(at), "age_seconds": age, "stale_after_minutes": limit, "stale": stale,
             "failures_24h": failures, "last_run": _run_dict(last) if last else None,
+            "last_dry_run": _run_dict(last_dry) if last_dry else None, "last_dry_run_at": _iso(dry_at),
+            "dry_age_seconds": (now - dry_at).total_seconds() if dry_at is not None else None,
         })
     running = conn.execute(
         sa.select(*_run_columns()).where(sync_runs.c.status == "running")
         .order_by(sync_runs.c.started_at.desc()).limit(10)
     ).mappings().all()
-    return {"now": _iso(now), "writes": writes_switch(conn), "features": features,
+    return {"now": _iso(now), "writes": switch, "features": features,
             "running": [_run_dict(r) for r in running]}
 
 

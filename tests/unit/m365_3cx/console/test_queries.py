@@ -234,3 +234,26 @@ def test_on_demand_trace_per_user_and_per_run(engine: Engine) -> None:
     assert [(t["upn"], t["step"]) for t in by_run["items"]] == [
         ("Ada@Contoso.example", "resolve"), ("Ada@Contoso.example", "plan"), ("ghost@contoso.example", "resolve")]
     assert [t["outcome"] for t in unknown["items"]] == ["unknown"]
+
+
+def test_not_live_means_no_stale_banner_but_the_last_dry_run(engine: Engine) -> None:
+    """Before go-live every run is dry: the header shows the last dry run instead of a staleness alarm."""
+    if "sync_control" not in q.schema.metadata.tables:
+        pytest.skip("this version of the sync has no go-live switch")
+    from m365_3cx.staging import control
+
+    keys = _seed(engine)
+    with engine.connect() as conn:
+        fresh = q.health(conn, NOW, {"users": 60})  # a fresh install: no switch row, not live
+    assert not fresh["writes"]["enabled"] and not fresh["features"][0]["stale"]
+    with engine.begin() as conn:
+        control.set_writes_enabled(conn, True, changed_by="ops", now=NOW)
+    with engine.connect() as conn:
+        live = q.health(conn, NOW, {"users": 60})
+    users = live["features"][0]
+    assert live["writes"]["enabled"] and users["stale"] and users["last_dry_run"]["run_key"] == keys["dry"]
+    with engine.begin() as conn:
+        control.set_writes_enabled(conn, False, changed_by="ops", now=NOW)
+    with engine.connect() as conn:
+        off = q.health(conn, NOW, {"users": 60})
+    assert not off["writes"]["enabled"] and not off["features"][0]["stale"]
