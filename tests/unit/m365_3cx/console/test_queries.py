@@ -39,7 +39,12 @@ def _run(conn, dag_id: str, run_id: str, started: dt.datetime, *, status: str = 
 
 
 def _seed(engine: Engine) -> dict[str, str]:
+    """A live install (writes switched on, when this version has the switch) with a few runs."""
     with engine.begin() as conn:
+        if "sync_control" in q.schema.metadata.tables:
+            from m365_3cx.staging import control
+
+            control.set_writes_enabled(conn, True, changed_by="ops", now=NOW - dt.timedelta(days=3))
         repo.upsert(conn, stg_users, [
             {"user_id": "u1", "user_principal_name": "Ada@Contoso.example", "display_name": "Ada", "row_hash": "h",
              "first_seen_at": NOW, "updated_at": NOW, "in_scope": True, "deleted": False},
@@ -243,6 +248,8 @@ def test_not_live_means_no_stale_banner_but_the_last_dry_run(engine: Engine) -> 
     from m365_3cx.staging import control
 
     keys = _seed(engine)
+    with engine.begin() as conn:
+        conn.execute(q.schema.metadata.tables["sync_control"].delete())
     with engine.connect() as conn:
         fresh = q.health(conn, NOW, {"users": 60})  # a fresh install: no switch row, not live
     assert not fresh["writes"]["enabled"] and not fresh["features"][0]["stale"]
