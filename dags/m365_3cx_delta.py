@@ -9,7 +9,8 @@ Every few minutes (`M365_3CX_DELTA_MINUTES`, default 5, down to 1):
 * **contacts** — per-mailbox contact delta links, sharded across workers, then the
   company phonebook plan and apply;
 * **presence** — calendar delta for the window, then the 3CX status due *now* for
-  every user (never a status from the past).
+  every user (never a status from the past). It follows the users' 3CX steps, so a user
+  whose extension this run created gets their status in the same run.
 
 Trigger form: `dry_run`, `full_resync` (ignore delta links), `only_users`,
 `allow_mass_removal`.
@@ -101,9 +102,11 @@ def m365_3cx_delta() -> None:
 
     extracted >> contacts_sync(MODE) >> finished
 
-    presence = presence_apply()
-    extracted >> presence_refresh(MODE) >> presence >> finished
-    apply_extensions >> presence  # statuses of users whose extension this run created
+    # The calendar shards are planned after apply_extensions, so the users whose extension this
+    # run created are read (and get their status) in this run, not one delta run later.
+    refresh = presence_refresh(MODE)
+    extracted >> refresh >> presence_apply() >> finished
+    apply_extensions >> refresh
 
 
 m365_3cx_delta()

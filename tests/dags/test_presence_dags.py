@@ -196,3 +196,24 @@ def test_automatic_replies_reach_3cx_within_one_delta_run(env: dict[str, Any]) -
     env["graph"].admin("PUT", f"users/{user['id']}/automaticReplies", json={"status": "disabled"})
     assert_success(run_dag("m365_3cx_delta"))
     assert profile(env, user) == "Available"
+
+
+def test_user_created_in_a_delta_run_gets_their_status_in_that_run(env: dict[str, Any]) -> None:
+    """Issue 9 #5: the calendar extract of a delta run covers users whose extension that run created."""
+    assert_success(run_dag("m365_3cx_delta"))  # anchors the users and calendar delta links
+    created = env["graph"].admin("POST", "users", json={
+        "userPrincipalName": "newcomer@contoso.example", "displayName": "New Comer", "givenName": "New",
+        "surname": "Comer", "mail": "newcomer@contoso.example", "usageLocation": "US",
+    })
+    assert created.status_code == 201, created.text
+    newcomer = created.json()
+    meeting(env, newcomer, dt.datetime.now(dt.UTC) - dt.timedelta(minutes=2), 60)
+
+    assert_success(run_dag("m365_3cx_delta"))
+    assert profile(env, newcomer) == "Away"  # in the run that created the extension, not one run later
+    with env["engine"].connect() as conn:
+        run_key = conn.execute(sa.text(
+            "SELECT run_key FROM sync_runs WHERE dag_id = 'm365_3cx_delta' ORDER BY started_at DESC LIMIT 1"
+        )).scalar_one()
+    assert [(a["run_key"], a["before"], a["after"]) for a in presence_audit(env)
+            if a["object_key"] == newcomer["id"]] == [(run_key, "Available", "Away")]
