@@ -29,10 +29,11 @@ from m365_3cx.errors import (
 )
 from m365_3cx.graph.batch import BatchRequest, classify_item, execute_batch, relative_url
 from m365_3cx.pipeline.outcomes import load_changes, record_outcomes
+from m365_3cx.pipeline.users import SANITIZE_STEP
+from m365_3cx.staging import boundary, repo
 from m365_3cx.staging import contacts as crepo
-from m365_3cx.staging import repo
 from m365_3cx.staging.state import DeltaStateStore
-from m365_3cx.transform.notes import ERROR, INFO, Note, note_rows, user_note
+from m365_3cx.transform.notes import ERROR, INFO, WARNING, Note, note_rows, user_note
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -83,7 +84,7 @@ class _Stream:
 class _Totals:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("users", "streams", "page_rounds", "pages", "inserted", "updated", "unchanged", "deleted", "excluded",
-         "expired", "skipped_users", "failed_users", "gone"), 0))
+         "expired", "skipped_users", "failed_users", "gone", "cleaned"), 0))
     notes: list[Note] = field(default_factory=list)
 
 
@@ -290,6 +291,51 @@ def _page_rounds(engine: Engine, graph: GraphClient, settings: Settings, store: 
     raise GraphFatalError("contacts delta paging did not end", code="PaginationLoop")
 
 
+def _clean_contacts(raw: list[Mapping[str, Any]], stream: _Stream,
+                    exclude: str | None) -> tuple[list[dict[str, Any]], list[Note], list[str]]:
+    """Pass a page of contacts through the sanitising boundary (:mod:`m365_3cx.staging.boundary`).
+
+    Category matching sees the clean values (``Pri\u200bvate`` is ``Private``); contacts that carry
+    the exclusion category get no note (nothing about them is kept).
+
+    :return: clean items (refused ones left out), notes naming owner, contact and property, and
+        the note keys (``<owner>/<contact>``) of every contact of the page.
+    """
+    from m365_3cx.transform.phonebook import contact_note
+
+    items: list[dict[str, Any]] = []
+    notes: list[Note] = []
+    keys: list[str] = []
+    for item in raw:
+        result = boundary.clean_contact_item(item)
+        shown = boundary.printable_key(item.get("id"))
+        keys.append(f"{stream.user_id}/{shown}"[:256])
+        if result.item is not None:
+            items.append(result.item)
+            if "@removed" in result.item or _has_category(result.item, exclude):
+                continue
+        for finding in result.findings:
+            notes.append(contact_note(stream.user_id, shown, stream.upn, finding.field,
+                                      f"{finding.field}: {finding.message}", ERROR if finding.rejected else WARNING))
+    return items, notes, keys
+
+
+def stage_contacts_page(conn: Any, owner: Mapping[str, Any], folder_id: str | None, body: Mapping[str, Any],
+                        exclude: str | None, run_key: str, now: datetime) -> dict[str, int]:
+    """Stage one page of one contact stream in the caller's transaction (what a page round does per stream).
+
+    :param owner: ``{"user_id", "user_principal_name"}`` of the mailbox.
+    :param body: the page as Graph returns it (``value`` list).
+    :return: the page's counts (inserted, updated, unchanged, deleted, excluded, cleaned).
+    """
+    totals = _Totals()
+    stream = _Stream(str(owner["user_id"]), str(owner.get("user_principal_name") or owner["user_id"]), folder_id)
+    page = _RoundPage()
+    page.take(stream, body, exclude, totals)
+    page.stage(conn, DeltaStateStore(), totals, run_key, now)
+    return totals.counts
+
+
 @dataclass
 class _RoundPage:
     """What one ``$batch`` round returned for all its streams, staged together."""
@@ -299,10 +345,16 @@ class _RoundPage:
     excluded: dict[str, list[str]] = field(default_factory=dict)
     finished_full: list[tuple[str, str | None, set[str]]] = field(default_factory=list)
     links: dict[str, str] = field(default_factory=dict)
+    notes: list[Note] = field(default_factory=list)
+    note_keys: list[str] = field(default_factory=list)
 
     def take(self, stream: _Stream, body: Mapping[str, Any], exclude: str | None, totals: _Totals) -> None:
-        items = [i for i in body.get("value") or [] if isinstance(i, Mapping) and i.get("id")]
+        raw = [i for i in body.get("value") or [] if isinstance(i, Mapping) and i.get("id")]
         totals.counts["pages"] += 1
+        items, notes, keys = _clean_contacts(raw, stream, exclude)
+        self.notes.extend(notes)
+        self.note_keys.extend(keys)
+        totals.counts["cleaned"] += len(notes)
         removed = [str(i["id"]) for i in items if "@removed" in i]
         excluded = [str(i["id"]) for i in items if "@removed" not in i and _has_category(i, exclude)]
         rows = [crepo.contact_row_from_graph(i, stream.user_id, stream.folder_id) for i in items
@@ -316,6 +368,9 @@ class _RoundPage:
 
     def stage(self, conn: Any, store: DeltaStateStore, totals: _Totals, run_key: str, now: datetime) -> None:
         merged = crepo.merge_contacts(conn, self.rows, run_key, now)
+        if self.note_keys:
+            repo.add_record_notes(conn, run_key, note_rows(self.notes, run_key, now), step=SANITIZE_STEP,
+                                  object_type="contact", object_keys=self.note_keys, now=now)
         totals.counts["inserted"] += merged.inserted
         totals.counts["updated"] += merged.updated
         totals.counts["unchanged"] += merged.unchanged
@@ -573,6 +628,7 @@ __all__ = [
     "plan_phonebook",
     "shard_label",
     "snapshot_phonebook",
+    "stage_contacts_page",
     "transform_phonebook",
 ]
 

@@ -113,6 +113,10 @@ def extract_calendars(
                 clear.append(resource)
         with engine.begin() as conn:
             staged = stage.stage_calendars(conn, calendars, run_key, now)
+            findings = [(uid, event_id, finding) for uid, counts in staged.items()
+                        for event_id, finding in counts.findings]
+            if findings:
+                _save_event_notes(conn, findings, run_key, now)
             if save:
                 store.save_many(conn, save, run_key, now=now)
             store.clear_many(conn, clear)
@@ -136,6 +140,20 @@ def extract_calendars(
     counts.update(totals)
     counts["shard"] = shard["shard"]
     return counts
+
+
+def _save_event_notes(conn: Any, findings: list[tuple[str, str, Any]], run_key: str, now: datetime) -> None:
+    """Notes of the staging boundary about events (in the transaction of their rows), replaced per event."""
+    from m365_3cx.pipeline.users import SANITIZE_STEP
+    from m365_3cx.transform.notes import ERROR, WARNING, Note, note_rows
+
+    notes = [Note("event", f"{user_id}/{event_id}"[:256], user_id, finding.field,
+                  ERROR if finding.rejected else WARNING,
+                  f"event {event_id} of user {user_id}: {finding.field}: {finding.message}")
+             for user_id, event_id, finding in findings]
+    log.warning("presence: %d event values cleaned or refused at the staging boundary (see sync_notes)", len(notes))
+    repo.add_record_notes(conn, run_key, note_rows(notes, run_key, now), step=SANITIZE_STEP, object_type="event",
+                          object_keys={n.object_key for n in notes}, now=now)
 
 
 def _event_spans(rows: list[dict[str, Any]]) -> list[Any]:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from m365_3cx.errors import DeltaTokenExpiredError, GraphFatalError
 from m365_3cx.pipeline.outcomes import load_changes, record_outcomes
-from m365_3cx.staging import repo
+from m365_3cx.staging import boundary, repo
 from m365_3cx.staging.schema import cur_extensions, extension_map, stg_users, sync_runs
 from m365_3cx.staging.state import DeltaStateStore
 
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 USERS_RESOURCE = "users"
+#: ``sync_notes.step`` of the sanitising boundary's notes (all extracts; replaced per record).
+SANITIZE_STEP = "sanitize"
 #: DAGs whose successful runs applied the users plan (the hourly presence DAG does not).
 USER_SYNC_DAGS = ("m365_3cx_full_sync", "m365_3cx_delta")
 
@@ -125,10 +127,12 @@ def _extract_full(
     totals = {"mode": "full", "pages": 0, "inserted": 0, "updated": 0, "unchanged": 0, "deleted": 0}
     seen: set[str] = set()
     for items in graph.list_users(select=repo.GRAPH_USER_SELECT):
-        rows = [repo.user_row_from_graph(item) for item in items]
+        clean, notes, keys = clean_users(items)
+        rows = [repo.user_row_from_graph(item) for item in clean]
         seen.update(row["user_id"] for row in rows)
         with engine.begin() as conn:
             merged = repo.merge_users(conn, rows, run_key, now)
+            _save_boundary_notes(conn, run_key, notes, keys, now)
         totals["pages"] += 1
         totals["inserted"] += merged.inserted
         totals["updated"] += merged.updated
@@ -152,10 +156,12 @@ def _extract_delta(
 ) -> dict[str, Any]:
     totals = {"mode": "delta", "pages": 0, "inserted": 0, "updated": 0, "unchanged": 0, "deleted": 0}
     for page in graph.users_delta(link, repo.GRAPH_USER_SELECT):
-        removed = [item["id"] for item in page.items if "@removed" in item]
-        rows = [repo.user_row_from_graph(item) for item in page.items if "@removed" not in item]
+        clean, notes, keys = clean_users(page.items)
+        removed = [item["id"] for item in clean if "@removed" in item]
+        rows = [repo.user_row_from_graph(item) for item in clean if "@removed" not in item]
         with engine.begin() as conn:
             merged = repo.merge_users(conn, rows, run_key, now)
+            _save_boundary_notes(conn, run_key, notes, keys, now)
             totals["deleted"] += repo.mark_users_deleted(conn, removed, run_key, now)
             if page.delta_link:
                 store.save(conn, USERS_RESOURCE, page.delta_link, run_key)
@@ -168,6 +174,40 @@ def _extract_delta(
         totals["pages"], totals["inserted"], totals["updated"], totals["deleted"],
     )
     return totals
+
+
+def clean_users(items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Any], list[str]]:
+    """Pass a page of Graph users through the sanitising boundary (:mod:`m365_3cx.staging.boundary`).
+
+    :return: the clean items (rejected ones left out), one note per changed or rejected field
+        (naming the user and the Graph property), and the ids of every user of the page.
+    """
+    from m365_3cx.transform.notes import ERROR, WARNING, user_note
+
+    clean: list[dict[str, Any]] = []
+    notes: list[Any] = []
+    keys: list[str] = []
+    for item in items:
+        result = boundary.clean_user_item(item)
+        key = boundary.printable_key(item.get("id"))
+        keys.append(key)
+        label = str((result.item or {}).get("userPrincipalName") or "") or key
+        for finding in result.findings:
+            severity = ERROR if finding.rejected else WARNING
+            notes.append(user_note(key, label, finding.field, f"{finding.field}: {finding.message}", severity))
+        if result.item is not None:
+            clean.append(result.item)
+    if notes:
+        log.warning("users: %d values cleaned or refused at the staging boundary (see sync_notes)", len(notes))
+    return clean, notes, keys
+
+
+def _save_boundary_notes(conn: Any, run_key: str, notes: list[Any], keys: list[str], now: datetime) -> None:
+    from m365_3cx.transform.notes import note_rows
+
+    if notes or keys:
+        repo.add_record_notes(conn, run_key, note_rows(notes, run_key, now), step=SANITIZE_STEP,
+                              object_type="user", object_keys=keys, now=now)
 
 
 def _apply_scope(engine: Engine, graph: GraphClient, settings: Settings, run_key: str, now: datetime) -> dict[str, int]:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, delete, select, tuple_, update
 from sqlalchemy.engine import Connection
 
+from m365_3cx.sanitize import Finding, clean_text
+from m365_3cx.staging.boundary import clean_event_row, dedupe, printable_key
 from m365_3cx.staging.repo import upsert
 from m365_3cx.staging.schema import (
     extension_map,
@@ -115,10 +117,37 @@ def presence_users(
 
 @dataclass(frozen=True)
 class StagedCounts:
-    """Rows one user's round changed."""
+    """Rows one user's round changed, and what the staging boundary changed or refused.
+
+    :param findings: ``(event id, finding)`` pairs from :func:`m365_3cx.staging.boundary.clean_event_row`.
+    """
 
     upserted: int = 0
     deleted: int = 0
+    findings: tuple[tuple[str, Finding], ...] = ()
+
+
+def _event_rows(calendar: UserCalendar, run_key: str,
+                now: dt.datetime) -> tuple[list[dict[str, Any]], list[tuple[str, Finding]]]:
+    """A user's ``stg_events`` rows through the staging boundary, one per event id (the last wins).
+
+    :return: the rows and ``(event id, finding)`` pairs of what the boundary changed or refused.
+    """
+    rows: list[dict[str, Any]] = []
+    findings: list[tuple[str, Finding]] = []
+    for e in calendar.events:
+        clean = clean_event_row({"user_id": calendar.user_id, "event_id": e.event_id,
+                                 **{c: getattr(e, c) for c in _EVENT_COLUMNS}})
+        findings.extend((printable_key(e.event_id), f) for f in clean.findings)
+        if clean.item is not None:
+            rows.append({**clean.item, "deleted": False, "deleted_at": None, "first_seen_at": now, "updated_at": now,
+                         "last_run_key": run_key})
+    return dedupe(rows, ("user_id", "event_id")), findings  # one INSERT ... ON CONFLICT touches a row once
+
+
+def _storable(event_ids: Iterable[str]) -> list[str]:
+    """Event ids a query may carry (ids with control characters were never staged)."""
+    return [e for e in event_ids if isinstance(e, str) and clean_text(e).value == e]
 
 
 def stage_user_calendar(conn: Connection, calendar: UserCalendar, run_key: str, now: dt.datetime) -> StagedCounts:
@@ -138,22 +167,18 @@ def stage_user_calendar(conn: Connection, calendar: UserCalendar, run_key: str, 
             "updated_at": now, "last_run_key": run_key,
         }], ["user_id"])
         return StagedCounts()
-    rows = [
-        {"user_id": uid, "event_id": e.event_id, **{c: getattr(e, c) for c in _EVENT_COLUMNS},
-         "deleted": False, "deleted_at": None, "first_seen_at": now, "updated_at": now, "last_run_key": run_key}
-        for e in calendar.events
-    ]
+    rows, findings = _event_rows(calendar, run_key, now)
     upsert(conn, stg_events, rows, ["user_id", "event_id"],
            [*_EVENT_COLUMNS, "deleted", "deleted_at", "updated_at", "last_run_key"])
     gone = {"deleted": True, "deleted_at": now, "updated_at": now, "last_run_key": run_key}
     live = and_(stg_events.c.user_id == uid, stg_events.c.deleted.is_(False))
     if calendar.complete:
-        seen = [e.event_id for e in calendar.events]
+        seen = [row["event_id"] for row in rows]
         condition = live if not seen else and_(live, stg_events.c.event_id.not_in(seen))
         deleted += conn.execute(update(stg_events).where(condition).values(**gone)).rowcount
     if calendar.removed:
         deleted += conn.execute(
-            update(stg_events).where(live, stg_events.c.event_id.in_(list(calendar.removed))).values(**gone)
+            update(stg_events).where(live, stg_events.c.event_id.in_(_storable(calendar.removed))).values(**gone)
         ).rowcount
     if calendar.auto_replies is not None:
         replies = calendar.auto_replies
@@ -165,7 +190,7 @@ def stage_user_calendar(conn: Connection, calendar: UserCalendar, run_key: str, 
         conn.execute(update(stg_auto_replies).where(stg_auto_replies.c.user_id == uid,
                                                     stg_auto_replies.c.mailbox.is_(False))
                      .values(mailbox=True, updated_at=now, last_run_key=run_key))
-    return StagedCounts(upserted=len(rows), deleted=deleted)
+    return StagedCounts(upserted=len(rows), deleted=deleted, findings=tuple(findings))
 
 
 def stage_calendars(conn: Connection, calendars: Sequence[UserCalendar], run_key: str,
@@ -189,15 +214,18 @@ def stage_calendars(conn: Connection, calendars: Sequence[UserCalendar], run_key
     } for c in no_mailbox]
     for c in no_mailbox:
         counts[c.user_id] = StagedCounts()
-    rows = [
-        {"user_id": c.user_id, "event_id": e.event_id, **{col: getattr(e, col) for col in _EVENT_COLUMNS},
-         "deleted": False, "deleted_at": None, "first_seen_at": now, "updated_at": now, "last_run_key": run_key}
-        for c in live for e in c.events
-    ]
+    rows: list[dict[str, Any]] = []
+    findings: dict[str, list[tuple[str, Finding]]] = {}
+    staged_ids: dict[str, set[str]] = {}
+    for c in live:
+        user_rows, found = _event_rows(c, run_key, now)
+        rows.extend(user_rows)
+        findings[c.user_id] = found
+        staged_ids[c.user_id] = {row["event_id"] for row in user_rows}
     upsert(conn, stg_events, rows, ["user_id", "event_id"],
            [*_EVENT_COLUMNS, "deleted", "deleted_at", "updated_at", "last_run_key"])
-    gone: list[tuple[str, str]] = [(c.user_id, event_id) for c in live for event_id in c.removed]
-    complete = {c.user_id: {e.event_id for e in c.events} for c in live if c.complete}
+    gone: list[tuple[str, str]] = [(c.user_id, event_id) for c in live for event_id in _storable(c.removed)]
+    complete = {c.user_id: staged_ids[c.user_id] for c in live if c.complete}
     owners = sorted(complete)
     for start in range(0, len(owners), 500):
         query = select(stg_events.c.user_id, stg_events.c.event_id).where(
@@ -224,7 +252,8 @@ def stage_calendars(conn: Connection, calendars: Sequence[UserCalendar], run_key
                                                     stg_auto_replies.c.mailbox.is_(False))
                      .values(mailbox=True, updated_at=now, last_run_key=run_key))
     for c in live:
-        counts[c.user_id] = StagedCounts(upserted=len(c.events), deleted=deleted.get(c.user_id, 0))
+        counts[c.user_id] = StagedCounts(upserted=len(staged_ids[c.user_id]), deleted=deleted.get(c.user_id, 0),
+                                         findings=tuple(findings[c.user_id]))
     return counts
 
 

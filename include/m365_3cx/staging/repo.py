@@ -67,6 +67,7 @@ __all__ = [
     "MergeCounts",
     "add_audit",
     "add_notes",
+    "add_record_notes",
     "assign_numbers",
     "changed_user_ids",
     "finish_run",
@@ -934,23 +935,59 @@ def add_notes(
     """
     when = _require_aware(now) if now is not None else dt.datetime.now(dt.UTC)
     conn.execute(delete(sync_notes).where(sync_notes.c.run_key == run_key, sync_notes.c.step == step))
-    rows = []
-    for note in notes:
-        severity = note.get("severity") or "warning"
-        if severity not in NOTE_SEVERITIES:
-            raise ValueError(f"note severity must be one of {', '.join(NOTE_SEVERITIES)}, got {severity!r}")
-        rows.append(
-            {
-                "run_key": run_key,
-                "step": step,
-                "at": note.get("at") or when,
-                "object_type": note.get("object_type") or "extension",
-                "object_key": note.get("object_key"),
-                "record_label": note.get("record_label"),
-                "field": note.get("field"),
-                "severity": severity,
-                "message": note["message"],
-            }
-        )
-    return _insert_many(conn, sync_notes, rows)
+    return _insert_many(conn, sync_notes, [_note_row(run_key, step, note, when) for note in notes])
+
+
+def add_record_notes(
+    conn: Connection,
+    run_key: str,
+    notes: Iterable[Mapping[str, Any]],
+    *,
+    step: str,
+    object_type: str,
+    object_keys: Iterable[str],
+    now: dt.datetime | None = None,
+) -> int:
+    """Replace the notes of ``(run_key, step)`` about the given records only.
+
+    For steps that write notes page by page in the page's own transaction (the sanitising
+    boundary of the extracts): a retried page replaces its records' notes, other pages' stay.
+
+    :param notes: as for :func:`add_notes`, each about one of ``object_keys``.
+    :param object_type: the records' object type.
+    :param object_keys: every record of the page (also those without a note now).
+    :returns: rows written.
+    :raises ValueError: unknown severity or columns.
+    """
+    when = _require_aware(now) if now is not None else dt.datetime.now(dt.UTC)
+    keys = sorted({str(k)[:256] for k in object_keys})
+    for batch in _chunks(keys):
+        conn.execute(delete(sync_notes).where(
+            sync_notes.c.run_key == run_key, sync_notes.c.step == step, sync_notes.c.object_type == object_type,
+            sync_notes.c.object_key.in_(list(batch))))
+    return _insert_many(conn, sync_notes, [_note_row(run_key, step, note, when) for note in notes])
+
+
+def _note_row(run_key: str, step: str, note: Mapping[str, Any], when: dt.datetime) -> dict[str, Any]:
+    """One ``sync_notes`` row; texts cleaned and clipped to the columns (a note never fails its insert)."""
+    from m365_3cx.sanitize import clean_text
+
+    severity = note.get("severity") or "warning"
+    if severity not in NOTE_SEVERITIES:
+        raise ValueError(f"note severity must be one of {', '.join(NOTE_SEVERITIES)}, got {severity!r}")
+
+    def fit(value: Any, limit: int | None) -> str | None:
+        return None if value is None else clean_text(str(value), limit=limit).value
+
+    return {
+        "run_key": run_key,
+        "step": step,
+        "at": note.get("at") or when,
+        "object_type": note.get("object_type") or "extension",
+        "object_key": fit(note.get("object_key"), 256),
+        "record_label": fit(note.get("record_label"), 512),
+        "field": fit(note.get("field"), 64),
+        "severity": severity,
+        "message": fit(note["message"], None) or "",
+    }
 

@@ -16,14 +16,22 @@ from typing import Any
 
 import pandas as pd
 
+from m365_3cx.sanitize import Cleaned, clean_name, utf16_length
 from m365_3cx.transform.notes import WARNING, Note, user_note
 from m365_3cx.transform.numbering import NumberingPolicy, allocate_numbers
 from m365_3cx.transform.phones import to_e164
 from m365_3cx.transform.scope import ACTIVE, user_states
 from m365_3cx.transform.values import as_list, ensure_columns, text
 
+# 3CX field limits. The XAPI swagger (3CX V20 Update 10, ``Pbx.User``) declares no ``maxLength`` for
+# FirstName, LastName or EmailAddress and 3CX documents none, so these are our choice: 50 for a
+# name (what the 3CX console and a phone display show in full; the emulator enforces it) and 254
+# for an address (RFC 5321: a path is at most 256 octets including its angle brackets). Lengths
+# count UTF-16 code units (the XAPI is a .NET service), never more than a code-point count.
 NAME_MAX = 50
-"""3CX limit for ``FirstName`` and ``LastName``."""
+"""Longest ``FirstName`` / ``LastName`` the sync writes."""
+EMAIL_MAX = 254
+"""Longest ``EmailAddress`` the sync writes (a longer one is left out, with a note)."""
 
 DESIRED_COLUMNS = [
     "user_id",
@@ -115,20 +123,50 @@ def _split_display(display: str | None) -> tuple[str | None, str | None]:
     return " ".join(tokens[:-1]), tokens[-1]
 
 
-def _name(given: object, surname: object, display: object, upn: object) -> tuple[str | None, str | None]:
-    """First and last name: given/surname, else the display name split, else the UPN local part."""
-    first, last = text(given), text(surname)
+def _name(given: object, surname: object, display: object,
+          upn: object) -> tuple[str | None, str | None, str, str, list[tuple[str, Cleaned]]]:
+    """First and last name: given/surname, else the display name split, else the UPN local part.
+
+    Control and format characters are removed first (see :mod:`m365_3cx.sanitize`), so a
+    ``givenName`` of U+200B is no name.
+
+    :return: first name, last name (not cut yet), the Graph properties they came from, and the
+        cleaning of each property used (for notes).
+    """
+    g, s = clean_name(text(given)), clean_name(text(surname))
+    if g.value or s.value:
+        return g.value, s.value, "givenName", "surname", [("givenName", g), ("surname", s)]
+    d = clean_name(text(display))
+    first, last = _split_display(d.value)
     if first or last:
-        return first, last
-    first, last = _split_display(text(display))
-    if first or last:
-        return first, last
-    local = text(upn)
-    return (text(local.split("@", 1)[0]) if local else None), None
+        return first, last, "displayName", "displayName", [("displayName", d)]
+    p = clean_name(text(upn))
+    local = text(p.value.split("@", 1)[0]) if p.value else None
+    return local, None, "userPrincipalName", "userPrincipalName", [("userPrincipalName", p)]
 
 
-def _truncate(value: str | None) -> str | None:
-    return value[:NAME_MAX].rstrip() if value is not None and len(value) > NAME_MAX else value
+def _email_owners(emails: list[str | None], is_active: Any, seen_at: list[object],
+                  user_ids: list[str]) -> dict[int, int]:
+    """Active users whose address another active user holds too (case-insensitive).
+
+    The user the sync saw first (``first_seen_at``; the same run: the lower Graph id) keeps the
+    address; every other one is mapped to the keeper's row index.
+    """
+    def order(i: int) -> tuple[bool, object, str]:
+        when = seen_at[i]
+        missing = when is None or when is pd.NaT or (isinstance(when, float) and when != when)
+        return (missing, pd.Timestamp(0, tz="UTC") if missing else when, user_ids[i])
+
+    candidates = sorted((i for i, e in enumerate(emails) if e and is_active[i]), key=order)
+    keeper: dict[str, int] = {}
+    losers: dict[int, int] = {}
+    for i in candidates:
+        key = str(emails[i]).casefold()
+        if key in keeper:
+            losers[i] = keeper[key]
+        else:
+            keeper[key] = i
+    return losers
 
 
 def desired_extensions(
@@ -158,28 +196,41 @@ def desired_extensions(
     notes: list[Note] = list(allocation.notes)
 
     labels = [text(upn) or uid for upn, uid in zip(u["user_principal_name"], user_ids, strict=True)]
-    names = [
-        _name(g, s, d, p)
-        for g, s, d, p in zip(u["given_name"], u["surname"], u["display_name"], u["user_principal_name"], strict=True)
-    ]
     first: list[str | None] = []
     last: list[str | None] = []
-    for i, (f, la) in enumerate(names):
-        for value, fld, name in ((f, "givenName", "FirstName"), (la, "surname", "LastName")):
-            if is_active[i] and value is not None and len(value) > NAME_MAX:
-                notes.append(
-                    user_note(
-                        user_ids[i],
-                        labels[i],
-                        fld,
-                        f"{name} is {len(value)} characters; truncated to {NAME_MAX}",
-                        WARNING,
-                    )
-                )
-        first.append(_truncate(f))
-        last.append(_truncate(la))
+    sources = zip(u["given_name"], u["surname"], u["display_name"], u["user_principal_name"], strict=True)
+    for i, raw in enumerate(sources):
+        # The staging boundary cleans what it stages; this also covers rows staged before it.
+        f, la, f_src, la_src, used = _name(*raw)
+        for fld, cleaned in used:
+            if is_active[i] and cleaned.changed:
+                notes.append(user_note(user_ids[i], labels[i], fld, f"{fld} {cleaned.describe()}", WARNING))
+        for value, fld, name, out in ((f, f_src, "FirstName", first), (la, la_src, "LastName", last)):
+            cut = clean_name(value, limit=NAME_MAX, utf16=True)
+            if is_active[i] and cut.changed:
+                notes.append(user_note(user_ids[i], labels[i], fld, f"{name} {cut.describe()}", WARNING))
+            out.append(cut.value)
 
-    email = [t.lower() if (t := text(v)) else None for v in u["mail"]]
+    email: list[str | None] = []
+    for i, v in enumerate(u["mail"]):
+        address = clean_name(text(v))
+        value = address.value.lower() if address.value else None
+        if is_active[i] and address.changed:
+            notes.append(user_note(user_ids[i], labels[i], "mail", f"mail {address.describe()}", WARNING))
+        if value is not None and utf16_length(value) > EMAIL_MAX:
+            if is_active[i]:
+                notes.append(user_note(user_ids[i], labels[i], "mail",
+                                       f"mail is {len(value)} characters, over the {EMAIL_MAX} 3CX takes; "
+                                       "EmailAddress left empty", WARNING))
+            value = None
+        email.append(value)
+    seen_at = list(u["first_seen_at"])
+    for i, keeper in _email_owners(email, is_active, seen_at, user_ids).items():
+        notes.append(user_note(
+            user_ids[i], labels[i], "mail",
+            f"mail {email[i]} is also the address of {labels[keeper]} (case-insensitive), who was synced first "
+            "and keeps it; EmailAddress left empty", WARNING))
+        email[i] = None
 
     mobiles: list[str | None] = []
     callers: list[str | None] = []

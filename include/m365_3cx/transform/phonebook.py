@@ -19,8 +19,8 @@ Rules (each has a unit test in ``tests/unit/m365_3cx/transform/test_phonebook.py
   the primary E.164 number (the e-mail address when the entry has no name). Copies are merged
   in ``(owner_id, contact_id)`` order: scalar fields from the first copy that has them, numbers
   from every copy. ``Tag`` = ``m365-sync:<key>`` marks the entry as ours.
-* Text is NFC-normalised and truncated to the 3CX field limits (never inside a grapheme's
-  combining sequence), with a note.
+* Text loses control and format characters (:mod:`m365_3cx.sanitize`), is NFC-normalised and
+  truncated to the 3CX field limits (never inside a grapheme's combining sequence), with a note.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from typing import Any, Final
 
 import pandas as pd
 
+from m365_3cx.sanitize import clean_name, clip
 from m365_3cx.transform.notes import INFO, WARNING, Note
 from m365_3cx.transform.phones import to_e164
 from m365_3cx.transform.values import as_bool, as_list, ensure_columns, text
@@ -79,8 +80,10 @@ FIELD_COLUMNS: Final[Mapping[str, str]] = {
     "Tag": "tag",
 }
 
-#: Longest value (characters) the sync writes per field. The swagger declares none; these follow
-#: the PBX console's input limits and the ``Pbx.User`` name limits (50).
+#: Longest value the sync writes per field, in UTF-16 code units (the XAPI is a .NET service).
+#: The swagger (3CX V20 Update 10, ``Pbx.Contact``) declares no ``maxLength`` for any of these and
+#: 3CX documents none; these are our choice, as for ``Pbx.User`` names (50,
+#: :data:`m365_3cx.transform.extensions.NAME_MAX`), and the 3CX emulator enforces the same.
 FIELD_LIMITS: Final[Mapping[str, int]] = {
     "FirstName": 50,
     "LastName": 50,
@@ -189,34 +192,21 @@ def contact_note(owner_id: str, contact_id: str, label: str, fld: str | None, me
     )
 
 
-_STRIP_AT_CUT: Final = frozenset({"Mn", "Me", "Mc", "Cf", "Sk"})
-
-
 def truncate(value: str | None, limit: int) -> tuple[str | None, bool]:
-    """Cut ``value`` to at most ``limit`` characters without leaving a dangling joiner or mark.
+    """Cut ``value`` to at most ``limit`` UTF-16 code units without leaving a dangling joiner or mark.
 
     :param value: the text (already normalised) or ``None``.
-    :param limit: maximum length in characters (code points).
+    :param limit: maximum length (see :func:`m365_3cx.sanitize.clip`).
     :return: ``(text, truncated)``; text is ``None`` when nothing printable is left.
     """
-    if value is None or len(value) <= limit:
-        return value, False
-    cut = value[:limit]
-    # A cut right after a base character may orphan its combining marks / ZWJ sequence.
-    while cut and len(value) > len(cut) and unicodedata.category(value[len(cut)]) in _STRIP_AT_CUT:
-        cut = cut[:-1]
-    while cut and unicodedata.category(cut[-1]) in _STRIP_AT_CUT:
-        cut = cut[:-1]
-    cut = cut.rstrip()
-    return (cut or None), True
+    if value is None:
+        return None, False
+    cut, changed = clip(value, limit, utf16=True)
+    return (cut or None), changed
 
 
 def _clean(value: object) -> str | None:
-    s = text(value)
-    if s is None:
-        return None
-    s = unicodedata.normalize("NFC", " ".join(s.split()))
-    return s or None
+    return clean_name(text(value)).value
 
 
 def _norm_key_text(value: str) -> str:
@@ -275,11 +265,18 @@ def _copy_from_row(row: Mapping[str, Any], label: str, region: str | None, param
     def note(fld: str | None, message: str, severity: str = WARNING) -> None:
         notes.append(contact_note(owner_id, contact_id, label, fld, message, severity))
 
-    given, surname = _clean(row.get("given_name")), _clean(row.get("surname"))
+    def clean(column: str, fld: str) -> str | None:
+        # The staging boundary cleans what it stages (and notes it); this covers older rows.
+        cleaned = clean_name(text(row.get(column)))
+        if cleaned.changed:
+            note(fld, f"{fld} {cleaned.describe()}")
+        return cleaned.value
+
+    given, surname = clean("given_name", "givenName"), clean("surname", "surname")
     structured = bool(given or surname)
-    first, last = (given, surname) if structured else (_clean(row.get("display_name")) or
-                                                        _clean(row.get("file_as")), None)
-    company = _clean(row.get("company_name"))
+    first, last = (given, surname) if structured else (clean("display_name", "displayName") or
+                                                        clean("file_as", "fileAs"), None)
+    company = clean("company_name", "companyName")
     emails = [e for e in (_clean(x) for x in as_list(row.get("email_addresses"))) if e]
     email = emails[0] if emails else None
     if email is not None and not _EMAIL.match(email):
@@ -299,8 +296,8 @@ def _copy_from_row(row: Mapping[str, Any], label: str, region: str | None, param
     shown_name = " ".join(p for p in (first, last) if p) or company
     return _Copy(
         owner_id=owner_id, contact_id=contact_id, label=label, structured=structured,
-        first=first, last=last, company=company, title=_clean(row.get("job_title")),
-        department=_clean(row.get("department")), email=email, numbers=numbers, primary=primary,
+        first=first, last=last, company=company, title=clean("job_title", "jobTitle"),
+        department=clean("department", "department"), email=email, numbers=numbers, primary=primary,
         name_key=shown_name or "",
     )
 

@@ -225,3 +225,52 @@ def test_many_users() -> None:
     assert result.frame["number"].dropna().is_unique
     assert len(result.new_assignments) == 700  # pool 200..899
     assert sum(n.message.endswith("no extension created") for n in result.notes) == 1300
+
+
+def _emails(result: Any) -> dict[str, Any]:
+    return dict(zip(result.frame["user_id"], result.frame["email"], strict=True))
+
+
+def test_mails_differing_only_in_case_keep_the_first_synced_user_and_note_the_other() -> None:
+    """Issue 9 #4: never two extensions with one address, never silently."""
+    result = run(
+        user("b", user_principal_name="twin2@contoso.example", mail="twin@contoso.example",
+             first_seen_at=NOW - timedelta(days=1)),
+        user("a", user_principal_name="twin1@contoso.example", mail="Twin@Contoso.Example",
+             first_seen_at=NOW - timedelta(days=3)),
+        user("c", user_principal_name="twin3@contoso.example", mail="twin@contoso.example",
+             first_seen_at=NOW - timedelta(days=1)),
+    )
+    assert _emails(result) == {"b": None, "a": "twin@contoso.example", "c": None}
+    mail_notes = [n for n in result.notes if n.field == "mail"]
+    assert [(n.object_key, n.severity) for n in mail_notes] == [("b", "warning"), ("c", "warning")]
+    assert all("twin1@contoso.example" in n.message and n.record_label in n.message for n in mail_notes)
+    assert "EmailAddress left empty" in mail_notes[0].message
+
+
+def test_duplicate_mail_rule_is_stable_and_only_active_users_compete() -> None:
+    same_run = [user("b", mail="x@contoso.example"), user("a", mail="X@contoso.example")]
+    assert _emails(run(*same_run)) == {"b": None, "a": "x@contoso.example"}  # same first_seen_at: lower id
+    assert _emails(run(*reversed(same_run))) == {"a": "x@contoso.example", "b": None}
+    gone = run(user("a", mail="x@contoso.example", account_enabled=False), user("b", mail="x@contoso.example"))
+    assert _emails(gone) == {"a": "x@contoso.example", "b": "x@contoso.example"}
+    assert not [n for n in gone.notes if n.field == "mail"]
+
+
+def test_hostile_names_reach_3cx_clean_with_notes() -> None:
+    result = run(user("a", given_name="\u202eA\u200bnn\x00" + "a" * 300, surname="\ufeffLee\u2066"),
+                 user("b", given_name="\u200b", surname=None, display_name="Bob\u200d Stone"))
+    rows = result.frame.set_index("user_id")
+    assert rows.loc["a", "first_name"] == "Ann" + "a" * 47 and rows.loc["a", "last_name"] == "Lee"
+    assert (rows.loc["b", "first_name"], rows.loc["b", "last_name"]) == ("Bob", "Stone")
+    messages = {(n.object_key, n.field): n.message for n in result.notes}
+    assert "U+202E" in messages[("a", "givenName")] or "truncated" in messages[("a", "givenName")]
+    assert any(f == "givenName" and "truncated to 50" in m for (k, f), m in messages.items() if k == "a")
+    assert "U+FEFF" in messages[("a", "surname")]
+    assert "U+200D" in messages[("b", "displayName")]
+
+
+def test_overlong_mail_is_left_out_with_a_note() -> None:
+    result = run(user("a", mail="a" * 250 + "@x.example"))
+    assert _emails(result) == {"a": None}
+    assert [n.field for n in result.notes] == ["mail"] and "254" in result.notes[0].message
