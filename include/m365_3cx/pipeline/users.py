@@ -127,12 +127,9 @@ def _extract_full(
     totals = {"mode": "full", "pages": 0, "inserted": 0, "updated": 0, "unchanged": 0, "deleted": 0}
     seen: set[str] = set()
     for items in graph.list_users(select=repo.GRAPH_USER_SELECT):
-        clean, notes, keys = clean_users(items)
-        rows = [repo.user_row_from_graph(item) for item in clean]
-        seen.update(row["user_id"] for row in rows)
         with engine.begin() as conn:
-            merged = repo.merge_users(conn, rows, run_key, now)
-            _save_boundary_notes(conn, run_key, notes, keys, now)
+            merged, staged, _ = stage_users_page(conn, items, run_key, now)
+        seen.update(staged)
         totals["pages"] += 1
         totals["inserted"] += merged.inserted
         totals["updated"] += merged.updated
@@ -156,12 +153,8 @@ def _extract_delta(
 ) -> dict[str, Any]:
     totals = {"mode": "delta", "pages": 0, "inserted": 0, "updated": 0, "unchanged": 0, "deleted": 0}
     for page in graph.users_delta(link, repo.GRAPH_USER_SELECT):
-        clean, notes, keys = clean_users(page.items)
-        removed = [item["id"] for item in clean if "@removed" in item]
-        rows = [repo.user_row_from_graph(item) for item in clean if "@removed" not in item]
         with engine.begin() as conn:
-            merged = repo.merge_users(conn, rows, run_key, now)
-            _save_boundary_notes(conn, run_key, notes, keys, now)
+            merged, _, removed = stage_users_page(conn, page.items, run_key, now)
             totals["deleted"] += repo.mark_users_deleted(conn, removed, run_key, now)
             if page.delta_link:
                 store.save(conn, USERS_RESOURCE, page.delta_link, run_key)
@@ -202,12 +195,26 @@ def clean_users(items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list
     return clean, notes, keys
 
 
-def _save_boundary_notes(conn: Any, run_key: str, notes: list[Any], keys: list[str], now: datetime) -> None:
+def stage_users_page(conn: Any, items: list[dict[str, Any]], run_key: str,
+                     now: datetime) -> tuple[repo.MergeCounts, list[str], list[str]]:
+    """Stage one page of Graph users (full or delta) in the caller's transaction.
+
+    The page passes the sanitising boundary (:func:`clean_users`), its users are merged and the
+    boundary's notes replace the page's earlier ones (step :data:`SANITIZE_STEP`), so a retried
+    page neither fails again nor duplicates notes.
+
+    :return: merge counts, ids of the users staged, ids of ``@removed`` users (to soft-delete).
+    """
     from m365_3cx.transform.notes import note_rows
 
-    if notes or keys:
+    clean, notes, keys = clean_users(items)
+    removed = [str(item["id"]) for item in clean if "@removed" in item]
+    rows = [repo.user_row_from_graph(item) for item in clean if "@removed" not in item]
+    merged = repo.merge_users(conn, rows, run_key, now)
+    if keys:
         repo.add_record_notes(conn, run_key, note_rows(notes, run_key, now), step=SANITIZE_STEP,
                               object_type="user", object_keys=keys, now=now)
+    return merged, [row["user_id"] for row in rows], removed
 
 
 def _apply_scope(engine: Engine, graph: GraphClient, settings: Settings, run_key: str, now: datetime) -> dict[str, int]:
