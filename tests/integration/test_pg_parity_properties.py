@@ -3,7 +3,7 @@
 Property tests over the functions the extract tasks call for every Graph page
 (:func:`m365_3cx.pipeline.users.stage_users_page`,
 :func:`m365_3cx.pipeline.contacts.stage_contacts_page`,
-:func:`m365_3cx.staging.presence.stage_user_calendar`) and the real transform and plan steps,
+:func:`m365_3cx.staging.presence.stage_calendars`) and the real transform and plan steps,
 on a throwaway PostgreSQL database: text of any Unicode category (NUL, bidi controls, zero-width
 characters, lone surrogates, astral characters), up to and beyond Graph's documented lengths,
 odd phone strings, shared e-mail addresses. Asserted: no exception; every record is either
@@ -122,19 +122,13 @@ def _clean(value: object) -> bool:
     return True
 
 
-@pytest.fixture(scope="module")
-def pg_engine() -> Iterator[sa.Engine]:
-    import uuid
-
-    from conftest import _create_database, _drop_database  # the suite's own throwaway-database helpers
-
-    name = f"m365_3cx_prop_{uuid.uuid4().hex[:8]}"
-    _create_database(name)
-    engine = make_engine(f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}")
+@pytest.fixture
+def pg_engine(pg_database: str) -> Iterator[sa.Engine]:
+    """The staging schema in the suite's throwaway PostgreSQL database (one per property)."""
+    engine = make_engine(pg_database)
     create_schema(engine)
     yield engine
     engine.dispose()
-    _drop_database(name)
 
 
 def _truncate(engine: sa.Engine) -> None:
@@ -251,7 +245,7 @@ def test_any_event_text_is_staged_or_noted(pg_engine: sa.Engine, subjects: list[
                                  change_key="ck", subject=subject)
                    for i, (subject, show_as) in enumerate(subjects))
     with pg_engine.begin() as conn:
-        counts = stage.stage_user_calendar(conn, UserCalendar("u1", events=events, complete=True), "r", NOW)
+        counts = stage.stage_calendars(conn, [UserCalendar("u1", events=events, complete=True)], "r", NOW)["u1"]
     with pg_engine.connect() as conn:
         staged = [dict(r) for r in conn.execute(sa.text("SELECT * FROM stg_events")).mappings()]
     assert {r["event_id"] for r in staged} == {e.event_id for e in events}

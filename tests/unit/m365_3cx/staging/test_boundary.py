@@ -131,7 +131,9 @@ def test_hostile_events_stage_and_duplicates_collapse(engine: Engine) -> None:
         event("e2", change_key="k" * 300),
     ], removed=["gone\x00"], complete=True, delta_link=None, auto_replies=None)
     with engine.begin() as conn:
-        counts = stage.stage_user_calendar(conn, calendar, "r1", NOW)
+        counts = stage.stage_calendars(conn, [calendar], "r1", NOW)["u1"]
+        single = stage.stage_user_calendar(conn, calendar, "r2", NOW)  # the one-user path agrees
+    assert single.upserted == counts.upserted and single.findings == counts.findings
     with engine.connect() as conn:
         staged = {r.event_id: r for r in conn.execute(select(stg_events))}
     assert set(staged) == {"e1", "e2"} and staged["e1"].show_as == "oof" and len(staged["e2"].change_key) == 256
