@@ -28,6 +28,7 @@ from m365_3cx.graph.auth import GraphCredentials
 from m365_3cx.graph.client import GraphClient
 from m365_3cx.pipeline import users as pipeline
 from m365_3cx.settings import Settings
+from m365_3cx.staging.control import set_writes_enabled
 from m365_3cx.staging.db import make_engine
 from m365_3cx.staging.schema import create_schema
 from m365_3cx.threecx.client import ThreeCXClient, ThreeCXCredentials
@@ -78,6 +79,8 @@ def main() -> int:
     threecx = ThreeCXClient(ThreeCXCredentials(p["base_url"], p["client_id"], p["client_secret"], p["ca_bundle"]))
     engine = make_engine(args.staging or f"sqlite:///{tmp / 'staging.db'}")
     create_schema(engine)
+    with engine.begin() as conn:  # a fresh install is not live: go live, as the go-live DAG would
+        set_writes_enabled(conn, True, changed_by="bench_sync.py", now=datetime.now(UTC), note="benchmark")
     settings = Settings.from_mapping({
         "numbering": {"policy": "attribute", "fallback_to_pool": True, "pool_first": "10000", "pool_last": "19999"},
     })

@@ -19,10 +19,11 @@ Trigger form: `dry_run`, `full_resync` (ignore delta links), `only_users`,
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import DeltaTriggerTimetable, dag, task
+from airflow.sdk import dag, task
 
 from m365_3cx.airflow import tasks
 from m365_3cx.airflow.alerts import SyncFailureNotifier
+from m365_3cx.airflow.approval import RemovalApprovalOperator
 from m365_3cx.airflow.contacts_group import contacts_sync
 from m365_3cx.airflow.dag_defaults import (
     DELTA_INTERVAL,
@@ -37,13 +38,14 @@ from m365_3cx.airflow.dag_defaults import (
 )
 from m365_3cx.airflow.operators import ThreeCXApplyOperator
 from m365_3cx.airflow.presence_group import presence_apply, presence_refresh
+from m365_3cx.airflow.timetables import FreshDeltaTriggerTimetable, schedule_grace
 
 MODE = "delta"
 
 
 @dag(
     dag_id="m365_3cx_delta",
-    schedule=DeltaTriggerTimetable(DELTA_INTERVAL),
+    schedule=FreshDeltaTriggerTimetable(DELTA_INTERVAL, grace=schedule_grace()),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -79,8 +81,10 @@ def m365_3cx_delta() -> None:
     def plan_extensions() -> dict:
         return tasks.plan_extensions(MODE)
 
+    approve_removals = RemovalApprovalOperator(task_id="approve_extension_removals", object_type="extension",
+                                               mode=MODE)
     apply_extensions = ThreeCXApplyOperator(
-        task_id="apply_extensions", mode=MODE, pool=THREECX_POOL,
+        task_id="apply_extensions", mode=MODE, pool=THREECX_POOL, trigger_rule="none_failed_min_one_success",
         inlets=[TGT_EXTENSIONS], outlets=[THREECX_EXTENSIONS],
     )
 
@@ -95,9 +99,11 @@ def m365_3cx_delta() -> None:
         >> users_changed()
         >> snapshot_threecx()
         >> transform_extensions()
-        >> plan_extensions()
+        >> (planned := plan_extensions())
+        >> approve_removals  # parks only when the removals exceed the guard; else skipped
         >> apply_extensions
     )
+    planned >> apply_extensions
     finished = finish_run(extracted, apply_extensions.output)
 
     extracted >> contacts_sync(MODE) >> finished

@@ -15,10 +15,11 @@ Trigger form: `dry_run` (plan only), `only_users`, `allow_mass_removal`.
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import CronTriggerTimetable, dag, task
+from airflow.sdk import dag, task
 
 from m365_3cx.airflow import tasks
 from m365_3cx.airflow.alerts import SyncFailureNotifier
+from m365_3cx.airflow.approval import RemovalApprovalOperator
 from m365_3cx.airflow.contacts_group import contacts_sync
 from m365_3cx.airflow.dag_defaults import (
     FULL_SYNC_CRON,
@@ -33,13 +34,14 @@ from m365_3cx.airflow.dag_defaults import (
     sync_params,
 )
 from m365_3cx.airflow.operators import ThreeCXApplyOperator
+from m365_3cx.airflow.timetables import FreshCronTriggerTimetable, schedule_grace
 
 MODE = "full"
 
 
 @dag(
     dag_id="m365_3cx_full_sync",
-    schedule=CronTriggerTimetable(FULL_SYNC_CRON, timezone=SYNC_TIMEZONE),
+    schedule=FreshCronTriggerTimetable(FULL_SYNC_CRON, timezone=SYNC_TIMEZONE, grace=schedule_grace()),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -71,8 +73,10 @@ def m365_3cx_full_sync() -> None:
     def plan_extensions() -> dict:
         return tasks.plan_extensions(MODE)
 
+    approve_removals = RemovalApprovalOperator(task_id="approve_extension_removals", object_type="extension",
+                                               mode=MODE)
     apply_extensions = ThreeCXApplyOperator(
-        task_id="apply_extensions", mode=MODE, pool=THREECX_POOL,
+        task_id="apply_extensions", mode=MODE, pool=THREECX_POOL, trigger_rule="none_failed_min_one_success",
         inlets=[TGT_EXTENSIONS], outlets=[THREECX_EXTENSIONS],
     )
 
@@ -86,9 +90,11 @@ def m365_3cx_full_sync() -> None:
         >> extracted
         >> snapshot_threecx()
         >> transform_extensions()
-        >> plan_extensions()
+        >> (planned := plan_extensions())
+        >> approve_removals  # parks only when the removals exceed the guard; else skipped
         >> apply_extensions
     )
+    planned >> apply_extensions
     finished = finish_run(extracted, apply_extensions.output)
 
     extracted >> contacts_sync(MODE) >> finished

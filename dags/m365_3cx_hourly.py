@@ -21,19 +21,20 @@ Trigger form: `dry_run` (plan only), `full_resync`, `only_users`, `allow_mass_re
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import CronTriggerTimetable, dag, task
+from airflow.sdk import dag, task
 
 from m365_3cx.airflow import tasks
 from m365_3cx.airflow.alerts import SyncFailureNotifier
 from m365_3cx.airflow.dag_defaults import HOURLY_CRON, SYNC_TIMEZONE, TAGS, default_args, sync_params
 from m365_3cx.airflow.presence_group import presence_apply, presence_refresh
+from m365_3cx.airflow.timetables import FreshCronTriggerTimetable, schedule_grace
 
 MODE = "full"
 
 
 @dag(
     dag_id="m365_3cx_hourly",
-    schedule=CronTriggerTimetable(HOURLY_CRON, timezone=SYNC_TIMEZONE),
+    schedule=FreshCronTriggerTimetable(HOURLY_CRON, timezone=SYNC_TIMEZONE, grace=schedule_grace()),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

@@ -56,7 +56,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-DAG_IDS = ("m365_3cx_full_sync", "m365_3cx_delta")
+DAG_IDS = ("m365_3cx_full_sync", "m365_3cx_delta", "m365_3cx_go_live")
 
 PG_ADMIN_URL = os.environ.get("M365_3CX_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("M365_3CX_TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -559,6 +559,39 @@ class CeleryCluster:
             f"{self.api_url}/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
             params={"map_index": map_index, "full_content": True}, headers={"Accept": "text/plain"}, timeout=30)
         return response.text
+
+    def airflow(self, name: str, *args: str, timeout: float = 300.0) -> str:
+        """Run an ``airflow`` CLI command against the cluster (e.g. ``backfill create``); return its output."""
+        self._run_cli(name, *args, timeout=timeout)
+        return (self.home / f"{name}.log").read_text(errors="replace")
+
+    def runs(self, dag_id: str, run_type: str | None = None) -> list[dict[str, Any]]:
+        """The DAG's runs (newest first), optionally of one ``run_type`` (``manual``, ``backfill``, ``scheduled``)."""
+        params: dict[str, Any] = {"limit": 100, "order_by": "-run_after"}
+        if run_type:
+            params["run_type"] = [run_type]
+        return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns", params=params).json()["dag_runs"]
+
+    def hitl_details(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """The run's Human-in-the-loop requests (``GET .../hitlDetails``)."""
+        return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/hitlDetails").json()["hitl_details"]
+
+    def wait_for_hitl(self, dag_id: str, run_id: str, task_id: str, timeout: float = 180.0) -> dict[str, Any]:
+        """Wait until ``task_id`` of the run waits for input; return its HITL detail."""
+        def parked() -> dict[str, Any] | None:
+            if self.run_state(dag_id, run_id) in TERMINAL_RUN_STATES:
+                raise self._fail(f"{dag_id} {run_id} finished without asking for {task_id}\n"
+                                 f"{self.format_table(self.task_instances(dag_id, run_id))}")
+            return next((d for d in self.hitl_details(dag_id, run_id)
+                         if d["task_instance"]["task_id"] == task_id
+                         and d["task_instance"]["state"] == "awaiting_input"), None)
+
+        return self._until(f"{dag_id} {run_id} {task_id} to wait for input", parked, timeout=timeout)
+
+    def answer_hitl(self, dag_id: str, run_id: str, task_id: str, option: str, map_index: int = -1) -> dict[str, Any]:
+        """Answer a HITL request as the cluster's user (``PATCH .../hitlDetails``, what "Required actions" sends)."""
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/hitlDetails"
+        return self._request("PATCH", path, json={"chosen_options": [option], "params_input": {}}).json()
 
     def celery_workers_of(self, ti_id: str) -> list[str]:
         """Which worker(s) logged ``Executing workload in Celery`` for this task instance id (Celery's own view)."""

@@ -142,10 +142,14 @@ class GuardSettings:
     :param mass_removal_min: removals always allowed in one run.
     :param mass_removal_fraction: share of managed extensions that may be removed in one run;
         the limit is ``max(mass_removal_min, fraction * managed)``.
+    :param approval_timeout_minutes: how long a run over the guard waits for a human decision on
+        its removals; no answer in time rejects them (the rest of the plan is applied). Capped by
+        the DAG's run timeout.
     """
 
     mass_removal_min: int = 5
     mass_removal_fraction: float = 0.10
+    approval_timeout_minutes: int = 60
 
 
 @dataclass(frozen=True)
@@ -389,7 +393,8 @@ _SECTIONS: Final[dict[str, tuple[type, dict[str, Callable[[object], Any]]]]] = {
     ),
     "guards": (
         GuardSettings,
-        {"mass_removal_min": _int(0), "mass_removal_fraction": _float(0.0, 1.0)},
+        {"mass_removal_min": _int(0), "mass_removal_fraction": _float(0.0, 1.0),
+         "approval_timeout_minutes": _int(1)},
     ),
     "alerts": (
         AlertSettings,

@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
-EXPECTED = {"m365_3cx_full_sync", "m365_3cx_delta", "m365_3cx_hourly", "m365_3cx_watchdog", "m365_3cx_maintenance"}
+EXPECTED = {"m365_3cx_full_sync", "m365_3cx_delta", "m365_3cx_hourly", "m365_3cx_watchdog", "m365_3cx_maintenance",
+            "m365_3cx_go_live"}
 #: Housekeeping DAGs: no trigger form, no Graph or 3CX calls.
 MAINTENANCE = {"m365_3cx_watchdog", "m365_3cx_maintenance"}
+#: DAGs that are not syncs (no trigger form of the sync, no extension tasks), manual only.
+CONTROL_DAGS = {"m365_3cx_go_live"}
 #: DAGs without the users -> extensions tasks (checked by test_presence_tasks_run_in_pools).
 PRESENCE_ONLY = {"m365_3cx_hourly"}
 
@@ -42,6 +45,9 @@ def test_dag_level_policy(dagbag) -> None:
         assert dag.dagrun_timeout is not None, dag.dag_id
         assert dag.doc_md, dag.dag_id
         assert dag.on_failure_callback, f"{dag.dag_id} has no failure alert callback"
+        if dag.dag_id in CONTROL_DAGS:
+            assert dag.timetable.summary in ("None", "Never, external triggers only"), dag.timetable.summary
+            continue
         if dag.dag_id not in MAINTENANCE:
             assert {"dry_run", "full_resync", "only_users", "allow_mass_removal"} <= set(dag.params.keys()), dag.dag_id
 
@@ -58,7 +64,7 @@ def test_task_level_policy(dagbag) -> None:
 def test_external_calls_run_in_pools(dagbag) -> None:
     for dag in _dags(dagbag):
         pools = {task.task_id: task.pool for task in dag.tasks}
-        if dag.dag_id in PRESENCE_ONLY | MAINTENANCE:
+        if dag.dag_id in PRESENCE_ONLY | MAINTENANCE | CONTROL_DAGS:
             continue
         assert pools["extract_users"] == "graph_api", dag.dag_id
         assert pools["snapshot_threecx"] == "threecx_api", dag.dag_id
@@ -77,9 +83,23 @@ def test_presence_tasks_run_in_pools(dagbag) -> None:
 def test_pipeline_order(dagbag) -> None:
     dag = dagbag.dags["m365_3cx_full_sync"]
     chain = ["start_run", "extract_users", "snapshot_threecx", "transform_extensions", "plan_extensions",
-             "apply_extensions", "finish_run"]
+             "approve_extension_removals", "apply_extensions", "finish_run"]
     for upstream, downstream in itertools.pairwise(chain):
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
+
+
+def test_apply_steps_run_after_an_approval_or_its_skip(dagbag) -> None:
+    """Each apply step follows its plan and its approval task, and still runs when the approval is skipped."""
+    for dag_id in ("m365_3cx_full_sync", "m365_3cx_delta"):
+        dag = dagbag.dags[dag_id]
+        for plan, approve, apply in (
+            ("plan_extensions", "approve_extension_removals", "apply_extensions"),
+            ("contacts.plan_phonebook", "contacts.approve_phonebook_removals", "contacts.apply_phonebook"),
+        ):
+            assert dag.get_task(apply).upstream_task_ids == {plan, approve}, (dag_id, apply)
+            assert dag.get_task(approve).upstream_task_ids == {plan}, (dag_id, approve)
+            assert dag.get_task(apply).trigger_rule == "none_failed_min_one_success", (dag_id, apply)
+            assert type(dag.get_task(approve)).__name__ == "RemovalApprovalOperator"
 
 
 def test_dag_files_parse_without_reading_variables_or_connections(monkeypatch) -> None:

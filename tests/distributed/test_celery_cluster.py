@@ -138,6 +138,75 @@ def last_counts(cluster: Any, dag_id: str) -> dict[str, Any]:
     return counts if isinstance(counts, dict) else json.loads(counts or "{}")
 
 
+def staging_rows(cluster: Any, sql: str, **params: Any) -> list[dict[str, Any]]:
+    """Rows of a query on the cluster's staging database."""
+    engine = sa.create_engine(cluster._pg_url(cluster.staging_db))
+    try:
+        with engine.connect() as conn:
+            return [dict(r) for r in conn.execute(sa.text(sql), params).mappings()]
+    finally:
+        engine.dispose()
+
+
+def pbx_writes(cluster: Any) -> int:
+    """Write requests (POST/PATCH/DELETE on /xapi/) the 3CX emulator has served since its counters were reset."""
+    counters = cluster.threecx_admin("GET", "counters")
+    return sum(n for key, n in counters["requests"].items()
+               if key.split(" ", 1)[0] in ("POST", "PATCH", "DELETE") and "/xapi/" in key)
+
+
+def wait_backfill(cluster: Any, dag_id: str, known: set[str], expected: int) -> list[dict[str, Any]]:
+    """Wait for ``expected`` new backfill runs of ``dag_id`` to finish; return them."""
+    deadline = time.monotonic() + RUN_TIMEOUT * expected
+    while time.monotonic() < deadline:
+        runs = [r for r in cluster.runs(dag_id, "backfill") if r["dag_run_id"] not in known]
+        if len(runs) >= expected and all(r["state"] in ("success", "failed") for r in runs):
+            return runs
+        time.sleep(2)
+    pytest.fail(f"backfill runs of {dag_id} did not finish: {cluster.runs(dag_id, 'backfill')}")
+
+
+def test_not_live_no_path_writes_until_an_audited_go_live(cluster: Any) -> None:
+    """A fresh install writes nothing to 3CX — manual run, backfill with and without conf — until go-live."""
+    cluster.threecx_admin("DELETE", "counters")
+    before = pbx_users(cluster)
+
+    run_id, _ = run_and_wait(cluster, "m365_3cx_full_sync")  # a manual run, no conf: dry_run false
+    backfills: set[str] = set()
+    for day, conf in (("2026-11-20", '{"dry_run": true}'), ("2026-11-21", None)):
+        args = ["backfill", "create", "--dag-id", "m365_3cx_full_sync", "--from-date", day,
+                "--to-date", f"{day[:-2]}{int(day[-2:]) + 1}"]
+        report(cluster.airflow(f"backfill-{day}", *args, *(["--dag-run-conf", conf] if conf else []))[-600:])
+        runs = wait_backfill(cluster, "m365_3cx_full_sync", backfills, 1)
+        assert [r["state"] for r in runs] == ["success"], runs
+        assert (runs[0]["conf"] or {}).get("dry_run") is (True if conf else None), runs[0]
+        backfills.update(r["dag_run_id"] for r in runs)
+
+    assert pbx_writes(cluster) == 0, "a run wrote to 3CX while writes were off"
+    assert pbx_users(cluster) == before
+    rows = staging_rows(cluster, "SELECT run_id, dry_run, dry_reason FROM sync_runs WHERE dag_id = :d",
+                        d="m365_3cx_full_sync")
+    by_run = {r["run_id"]: r for r in rows}
+    assert by_run[run_id]["dry_run"] is True and by_run[run_id]["dry_reason"] == "writes_off"
+    reasons = sorted(by_run[r]["dry_reason"] for r in backfills)
+    assert reasons == ["requested,writes_off", "writes_off"], rows
+    planned = staging_rows(cluster, "SELECT count(*) AS n FROM sync_plan WHERE run_key = :k AND action = 'create'",
+                           k=f"m365_3cx_full_sync/{run_id}")
+    assert planned[0]["n"] > 0, "the dry run stored no plan"
+
+    # going live needs the typed confirmation, and is recorded with the user who triggered it
+    refused = cluster.trigger("m365_3cx_go_live", {"writes_enabled": True, "confirm": "yes"})
+    assert cluster.wait("m365_3cx_go_live", refused) == "failed"
+    assert staging_rows(cluster, "SELECT * FROM sync_control") == []
+    live = cluster.trigger("m365_3cx_go_live", {"writes_enabled": True, "confirm": "ENABLE WRITES",
+                                                "note": "distributed test"})
+    assert cluster.wait("m365_3cx_go_live", live) == "success"
+    control = staging_rows(cluster, "SELECT enabled, changed_by, run_key, note FROM sync_control")
+    assert control == [{"enabled": True, "changed_by": cluster.username,
+                        "run_key": f"m365_3cx_go_live/{live}", "note": "distributed test"}]
+    assert len(staging_rows(cluster, "SELECT * FROM sync_control_log")) == 1
+
+
 def test_full_sync_then_delta_on_two_celery_workers(cluster: Any) -> None:
     began = time.monotonic()
     before = pbx_users(cluster)
@@ -209,6 +278,45 @@ def test_full_sync_then_delta_on_two_celery_workers(cluster: Any) -> None:
     assert any(workers == set(WORKERS) for workers in shards.values()), (
         f"mapped shards did not spread across both workers: {shards}")
     report(f"test body (two runs + checks) took {time.monotonic() - began:.1f} s")
+
+
+def test_removals_over_the_guard_wait_for_an_answer_through_the_rest_api(cluster: Any) -> None:
+    """Reject applies all but the removals; the next full sync asks again and Approve applies them."""
+    members = [u for u in managed_members(cluster) if u.get("mail")]
+    victims, renamed = members[2:10], members[10]
+    for user in victims:
+        cluster.graph_admin("POST", f"users/{user['id']}/disable")
+    cluster.graph_admin("PATCH", f"users/{renamed['id']}", json={"surname": "Approval-Renamed"})
+    numbers = {u.get("EmailAddress"): n for n, u in pbx_users(cluster).items()}
+
+    for dag_id, answer in (("m365_3cx_delta", "Reject"), ("m365_3cx_full_sync", "Approve")):
+        run_id = cluster.trigger(dag_id)
+        detail = cluster.wait_for_hitl(dag_id, run_id, "approve_extension_removals")
+        body = detail["body"]
+        for user in victims:
+            line = next((ln for ln in body.splitlines() if f"| {user['userPrincipalName']} |" in ln), None)
+            assert line is not None and f"| {numbers[user['mail'].lower()]} |" in line, (user, body[:2000])
+        assert detail["options"] == ["Approve", "Reject"], detail
+        answered = cluster.answer_hitl(dag_id, run_id, "approve_extension_removals", answer)
+        assert answered["chosen_options"] == [answer], answered
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while cluster.run_state(dag_id, run_id) not in ("success", "failed") and time.monotonic() < deadline:
+            for other in cluster.hitl_details(dag_id, run_id):  # the phonebook may ask too (owners disabled)
+                if other["task_instance"]["state"] == "awaiting_input" and not other.get("response_received"):
+                    cluster.answer_hitl(dag_id, run_id, other["task_instance"]["task_id"], answer)
+            time.sleep(2)
+        state = cluster.wait(dag_id, run_id, timeout=RUN_TIMEOUT)
+        report(f"\n{dag_id} {run_id} ({answer}): {state}\n"
+               + cluster.format_table(cluster.task_instances(dag_id, run_id)))
+        assert state == "success"
+        by_mail = {u.get("EmailAddress"): u for u in pbx_users(cluster).values()}
+        assert by_mail[renamed["mail"].lower()]["LastName"] == "Approval-Renamed"
+        enabled = [by_mail[u["mail"].lower()]["Enabled"] for u in victims]
+        assert enabled == ([True] * 8 if answer == "Reject" else [False] * 8), (answer, enabled)
+        decision = staging_rows(cluster, "SELECT status, decided_by FROM sync_approvals WHERE run_id = :r",
+                                r=run_id)
+        assert decision == [{"status": "approved" if answer == "Approve" else "rejected",
+                             "decided_by": cluster.username}], decision
 
 
 def test_console_needs_a_login_and_shows_the_runs(cluster: Any) -> None:

@@ -154,3 +154,47 @@ class SyncFailureNotifier(BaseNotifier):
             log.info("failure alert sent to %d recipient(s)", len(alerts.to))
         except Exception as exc:  # an alert must never mask the failure it reports
             log.error("failure alert could not be sent: %s: %s", type(exc).__name__, one_line_reason(scrub(str(exc))))
+
+
+class ApprovalRequestNotifier(BaseNotifier):
+    """E-mail the approval request of a run whose removals exceed the guard (same channel as failures).
+
+    Called by the HITL approval task when it parks; the message names the run, the count and the
+    task to answer ("Required actions" in the Airflow UI). Never raises.
+    """
+
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        """Nothing to render: the content is built from the task in :meth:`notify`."""
+
+    def notify(self, context: Any) -> None:
+        try:
+            import html
+
+            from m365_3cx.airflow.runtime import load_settings
+
+            alerts = load_settings().alerts
+            if alerts.channel == "off" or not alerts.to:
+                log.info("approval request not e-mailed: alerts are off")
+                return
+            dag_id, run_id = _run_ids(context)
+            task = context.get("task")
+            title = str(getattr(task, "subject", "") or "Approval needed")
+            base_url = alerts.base_url or os.environ.get("AIRFLOW__API__BASE_URL") or None
+            link = ""
+            if base_url and task is not None:
+                url = (f"{base_url.rstrip('/')}/dags/{dag_id}/runs/{run_id}/tasks/{task.task_id}/required_actions")
+                link = f'<p><a href="{html.escape(url)}">Answer in Airflow (Required actions)</a></p>'
+            body = (f"<p>{html.escape(title)}</p><p>DAG <code>{html.escape(dag_id)}</code>, run "
+                    f"<code>{html.escape(run_id)}</code>, task <code>{html.escape(getattr(task, 'task_id', '?'))}"
+                    f"</code> waits for a decision. Approve applies the removals; Reject, or no answer in time, "
+                    f"applies everything else.</p>{link}"
+                    f"<pre>{html.escape(str(getattr(task, 'body', '') or ''))}</pre>")
+            from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+            with SmtpHook(smtp_conn_id=alerts.smtp_conn_id) as smtp:
+                smtp.send_email_smtp(to=list(alerts.to), subject=f"[m365-3cx] approval needed: {dag_id}",
+                                     html_content=body, from_email=alerts.from_email)
+            log.info("approval request e-mailed to %d recipient(s)", len(alerts.to))
+        except Exception as exc:  # a notification must never stop the request itself
+            log.error("approval request could not be e-mailed: %s: %s", type(exc).__name__,
+                      one_line_reason(scrub(str(exc))))

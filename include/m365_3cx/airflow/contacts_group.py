@@ -4,6 +4,7 @@
 
     contact_shards -> extract_contacts (mapped over shards of users, pool graph_api)
         -> snapshot_phonebook (pool threecx_api) -> transform_phonebook -> plan_phonebook
+        -> approve_phonebook_removals (HITL; only when deletes exceed the guard, else skipped)
         -> apply_phonebook (pool threecx_api)
 
 Shards are a few hundred users (``settings.contacts.shard_size``, default 200), never one
@@ -19,6 +20,7 @@ from typing import Any
 
 from airflow.sdk import get_current_context, task, task_group
 
+from m365_3cx.airflow.approval import RemovalApprovalOperator
 from m365_3cx.airflow.dag_defaults import (
     GRAPH_POOL,
     STG_CONTACTS,
@@ -161,11 +163,16 @@ def contacts_sync(mode: str) -> None:
     def plan_phonebook() -> dict[str, int]:
         return run_plan_phonebook(mode)
 
-    @task(pool=THREECX_POOL, inlets=[TGT_PHONEBOOK], outlets=[THREECX_PHONEBOOK])
+    @task(pool=THREECX_POOL, inlets=[TGT_PHONEBOOK], outlets=[THREECX_PHONEBOOK],
+          trigger_rule="none_failed_min_one_success")
     def apply_phonebook() -> dict[str, int]:
         return run_apply_phonebook(mode)
 
     extracted = extract_contacts.expand(shard=contact_shards())
     snapshot = snapshot_phonebook()
     phonebook_changed(extracted) >> snapshot
-    snapshot >> transform_phonebook() >> plan_phonebook() >> apply_phonebook()
+    planned = plan_phonebook()
+    applied = apply_phonebook()
+    approve = RemovalApprovalOperator(task_id="approve_phonebook_removals", object_type="contact", mode=mode)
+    snapshot >> transform_phonebook() >> planned >> approve >> applied
+    planned >> applied

@@ -502,26 +502,34 @@ def apply_phonebook(
     desired is left alone and recorded as ``skipped``).
 
     :param mode: ``full`` or ``delta`` (the run's effective mode).
-    :raises MassRemovalError: before any write, when the plan deletes too many managed entries.
+    The write gate (:func:`~m365_3cx.pipeline.safety.write_gate`) decides first (requested dry run,
+    or writes off); deletes over the guard need the run's approval (or ``allow_mass_removal``), and a
+    rejected or timed-out approval applies everything but the deletes.
+
+    :raises MassRemovalError: before any write, when the plan deletes too many managed entries and no
+        decision allows or rejects them.
     :raises RetriableError: the PBX failed transiently (the changes not tried stay ``skipped``).
     """
     import sqlalchemy as sa
 
-    from m365_3cx.reconcile.apply import Outcome, audit_rows, check_mass_removal
+    from m365_3cx.pipeline.safety import guard_removals, write_gate
+    from m365_3cx.reconcile.apply import Outcome, audit_rows
     from m365_3cx.reconcile.phonebook import apply_contact_changes
     from m365_3cx.staging.schema import phonebook_map
 
+    dry_run = write_gate(engine, run_key, dry_run, step="apply_phonebook").dry_run
     plan_key = contact_plan_key(run_key)
     with engine.connect() as conn:
         planned = load_changes(conn, contact_plan_key(run_key), "contact")
         managed = crepo.managed_present_count(conn)
         mapped_ids = dict(conn.execute(sa.select(phonebook_map.c.contact_key, phonebook_map.c.threecx_id)).all())
         currents = crepo.entry_currents(conn, [c.object_key for _, c in planned if c.action == "update"])
+    planned = guard_removals(
+        engine, run_key, plan_key, "contact", planned, managed, settings, allow=allow_mass_removal,
+        dry_run=dry_run, scope_hint="contacts.personal_contacts, the exclusion category and the user scope",
+    )
     changes = [change for _, change in planned]
     seq_of = {id(change): seq for seq, change in planned}
-    check_mass_removal(changes, managed, settings.guards.mass_removal_min, settings.guards.mass_removal_fraction,
-                       allow=allow_mass_removal, noun="synced phonebook entries",
-                       scope_hint="contacts.personal_contacts, the exclusion category and the user scope")
     verified: list[Outcome] = []
     if mode == "delta" and not dry_run:
         changes, verified, facts = _verify_updates(engine, threecx, changes, seq_of)
@@ -617,6 +625,41 @@ def _verify_updates(
              "as planned", len(updates), -(-len(updates) // 40),
              sum(1 for c in replanned.values() if c.action == "create"), len(already))
     return kept, already, facts
+
+
+def review_phonebook_removals(engine: Engine, settings: Settings, run_key: str) -> Any:
+    """The run's planned phonebook deletes against the mass-removal guard (:class:`RemovalReview`)."""
+    from m365_3cx.pipeline.outcomes import OPEN_STATUSES
+    from m365_3cx.pipeline.safety import review_removals
+
+    plan_key = contact_plan_key(run_key)
+    with engine.connect() as conn:
+        rows = [r for r in repo.load_plan(conn, plan_key, statuses=OPEN_STATUSES)
+                if (r["object_type"] or "contact") == "contact"]
+        managed = crepo.managed_present_count(conn)
+    return review_removals(rows, "contact", plan_key, managed, settings)
+
+
+def phonebook_removal_labels(engine: Engine, keys: list[str]) -> dict[str, dict[str, Any]]:
+    """Name and phone of the phonebook entries a plan deletes, as last read from 3CX (approval body)."""
+    import sqlalchemy as sa
+
+    from m365_3cx.staging.schema import phonebook_map
+    from m365_3cx.transform.phonebook import PHONE_SLOTS
+
+    if not keys:
+        return {}
+    query = sa.select(phonebook_map.c.contact_key, phonebook_map.c.current).where(
+        phonebook_map.c.contact_key.in_(sa.bindparam("keys", expanding=True)))
+    labels: dict[str, dict[str, Any]] = {}
+    with engine.connect() as conn:
+        for key, current in conn.execute(query, {"keys": keys}):
+            current = current or {}
+            name = " ".join(str(current[f]) for f in ("FirstName", "LastName") if current.get(f)) \
+                or current.get("CompanyName")
+            phone = next((current[f] for f in PHONE_SLOTS if current.get(f)), None)
+            labels[f"contact:{key}"] = {"name": name, "number": phone}
+    return labels
 
 
 __all__ = [

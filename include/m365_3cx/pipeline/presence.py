@@ -189,6 +189,9 @@ def compute_presence(
     presence = settings.presence
     if not presence.enabled:
         return {"enabled": False}
+    from m365_3cx.pipeline.safety import write_gate
+
+    dry_run = write_gate(engine, run_key, dry_run, step="compute_presence").dry_run
     mapping = dict(presence.mapping)
     check_mapping_against_pbx(mapping, threecx.profile_names())
     current = {int(u["Id"]): u.get("CurrentProfileName") for page in threecx.list_user_profiles() for u in page
@@ -256,6 +259,9 @@ def apply_presence(
 
     if not settings.presence.enabled:
         return {"enabled": False}
+    from m365_3cx.pipeline.safety import write_gate
+
+    dry_run = write_gate(engine, run_key, dry_run, step="apply_presence").dry_run
     plan_key = presence_plan_key(run_key)
     with engine.connect() as conn:
         rows = [r for r in repo.load_plan(conn, plan_key, statuses=OPEN_STATUSES)

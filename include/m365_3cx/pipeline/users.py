@@ -57,10 +57,21 @@ class RunInfo:
 
 
 def start_run(engine: Engine, run: RunInfo, now: datetime) -> dict[str, Any]:
-    """Record the run as started (idempotent on retry)."""
+    """Record the run as started (idempotent on retry), dry when asked or when writes are off.
+
+    ``run.dry_run`` is the requested dry run; the stored ``dry_run`` is the effective decision of
+    :func:`m365_3cx.pipeline.safety.decide` and ``dry_reason`` says why.
+    """
+    from m365_3cx.pipeline.safety import decide
+    from m365_3cx.staging.control import writes_enabled
+
     with engine.begin() as conn:
-        repo.start_run(conn, run.run_key, run.dag_id, run.run_id, run.mode, run.dry_run, now)
-    return {"run_key": run.run_key, "mode": run.mode, "dry_run": run.dry_run}
+        decision = decide(run.dry_run, writes_enabled(conn))
+        repo.start_run(conn, run.run_key, run.dag_id, run.run_id, run.mode, decision.dry_run, now,
+                       dry_reason=decision.reason)
+    if decision.dry_run:
+        log.info("dry run: %s; the plan is stored, nothing is written to 3CX", decision.describe())
+    return {"run_key": run.run_key, "mode": run.mode, "dry_run": decision.dry_run, "dry_reason": decision.reason}
 
 
 def finish_run(engine: Engine, run_key: str, status: str, counts: dict[str, Any], now: datetime) -> None:
@@ -356,9 +367,11 @@ def transform_users(
     A dry run plans with the numbers it would assign but does not record them in
     ``extension_map``, so changing the numbering settings after a dry run still takes effect.
     """
+    from m365_3cx.pipeline.safety import write_gate
     from m365_3cx.transform.extensions import ExtensionParams, desired_extensions
     from m365_3cx.transform.notes import note_rows
 
+    dry_run = write_gate(engine, run_key, dry_run, step="transform_extensions").dry_run
     with engine.begin() as conn:
         repo.purge_expired_quarantine(conn, settings.numbering.quarantine_days, now)
         users = repo.load_frame(conn, "stg_users")
@@ -429,19 +442,27 @@ def apply_users(
     """Execute the stored plan against 3CX: guards first, then the changes (``threecx.write_concurrency``
     at a time), outcomes audited with bulk statements per chunk.
 
-    :raises MassRemovalError: before any write, when the plan removes too many extensions.
-    """
-    from m365_3cx.reconcile.apply import Outcome, apply_changes, audit_rows, check_mass_removal
+    The write gate (:func:`~m365_3cx.pipeline.safety.write_gate`) decides first: with ``dry_run``
+    requested, or writes off (not live), nothing is written. Removals over the guard need the run's
+    approval (or ``allow_mass_removal``); a rejected or timed-out approval applies everything else.
 
+    :param dry_run: the run's requested dry run (the gate may make the run dry anyway).
+    :raises MassRemovalError: before any write, when the plan removes too many extensions and no
+        decision allows or rejects them.
+    """
+    from m365_3cx.pipeline.safety import guard_removals, write_gate
+    from m365_3cx.reconcile.apply import Outcome, apply_changes, audit_rows
+
+    dry_run = write_gate(engine, run_key, dry_run, step="apply_extensions").dry_run
     with engine.connect() as conn:
         planned = load_changes(conn, run_key, "extension")
         managed_count = _managed_in_snapshot(conn)
+    planned = guard_removals(
+        engine, run_key, run_key, "extension", planned, managed_count, settings,
+        allow=allow_mass_removal, dry_run=dry_run, scope_hint="the user scope",
+    )
     changes = [change for _, change in planned]
     seq_of = {id(change): seq for seq, change in planned}
-    check_mass_removal(
-        changes, managed_count, settings.guards.mass_removal_min, settings.guards.mass_removal_fraction,
-        allow=allow_mass_removal,
-    )
     create_defaults = _create_defaults(threecx, settings) if any(c.action == "create" for c in changes) else {}
 
     def record(outcomes: list[Outcome]) -> None:
@@ -463,6 +484,37 @@ def apply_users(
         result["deleted"], result["failed"], result["skipped"],
     )
     return result
+
+
+def review_user_removals(engine: Engine, settings: Settings, run_key: str) -> Any:
+    """The run's planned extension removals against the mass-removal guard (:class:`RemovalReview`)."""
+    from m365_3cx.pipeline.outcomes import OPEN_STATUSES
+    from m365_3cx.pipeline.safety import review_removals
+
+    with engine.connect() as conn:
+        rows = [r for r in repo.load_plan(conn, run_key, statuses=OPEN_STATUSES)
+                if (r["object_type"] or "extension") == "extension"]
+        managed = _managed_in_snapshot(conn)
+    return review_removals(rows, "extension", run_key, managed, settings)
+
+
+def removal_labels(engine: Engine, keys: list[str]) -> dict[str, dict[str, Any]]:
+    """UPN and name of the users whose extensions a plan removes (for the approval body)."""
+    if not keys:
+        return {}
+    labels: dict[str, dict[str, Any]] = {}
+    query = (
+        sa.select(stg_users.c.user_id, stg_users.c.user_principal_name, stg_users.c.display_name,
+                  cur_extensions.c.first_name, cur_extensions.c.last_name)
+        .select_from(stg_users.outerjoin(extension_map, extension_map.c.user_id == stg_users.c.user_id)
+                     .outerjoin(cur_extensions, cur_extensions.c.threecx_id == extension_map.c.threecx_id))
+        .where(stg_users.c.user_id.in_(sa.bindparam("keys", expanding=True)))
+    )
+    with engine.connect() as conn:
+        for uid, upn, display, first, last in conn.execute(query, {"keys": keys}):
+            name = " ".join(p for p in (first, last) if p) or display
+            labels[f"extension:{uid}"] = {"upn": upn, "name": name}
+    return labels
 
 
 def _managed_in_snapshot(conn: Any) -> int:

@@ -137,7 +137,7 @@ USER_SOURCE_COLUMNS: Final[tuple[str, ...]] = (
     "extension_attributes",
 )
 
-PLAN_STATUSES: Final = frozenset({"planned", "applied", "failed", "skipped", "dry_run"})
+PLAN_STATUSES: Final = frozenset({"planned", "applied", "failed", "skipped", "dry_run", "rejected"})
 RUN_STATUSES: Final = frozenset({"running", "success", "failed"})
 #: ``sync_notes.severity`` values (see :mod:`m365_3cx.transform.notes`).
 NOTE_SEVERITIES: Final = ("info", "warning", "error")
@@ -741,10 +741,12 @@ def start_run(
     mode: str,
     dry_run: bool,
     now: dt.datetime,
+    dry_reason: str | None = None,
 ) -> None:
     """Record a run as ``running``; a retry of the same ``run_key`` resets it.
 
     :param mode: ``full`` or ``delta``.
+    :param dry_reason: why the run is dry (see :mod:`m365_3cx.pipeline.safety`); ``None`` when it writes.
     :raises ValueError: bad ``mode``, ``run_key`` longer than 250 characters, or naive ``now``.
     """
     _require_aware(now)
@@ -758,6 +760,7 @@ def start_run(
         "run_id": run_id,
         "mode": mode,
         "dry_run": bool(dry_run),
+        "dry_reason": dry_reason if dry_run else None,
         "status": "running",
         "started_at": now,
         "finished_at": None,

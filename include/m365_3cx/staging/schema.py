@@ -5,9 +5,9 @@ only: strings, text, booleans, integers (``BigInteger`` autoincrement ids),
 :class:`UTCDateTime` (``DateTime(timezone=True)`` that always hands back aware UTC
 datetimes, also on SQLite) and :class:`sqlalchemy.JSON`.
 
-:func:`create_schema` creates the missing tables and indexes (it never alters a column) and
-records :data:`SCHEMA_VERSION` in ``schema_version``; it is idempotent and safe to run from several processes at
-once (PostgreSQL: transaction-level advisory lock; SQLite: ``BEGIN IMMEDIATE``).
+:func:`create_schema` creates the missing tables, indexes and nullable columns (it never alters a
+column) and records :data:`SCHEMA_VERSION` in ``schema_version``; it is idempotent and safe to run
+from several processes at once (PostgreSQL: transaction-level advisory lock; SQLite: ``BEGIN IMMEDIATE``).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 #: Version of the schema this code creates; bump with a migration step in :func:`create_schema`.
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 # Arbitrary constant key of the PostgreSQL advisory lock that serialises create_schema().
 _ADVISORY_LOCK_KEY: Final = 0x6D3336355F337378  # "m365_3sx"
@@ -195,6 +195,9 @@ sync_runs: Final = Table(
     Column("finished_at", UTCDateTime()),
     Column("counts", _json()),
     Column("last_error", Text),  # "<task_id>: <whole reason>" of the latest failed task (scrubbed)
+    # Why a dry run was dry: "requested" (the run's dry_run param), "writes_off" (not live), or both
+    # ("requested,writes_off"); NULL for a run that wrote. Added in schema version 2.
+    Column("dry_reason", String(64)),
     Index("ix_sync_runs_dag_started", "dag_id", "started_at"),
     Index("ix_sync_runs_started", "started_at"),  # console: recent runs, failures of the last 24 h
 )
@@ -293,6 +296,59 @@ schema_version: Final = Table(
     metadata,
     Column("version", Integer, primary_key=True, autoincrement=False),
     Column("applied_at", UTCDateTime(), nullable=False),
+)
+
+# ---------------------------------------------------------------- go-live switch and approvals (docs/internals.md)
+
+#: The operator's switches; one row per switch. ``writes_enabled`` is the go-live switch: no row, or
+#: ``enabled`` false, means every run is a dry run. Changed only by the ``m365_3cx_go_live`` DAG
+#: (:func:`m365_3cx.staging.control.set_writes_enabled`), each change also logged in ``sync_control_log``.
+sync_control: Final = Table(
+    "sync_control",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("enabled", Boolean, nullable=False, default=False),
+    Column("changed_at", UTCDateTime(), nullable=False),
+    Column("changed_by", String(256), nullable=False),  # the Airflow user who triggered the change
+    Column("run_key", RUN_KEY),  # the go-live DAG run that made the change
+    Column("note", Text),
+)
+
+#: Every change of a switch (append only): who, when, from what to what, why.
+sync_control_log: Final = Table(
+    "sync_control_log",
+    metadata,
+    Column("id", _id(), primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("previous", Boolean),  # NULL: the switch had never been set
+    Column("changed_at", UTCDateTime(), nullable=False),
+    Column("changed_by", String(256), nullable=False),
+    Column("run_key", RUN_KEY),
+    Column("note", Text),
+    Index("ix_sync_control_log_name_at", "name", "changed_at"),
+)
+
+#: Removals over the mass-removal guard waiting for (or given) a human decision, one row per run and
+#: feature (``extension`` | ``contact``). The removals themselves are the run's ``sync_plan`` rows.
+sync_approvals: Final = Table(
+    "sync_approvals",
+    metadata,
+    Column("run_key", RUN_KEY, primary_key=True),
+    Column("object_type", String(32), primary_key=True),  # extension | contact
+    Column("plan_key", RUN_KEY, nullable=False),  # sync_plan.run_key holding the removals
+    Column("dag_id", String(250), nullable=False),
+    Column("run_id", String(250), nullable=False),
+    Column("task_id", String(250)),  # the approval task (Airflow "Required actions")
+    Column("removals", Integer, nullable=False),
+    Column("managed", Integer, nullable=False),
+    Column("removal_limit", Integer, nullable=False),
+    # pending | approved | rejected | timed_out | overridden (allow_mass_removal)
+    Column("status", String(16), nullable=False),
+    Column("requested_at", UTCDateTime(), nullable=False),
+    Column("decided_at", UTCDateTime()),
+    Column("decided_by", String(256)),  # Airflow user name; NULL for a timeout
+    Index("ix_sync_approvals_status", "status"),
 )
 
 # ---------------------------------------------------------------- contacts / presence
@@ -469,14 +525,40 @@ def create_schema(engine: Engine, *, now: dt.datetime | None = None) -> int:
         if found is not None and found > SCHEMA_VERSION:
             raise ConfigError(f"staging schema version {found} is newer than this code supports ({SCHEMA_VERSION})")
         metadata.create_all(conn, checkfirst=True)
-        # create_all() adds indexes only with a table it creates: an upgrade that adds an index to an
-        # existing table needs this (columns of existing tables are never altered; docs/operations.md).
+        # create_all() adds columns and indexes only with a table it creates: an upgrade that adds a
+        # nullable column or an index to an existing table needs these (no column is ever altered).
+        _add_missing_columns(conn)
         for tbl in metadata.sorted_tables:
             for index in tbl.indexes:
                 index.create(conn, checkfirst=True)
         if found is None or found < SCHEMA_VERSION:
             conn.execute(schema_version.insert(), [{"version": SCHEMA_VERSION, "applied_at": when}])
     return SCHEMA_VERSION
+
+
+def _add_missing_columns(conn: Connection) -> list[str]:
+    """Migration: add the nullable columns a newer version added to an existing table.
+
+    ``create_all`` creates missing tables only; a column added to an existing table (e.g.
+    ``sync_runs.dry_reason`` in version 2) is added here with ``ALTER TABLE ... ADD COLUMN``.
+    Only nullable columns without a server default are ever added this way.
+
+    :returns: the ``table.column`` names added.
+    """
+    from sqlalchemy import inspect
+    from sqlalchemy.schema import CreateColumn
+
+    inspector = inspect(conn)
+    added = []
+    for tbl in metadata.sorted_tables:
+        existing = {c["name"] for c in inspector.get_columns(tbl.name)}
+        for column in tbl.columns:
+            if column.name in existing or not column.nullable or column.primary_key:
+                continue
+            ddl = CreateColumn(column).compile(dialect=conn.dialect)
+            conn.execute(text(f"ALTER TABLE {tbl.name} ADD COLUMN {ddl}"))
+            added.append(f"{tbl.name}.{column.name}")
+    return added
 
 
 def table(name: str) -> Table:

@@ -65,7 +65,7 @@ CONTRACT_TABLES = {
         "computed_at",
     },
     "sync_runs": {"run_key", "dag_id", "run_id", "mode", "dry_run", "status", "started_at", "finished_at", "counts",
-                  "last_error"},
+                  "last_error", "dry_reason"},
     "sync_plan": {
         "run_key",
         "seq",
@@ -117,6 +117,9 @@ LATER_TABLES = {
     "tgt_phonebook",
     "tgt_presence",
     "schema_version",
+    "sync_control",
+    "sync_control_log",
+    "sync_approvals",
 }
 
 
@@ -199,3 +202,29 @@ def test_an_older_database_gets_the_console_indexes(empty_engine: Engine) -> Non
             conn.exec_driver_sql(f"DROP INDEX {name}")
     assert create_schema(empty_engine) == SCHEMA_VERSION
     assert added <= _index_names(empty_engine)
+
+
+def test_upgrade_adds_the_columns_a_newer_version_added(empty_engine: Engine) -> None:
+    """A version-1 database (``sync_runs`` without ``dry_reason``) gets the column, its rows kept."""
+    import datetime as dt
+
+    from sqlalchemy import text
+
+    with empty_engine.begin() as conn:
+        conn.execute(text(
+            "CREATE TABLE sync_runs (run_key VARCHAR(250) PRIMARY KEY, dag_id VARCHAR(250) NOT NULL, "
+            "run_id VARCHAR(250) NOT NULL, mode VARCHAR(16) NOT NULL, dry_run BOOLEAN NOT NULL, "
+            "status VARCHAR(16) NOT NULL, started_at TIMESTAMP NOT NULL, finished_at TIMESTAMP, "
+            "counts JSON, last_error TEXT)"))
+        conn.execute(text("INSERT INTO sync_runs (run_key, dag_id, run_id, mode, dry_run, status, started_at) "
+                          "VALUES ('d/r', 'd', 'r', 'full', false, 'success', '2026-01-01 00:00:00')"))
+        conn.execute(text("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL)"))
+        conn.execute(schema_version.insert(), {"version": 1, "applied_at": dt.datetime.now(dt.UTC)})
+    assert create_schema(empty_engine) == SCHEMA_VERSION
+    assert create_schema(empty_engine) == SCHEMA_VERSION
+    columns = {c["name"] for c in inspect(empty_engine).get_columns("sync_runs")}
+    assert columns == CONTRACT_TABLES["sync_runs"]
+    with empty_engine.connect() as conn:
+        assert conn.execute(text("SELECT run_key, dry_reason FROM sync_runs")).all() == [("d/r", None)]
+        assert conn.execute(select(schema_version.c.version).order_by(schema_version.c.version)).scalars().all() \
+            == [1, SCHEMA_VERSION]
