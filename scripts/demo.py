@@ -157,6 +157,18 @@ def show_run(run_key: str) -> None:
             print(f"      {severity}: {message}")
 
 
+def go_live(env: dict[str, str]) -> None:
+    """Turn writes to 3CX on the way an operator does: the audited go-live DAG, with its confirmation."""
+    print("\n==> going live: a fresh install writes nothing to 3CX (every run is a dry run) until an")
+    print("    operator turns writes on. The demo does it now, through the audited go-live DAG:")
+    conf = {"writes_enabled": True, "confirm": "ENABLE WRITES", "note": "scripts/demo.py"}
+    print(f"    airflow dags test m365_3cx_go_live -c '{json.dumps(conf)}'")
+    airflow(env, "dags", "test", "m365_3cx_go_live", "-c", json.dumps(conf))
+    for enabled, changed_by, changed_at in staging_query(
+            "SELECT enabled, changed_by, changed_at FROM sync_control WHERE name = 'writes_enabled'"):
+        print(f"    WRITES TO 3CX ENABLED: {bool(enabled)} (by {changed_by} at {changed_at}; see sync_control_log)")
+
+
 def show_pbx(threecx_admin: Admin, title: str) -> None:
     state = threecx_admin("GET", "state")
     users = sorted(state["users"], key=lambda u: u["Number"])
@@ -263,6 +275,14 @@ def main() -> int:
         airflow(env, "pools", "set", "threecx_api", "1", "3CX XAPI (one live token per client)")
 
         show_pbx(threecx_admin, "before the first sync (unmanaged extensions only)")
+        print("\n==> first full sync on a fresh install: not live, so it is a dry run (plan stored, no writes)")
+        dry_key = run_dag(env, "m365_3cx_full_sync")
+        show_run(dry_key)
+        planned = staging_query("SELECT action, count(*) FROM sync_plan WHERE run_key = :k GROUP BY action",
+                                {"k": dry_key})
+        reason = staging_query("SELECT dry_reason FROM sync_runs WHERE run_key = :k", {"k": dry_key})
+        print(f"    dry run ({reason[0][0] if reason else '?'}): planned {dict(planned)}")
+        go_live(env)
         show_run(run_dag(env, "m365_3cx_full_sync"))
         show_pbx(threecx_admin, "after the full sync")
 
