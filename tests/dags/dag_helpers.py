@@ -119,12 +119,24 @@ class HitlResponder:
                                                                          "params_input": {}})
                     answered.raise_for_status()
                 time.sleep(1)
-        except BaseException as exc:  # reported by the test
+        except BaseException as exc:  # reported by the test; fail the parked task so dag.test() ends
             self.error = exc
+            self._fail_parked()
+
+    def _fail_parked(self) -> None:
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+        from airflow.utils.state import TaskInstanceState
+
+        with create_session() as session:
+            for row in session.query(TaskInstance).filter(TaskInstance.dag_id == self.dag_id,
+                                                          TaskInstance.state == TaskInstanceState.AWAITING_INPUT):
+                row.state = TaskInstanceState.FAILED
 
     @staticmethod
     def _time_out(ti: dict[str, Any]) -> None:
         """Move the request's deadline to the past and let the scheduler's real sweep resolve it."""
+        import uuid
         from datetime import UTC, datetime, timedelta
 
         from airflow.jobs.job import Job
@@ -133,6 +145,6 @@ class HitlResponder:
         from airflow.utils.session import create_session
 
         with create_session() as session:
-            row = session.get(TaskInstance, ti["id"])
+            row = session.get(TaskInstance, uuid.UUID(ti["id"]))
             row.trigger_timeout = datetime.now(UTC) - timedelta(seconds=1)
         SchedulerJobRunner(job=Job()).check_awaiting_input_timeouts()
