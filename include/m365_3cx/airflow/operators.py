@@ -14,9 +14,10 @@ from m365_3cx.airflow.runtime import fatal_errors_fail_the_task, load_settings, 
 class ThreeCXApplyOperator(BaseOperator):
     """Execute the ``sync_plan`` of this DAG run against the 3CX XAPI.
 
-    Guards (mass removal) run before the first write; every outcome is written to
-    ``sync_audit`` as it happens; only counts go to XCom. With the run's ``dry_run``
-    param nothing is written to 3CX.
+    The write gate runs first (:func:`m365_3cx.pipeline.safety.write_gate`): with the run's
+    ``dry_run`` param, or while writes are off (not live), nothing is written to 3CX. Removals
+    over the mass-removal guard follow the decision of the upstream approval task; every
+    outcome is written to ``sync_audit`` as it happens; only counts go to XCom.
 
     :param mode: ``full`` or ``delta`` (the run's mode in ``sync_runs``).
     :param threecx_conn_id: ``threecx_xapi`` connection id.
