@@ -293,7 +293,8 @@ def snapshot_threecx(
     ``extensions.adopt_existing = "email"`` it adopts existing extensions (see
     :func:`_adopt_existing`).
     """
-    rows = [repo.pbx_row_from_xapi(user) for page in threecx.list_users() for user in page]
+    rows = [boundary.storable_row(cur_extensions, repo.pbx_row_from_xapi(user))
+            for page in threecx.list_users() for user in page]
     with engine.begin() as conn:
         repo.replace_snapshot(conn, rows, run_key, now)
         relinked = _relink_lost_creates(conn)

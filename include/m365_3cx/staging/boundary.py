@@ -31,7 +31,7 @@ from typing import Any, Final
 
 from sqlalchemy import String, Table
 
-from m365_3cx.sanitize import Finding, clean_json, clean_text
+from m365_3cx.sanitize import REPLACEMENT, Finding, clean_json, clean_text
 from m365_3cx.staging.schema import stg_contacts, stg_events, stg_users
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "column_limit",
     "dedupe",
     "printable_key",
+    "storable_row",
 ]
 
 #: Graph user property -> ``stg_users`` column, for the string properties.
@@ -214,6 +215,37 @@ def clean_event_row(row: Mapping[str, Any]) -> CleanItem:
     for column in _EVENT_TEXT:
         _text(out, column, column_limit(stg_events, column), findings)
     return CleanItem(out, findings)
+
+
+def _storable_text(value: str, limit: int | None) -> str:
+    if not value.isprintable():
+        value = "".join(REPLACEMENT if ch == "\x00" or "\ud800" <= ch <= "\udfff" else ch for ch in value)
+    return value[:limit] if limit is not None else value
+
+
+def _storable(value: Any, limit: int | None = None) -> Any:
+    if isinstance(value, str):
+        return _storable_text(value, limit)
+    if isinstance(value, Mapping):
+        return {_storable_text(str(k), None): _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value]
+    return value
+
+
+def storable_row(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row read from 3CX made storable as it is: NUL and lone surrogates become U+FFFD, strings are cut
+    to their ``String(n)`` column.
+
+    Unlike the Graph boundary nothing else is removed, so a value that differs from what the sync
+    wants (an invisible character typed into 3CX by hand) still differs and is put back.
+
+    :param table: the target table (``cur_extensions``).
+    :param row: the row (keys are column names).
+    :return: a copy.
+    """
+    return {key: _storable(value, column_limit(table, key) if key in table.c else None)
+            for key, value in row.items()}
 
 
 def printable_key(raw: object, limit: int = 256) -> str:

@@ -12,7 +12,7 @@ from m365_3cx.pipeline.users import SANITIZE_STEP, clean_users
 from m365_3cx.staging import boundary, repo
 from m365_3cx.staging import contacts as crepo
 from m365_3cx.staging import presence as stage
-from m365_3cx.staging.schema import stg_contacts, stg_events, stg_users, sync_notes
+from m365_3cx.staging.schema import cur_extensions, stg_contacts, stg_events, stg_users, sync_notes
 from m365_3cx.transform.notes import note_rows
 
 NOW = dt.datetime(2026, 2, 3, 4, 5, tzinfo=dt.UTC)
@@ -141,3 +141,14 @@ def test_hostile_events_stage_and_duplicates_collapse(engine: Engine) -> None:
     findings = {(eid, f.field, f.rejected) for eid, f in counts.findings}
     assert ("e1", "subject", False) in findings and ("e1", "show_as", False) in findings
     assert ("e" * 256, "id", True) in findings
+
+
+def test_3cx_snapshot_rows_are_storable_and_still_differ(engine: Engine) -> None:
+    """A hand-made 3CX extension with a NUL or a 300-character name never fails the snapshot."""
+    xapi = {"Id": 7, "Number": "207", "FirstName": "Ha\x00nd", "LastName": "L" * 300, "DisplayName": "\ud800",
+            "EmailAddress": "a\u200b@x.example", "Tags": ["t\x00"]}
+    row = boundary.storable_row(cur_extensions, repo.pbx_row_from_xapi(xapi))
+    assert row["first_name"] == "Ha\ufffdnd" and len(row["last_name"]) == 256 and row["tags"] == ["t\ufffd"]
+    assert row["email"] == "a\u200b@x.example"  # kept as is: it must still differ from the desired address
+    with engine.begin() as conn:
+        assert repo.replace_snapshot(conn, [row], "r1", NOW) == 1
