@@ -32,6 +32,7 @@ from m365_3cx.pipeline.outcomes import load_changes, record_outcomes
 from m365_3cx.pipeline.users import SANITIZE_STEP
 from m365_3cx.staging import boundary, repo
 from m365_3cx.staging import contacts as crepo
+from m365_3cx.staging.schema import stg_contacts
 from m365_3cx.staging.state import DeltaStateStore
 from m365_3cx.transform.notes import ERROR, INFO, WARNING, Note, note_rows, user_note
 
@@ -118,7 +119,15 @@ def _list_folders(graph: GraphClient, users: list[dict[str, Any]], totals: _Tota
             error = classify_item(response)
             if error is None:
                 body = response.body if isinstance(response.body, Mapping) else {}
-                folders[uid].extend(f for f in body.get("value") or [] if isinstance(f, Mapping) and f.get("id"))
+                for folder in body.get("value") or []:
+                    if not isinstance(folder, Mapping) or not folder.get("id"):
+                        continue
+                    if boundary.usable_key(folder["id"], boundary.column_limit(stg_contacts, "folder_id")):
+                        folders[uid].append(folder)
+                    else:  # cannot be stored as stg_contacts.folder_id: the folder is left out, named
+                        totals.notes.append(user_note(uid, labels[uid], "contactFolders",
+                                                      f"contact folder {boundary.printable_key(folder['id'])} has "
+                                                      "an id staging cannot hold; its contacts are not read", ERROR))
                 link = body.get("@odata.nextLink")
                 if isinstance(link, str) and link:
                     nxt[uid] = relative_url(link, graph.credentials.graph_url)

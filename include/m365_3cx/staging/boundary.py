@@ -45,6 +45,7 @@ __all__ = [
     "dedupe",
     "printable_key",
     "storable_row",
+    "usable_key",
 ]
 
 #: Graph user property -> ``stg_users`` column, for the string properties.
@@ -117,6 +118,12 @@ def _text(out: dict[str, Any], prop: str, limit: int | None, findings: list[Find
     if cleaned.changed:
         findings.append(Finding(prop, cleaned.describe()))
     out[prop] = cleaned.value
+
+
+def usable_key(raw: object, limit: int | None) -> bool:
+    """Whether ``raw`` can be stored as a key as it is: text, not empty, no control character, fits."""
+    return (isinstance(raw, str) and bool(raw) and not clean_text(raw).changed
+            and (limit is None or len(raw) <= limit))
 
 
 def _key(item: Mapping[str, Any], limit: int | None, findings: list[Finding]) -> str | None:

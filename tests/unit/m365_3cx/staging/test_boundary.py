@@ -152,3 +152,14 @@ def test_3cx_snapshot_rows_are_storable_and_still_differ(engine: Engine) -> None
     assert row["email"] == "a\u200b@x.example"  # kept as is: it must still differ from the desired address
     with engine.begin() as conn:
         assert repo.replace_snapshot(conn, [row], "r1", NOW) == 1
+
+
+def test_usable_keys_and_audit_rows_with_3cx_values(engine: Engine) -> None:
+    assert boundary.usable_key("AAMkAD=", 256) and not boundary.usable_key("x" * 257, 256)
+    assert not boundary.usable_key("a\x00b", 256) and not boundary.usable_key("", 256)
+    assert not boundary.usable_key(None, 256)
+    with engine.begin() as conn:
+        written = repo.add_audit(conn, [{"run_key": "r1", "at": NOW, "action": "update", "object_type": "contact",
+                                         "object_key": "k", "number": None, "threecx_id": 3, "field": "FirstName",
+                                         "before": "Ha\x00nd", "after": "Hand", "result": "ok", "error": None}])
+    assert written == 1
