@@ -189,6 +189,13 @@ def graph_wire(requests_by_key: dict[str, int], batched: bool) -> dict[str, int]
 # ----------------------------------------------------------------------------- the product's run
 
 
+def fresh_process() -> None:
+    """Each Airflow task runs in a process of its own: forget in-process memos between steps."""
+    from m365_3cx.transform.phones import _normalise
+
+    _normalise.cache_clear()
+
+
 @dataclass
 class StepResult:
     name: str
@@ -218,6 +225,7 @@ class Harness:
         return ThreeCXClient(ThreeCXCredentials(p["base_url"], p["client_id"], p["client_secret"], p["ca_bundle"]))
 
     def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        fresh_process()
         before, started = self.sql.count, time.perf_counter()
         if name in os.environ.get("BENCH_PROFILE", "").split(","):  # profile one step: BENCH_PROFILE=step,...
             import cProfile
@@ -238,6 +246,7 @@ class Harness:
             with make_client() as client:
                 return fn(self.engine, client, self.settings, *args[:2], shard, *args[2:])
 
+        fresh_process()
         before, started = self.sql.count, time.perf_counter()
         with ThreadPoolExecutor(max_workers=max(1, min(self.graph_slots, len(shards) or 1))) as pool:
             results = list(pool.map(one, shards))

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STEP_EXTRACT = "presence_extract"
+#: Users whose staged events :func:`compute_presence` holds in memory at once.
+EVENT_CHUNK = 1000
 STEP_COMPUTE = "presence_compute"
 
 
@@ -198,20 +200,24 @@ def compute_presence(
                if isinstance(u.get("Id"), int)}
     with engine.connect() as conn:
         users = stage.presence_users(conn)
-        events = stage.load_events(conn, [u.user_id for u in users])
         replies = stage.load_auto_replies(conn)
         state = stage.load_state(conn)
     desired: list[DesiredProfile] = []
     targets: list[dict[str, Any]] = []
     reasons: dict[str, int] = {}
-    for user in users:
-        rep = replies.get(user.user_id)
-        auto = AutoReplies(rep["status"], rep["scheduled_start"], rep["scheduled_end"]) if rep else None
-        decision = decide(_event_spans(events.get(user.user_id, [])), auto, mapping, now)
-        reasons[decision.reason] = reasons.get(decision.reason, 0) + 1
-        desired.append(DesiredProfile(user.user_id, user.threecx_id, user.number, decision.profile, decision.reason))
-        targets.append({"user_id": user.user_id, "threecx_id": user.threecx_id, "profile": decision.profile,
-                        "reason": decision.reason, "next_switch_at": decision.next_switch_at})
+    for start in range(0, len(users), EVENT_CHUNK):  # events are read a chunk of users at a time
+        chunk = users[start:start + EVENT_CHUNK]
+        with engine.connect() as conn:
+            events = stage.load_events(conn, [u.user_id for u in chunk])
+        for user in chunk:
+            rep = replies.get(user.user_id)
+            auto = AutoReplies(rep["status"], rep["scheduled_start"], rep["scheduled_end"]) if rep else None
+            decision = decide(_event_spans(events.get(user.user_id, [])), auto, mapping, now)
+            reasons[decision.reason] = reasons.get(decision.reason, 0) + 1
+            desired.append(DesiredProfile(user.user_id, user.threecx_id, user.number, decision.profile,
+                                          decision.reason))
+            targets.append({"user_id": user.user_id, "threecx_id": user.threecx_id, "profile": decision.profile,
+                            "reason": decision.reason, "next_switch_at": decision.next_switch_at})
     last_set = {uid: row["profile"] for uid, row in state.items()}
     plan = plan_switches(desired, current, last_set, str(mapping["default"]), presence.mode)
     with engine.begin() as conn:

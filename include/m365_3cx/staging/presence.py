@@ -275,10 +275,14 @@ def load_events(conn: Connection, user_ids: Iterable[str] | None = None) -> dict
     """Live (not deleted) staged events by user id, each as a dict of ``stg_events`` columns."""
     query = select(stg_events).where(stg_events.c.deleted.is_(False)).order_by(stg_events.c.user_id,
                                                                               stg_events.c.event_id)
-    wanted = set(user_ids) if user_ids is not None else None
     result: dict[str, list[dict[str, Any]]] = {}
-    for row in conn.execute(query).mappings():
-        if wanted is None or row["user_id"] in wanted:
+    if user_ids is None:
+        queries = [query]
+    else:  # only these users' rows are read (a chunk at a time), never every user's events
+        wanted = sorted(set(user_ids))
+        queries = [query.where(stg_events.c.user_id.in_(wanted[i:i + 500])) for i in range(0, len(wanted), 500)]
+    for q in queries:
+        for row in conn.execute(q).mappings():
             result.setdefault(row["user_id"], []).append(dict(row))
     return result
 
