@@ -344,15 +344,20 @@ def graph_minimum(c: dict[str, int], mode: str, users_changed: int, shards: int)
     return users + folder_batches + contact_batches + calendar_batches + 2  # + one token per client kind
 
 
-def pbx_minimum_reads(c: dict[str, int], mode: str, users_changed: int, entries_changed: int) -> int:
-    """Fewest 3CX reads: full runs page through the users and the phonebook; every run reads the current
-    profiles (paged) and the profile names once; a delta reads the users once only when users changed,
-    and only the phonebook entries it changes (40 ids per filtered read)."""
-    profiles = math.ceil(c["pbx_users"] / PAGE_3CX) + 1
+def pbx_minimum_reads(before: dict[str, int], after: dict[str, int], mode: str, users_changed: int,
+                      entries_updated: int) -> int:
+    """Fewest 3CX reads: full runs page through the users and the phonebook as they were before the run
+    (at least one page each); every run reads the current profiles after the apply (paged) and the profile
+    names once; a delta reads the users only when users changed, and only the phonebook entries it updates
+    (40 ids per filtered read)."""
+    def pages(n: int) -> int:
+        return max(1, math.ceil(n / PAGE_3CX))
+
+    profiles = pages(after["pbx_users"]) + 1
     if mode.endswith("full"):
-        return math.ceil(c["pbx_users"] / PAGE_3CX) + math.ceil(c["phonebook_entries"] / PAGE_3CX) + profiles
-    users = math.ceil(c["pbx_users"] / PAGE_3CX) if users_changed else 0
-    return users + math.ceil(entries_changed / 40) + profiles
+        return pages(before.get("pbx_users", 0)) + pages(before.get("phonebook_entries", 0)) + profiles
+    users = pages(before.get("pbx_users", 0)) if users_changed else 0
+    return users + math.ceil(entries_updated / 40) + profiles
 
 
 # ----------------------------------------------------------------------------- churn
@@ -544,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         report["write_concurrency"] = write_concurrency
         h = Harness(engine, SqlCounter(engine), graph_emu.info, pbx_emu.info, settings, args.graph_slots)
         facts: dict[str, Any] = {}
+        before_census: dict[str, int] = {}
         for mode_name in [m for m in args.modes.split(",") if m]:
             mode = "full" if mode_name.endswith("full") else "delta"
             if mode_name == "delta_churn":
@@ -565,11 +571,12 @@ def main(argv: list[str] | None = None) -> int:
             changes = real_changes(applied)
             shards = sum(1 for s in h.steps if s.name.startswith("extract_"))
             users_changed = int(facts.get("users_renamed", 0)) if mode_name == "delta_churn" else 0
-            entries_changed = int(((applied.get("phonebook") or {}).get("updated") or 0)
-                                  + ((applied.get("phonebook") or {}).get("created") or 0))
+            phonebook = applied.get("phonebook") or {}
+            entries_updated = int(phonebook.get("updated") or 0) + int(phonebook.get("verified") or 0)
             g_wire = graph_wire(g_req, batched=True)
             g_min = graph_minimum(c, mode_name, users_changed, shards)
-            p_min = pbx_minimum_reads(c, mode_name, users_changed, entries_changed)
+            p_min = pbx_minimum_reads(before_census, c, mode_name, users_changed, entries_updated)
+            before_census = c
             lat = args.latency_ms / 1000.0
             floor = (g_min * lat / max(1, args.graph_slots) + p_min * lat + changes * lat / write_concurrency)
             entry = {
