@@ -56,6 +56,7 @@ from m365_3cx.pipeline import contacts as contacts_steps  # noqa: E402
 from m365_3cx.pipeline import presence as presence_steps  # noqa: E402
 from m365_3cx.pipeline import users as users_steps  # noqa: E402
 from m365_3cx.settings import Settings  # noqa: E402
+from m365_3cx.staging.control import set_writes_enabled  # noqa: E402
 from m365_3cx.staging.db import make_engine  # noqa: E402
 from m365_3cx.staging.schema import create_schema  # noqa: E402
 from m365_3cx.threecx.client import ThreeCXClient, ThreeCXCredentials, clear_token_cache  # noqa: E402
@@ -533,6 +534,9 @@ def main(argv: list[str] | None = None) -> int:
                               "staging": engine.url.get_backend_name(), "modes": {}}
     try:
         create_schema(engine)
+        with engine.begin() as conn:  # a fresh install is not live: go live, as the go-live DAG would
+            set_writes_enabled(conn, True, changed_by="bench_reference.py", now=datetime.now(UTC),
+                               note="benchmark")
         for emu in (graph_emu, pbx_emu):
             if args.latency_ms > 0:
                 emu.admin("POST", "faults", json={"kind": "latency", "latency": args.latency_ms / 1000.0})

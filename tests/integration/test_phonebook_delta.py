@@ -22,6 +22,7 @@ from m365_3cx.pipeline import contacts as pipeline
 from m365_3cx.pipeline.users import extract_users
 from m365_3cx.settings import Settings
 from m365_3cx.staging import repo
+from m365_3cx.staging.control import set_writes_enabled
 from m365_3cx.staging.db import make_engine
 from m365_3cx.staging.schema import create_schema, phonebook_map, sync_audit
 from m365_3cx.threecx.client import ThreeCXClient, ThreeCXCredentials, clear_token_cache
@@ -45,6 +46,8 @@ def env(graph_emulator: Any, threecx_emulator: Any, pg_database: str) -> Iterato
     pbx = ThreeCXClient(ThreeCXCredentials(p["base_url"], p["client_id"], p["client_secret"], p["ca_bundle"]), FAST)
     engine = make_engine(pg_database)
     create_schema(engine)
+    with engine.begin() as conn:  # live, through the go-live DAG's repository call
+        set_writes_enabled(conn, True, changed_by="tests/integration", now=datetime.now(UTC))
     yield {"graph": graph, "pbx": pbx, "engine": engine, "g": graph_emulator, "p": threecx_emulator}
     graph.close()
     pbx.close()
