@@ -12,7 +12,8 @@ Every few minutes (`M365_3CX_DELTA_MINUTES`, default 5, down to 1):
   every user (never a status from the past). It follows the users' 3CX steps, so a user
   whose extension this run created gets their status in the same run.
 
-Trigger form: `dry_run`, `full_resync` (ignore delta links), `only_users`,
+Trigger form: `dry_run`, `full_resync` (ignore delta links), `only_users` (provision on demand:
+users, contacts and status of just these users, traced per step in `sync_trace`),
 `allow_mass_removal`.
 """
 

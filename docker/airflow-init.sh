@@ -2,7 +2,7 @@
 # One-shot initialisation for the compose stack (service airflow-init, runs as root), modelled on
 # the official Airflow docker-compose airflow-init service:
 #   resource checks, shared folders and their owner, required secrets, the API login, the
-#   metadata database, the staging database, the pools.
+#   metadata database, the staging database, the pools, the settings Variable (seeded once).
 # Every step is idempotent: it runs on each `docker compose up`.
 set -euo pipefail
 
@@ -71,6 +71,20 @@ if ! airflow pools get graph_api >/dev/null 2>&1; then
 fi
 if ! airflow pools get threecx_api >/dev/null 2>&1; then
     airflow pools set threecx_api 1 "3CX XAPI (one live token per client)"
+fi
+
+echo "== settings Variable m365_3cx_settings (in the metadata DB, so edits in the UI take effect)"
+settings="${M365_3CX_SETTINGS:-}"
+if [[ -z "${settings// }" ]]; then
+    settings='{}'
+fi
+if [[ "${M365_3CX_SETTINGS_RESEED:-false}" == "true" ]] || ! airflow variables get m365_3cx_settings >/dev/null 2>&1; then
+    # Validate first: a bad seed must stop the init with the list of problems, not reach the DAGs.
+    M365_3CX_SEED="${settings}" python -c 'import os; from m365_3cx.settings import Settings; Settings.from_json(os.environ["M365_3CX_SEED"])'
+    airflow variables set --description "m365-3cx-sync settings (docs/operations.md section 3)" m365_3cx_settings "${settings}"
+    echo "seeded from M365_3CX_SETTINGS"
+else
+    echo "kept the stored value (edit it in the UI; M365_3CX_SETTINGS_RESEED=true overwrites it from .env)"
 fi
 
 # Files the commands above created as root (config, logs) must belong to the Airflow user.

@@ -73,7 +73,8 @@ def airflow_env(graph: dict[str, Any], threecx: dict[str, Any]) -> dict[str, str
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        # INFO: the task logs in the UI show each step's summary and its first planned changes.
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "AIRFLOW_CONN_M365_GRAPH": json.dumps({
             "conn_type": "m365_graph", "login": graph["client_id"], "password": graph["client_secret"],
             "extra": {"tenant_id": graph["tenant_id"], "authority": graph["authority"].rsplit("/", 1)[0],
@@ -84,15 +85,21 @@ def airflow_env(graph: dict[str, Any], threecx: dict[str, Any]) -> dict[str, str
             "password": threecx["client_secret"], "extra": {"ca_bundle": threecx["ca_bundle"]},
         }),
         "AIRFLOW_CONN_M365_3CX_STAGING": json.dumps({"conn_type": "sqlite", "host": str(DEMO / "staging.db")}),
-        "AIRFLOW_VAR_M365_3CX_SETTINGS": json.dumps({
-            "numbering": {"policy": "attribute", "attribute": "extensionAttribute1", "fallback_to_pool": True,
-                          "pool_first": "300", "pool_last": "399"},
-            "extensions": {"removal_policy": "disable", "default_region": "US"},
-            "contacts": {"personal_contacts": "all", "exclude_category": "Private", "shard_size": 15},
-            "presence": {"enabled": True, "mode": "respect", "shard_size": 15},
-        }),
     })
+    # The settings Variable is NOT an AIRFLOW_VAR_* environment variable: that would hide every
+    # edit made in the UI. main() stores DEMO_SETTINGS in the metadata DB (`airflow variables set`).
+    env.pop("AIRFLOW_VAR_M365_3CX_SETTINGS", None)
     return env
+
+
+#: The demo's settings Variable, stored in Airflow's metadata DB (editable in the UI with --ui).
+DEMO_SETTINGS = {
+    "numbering": {"policy": "attribute", "attribute": "extensionAttribute1", "fallback_to_pool": True,
+                  "pool_first": "300", "pool_last": "399"},
+    "extensions": {"removal_policy": "disable", "default_region": "US"},
+    "contacts": {"personal_contacts": "all", "exclude_category": "Private", "shard_size": 15},
+    "presence": {"enabled": True, "mode": "respect", "shard_size": 15},
+}
 
 
 def airflow(env: dict[str, str], *args: str, quiet: bool = True) -> None:
@@ -269,10 +276,11 @@ def main() -> int:
         graph_admin = Admin(graph["graph_url"], graph["ca_bundle"])
         threecx_admin = Admin(threecx["base_url"], threecx["ca_bundle"])
         env = airflow_env(graph, threecx)
-        print("==> preparing Airflow (metadata DB, pools)")
+        print("==> preparing Airflow (metadata DB, pools, settings Variable)")
         airflow(env, "db", "migrate")
         airflow(env, "pools", "set", "graph_api", "4", "Microsoft Graph requests")
         airflow(env, "pools", "set", "threecx_api", "1", "3CX XAPI (one live token per client)")
+        airflow(env, "variables", "set", "m365_3cx_settings", json.dumps(DEMO_SETTINGS))
 
         show_pbx(threecx_admin, "before the first sync (unmanaged extensions only)")
         print("\n==> first full sync on a fresh install: not live, so it is a dry run (plan stored, no writes)")

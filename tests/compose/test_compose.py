@@ -456,9 +456,32 @@ def test_graph_connection_with_certificate(compose: dict[str, Any], demo_env: di
     assert "./docker/secrets:/opt/airflow/secrets:ro" in mounts
 
 
-def test_settings_variable_is_a_json_object(resolved: dict[str, Any]) -> None:
-    value = resolved["services"]["airflow-worker"]["environment"]["AIRFLOW_VAR_M365_3CX_SETTINGS"]
-    assert isinstance(json.loads(value), dict)
+def test_settings_variable_is_not_hidden_by_the_environment(resolved: dict[str, Any]) -> None:
+    """An AIRFLOW_VAR_* value wins over the metadata DB, so UI edits would silently do nothing."""
+    for name, svc in resolved["services"].items():
+        assert "AIRFLOW_VAR_M365_3CX_SETTINGS" not in (svc.get("environment") or {}), name
+    init = resolved["services"]["airflow-init"]["environment"]
+    assert isinstance(json.loads(init["M365_3CX_SETTINGS"]), dict)
+    assert init["M365_3CX_SETTINGS_RESEED"] == "false"
+    workers = [svc for name, svc in resolved["services"].items() if name != "airflow-init"]
+    assert all("M365_3CX_SETTINGS" not in (svc.get("environment") or {}) for svc in workers)
+
+
+def test_init_seeds_the_settings_variable_once_in_the_metadata_db() -> None:
+    script = INIT_SCRIPT.read_text()
+    commands = airflow_argv_from_shell(script)
+    assert ["variables", "get", "m365_3cx_settings"] in commands
+    seeds = [argv for argv in commands if argv[:2] == ["variables", "set"]]
+    assert len(seeds) == 1 and "m365_3cx_settings" in seeds[0]
+    # seeded only when missing (or on request), after validating it
+    assert 'M365_3CX_SETTINGS_RESEED:-false}" == "true" ]] || ! airflow variables get m365_3cx_settings' in script
+    assert script.index("Settings.from_json") < script.index("airflow variables set")
+    assert script.index("airflow db migrate") < script.index("airflow variables set")
+
+
+def test_settings_seed_is_optional(compose: dict[str, Any], demo_env: dict[str, str]) -> None:
+    env = {k: v for k, v in demo_env.items() if k != "M365_3CX_SETTINGS"}
+    assert interpolate(compose, env)["services"]["airflow-init"]["environment"]["M365_3CX_SETTINGS"] == ""
 
 
 # --- commands against the real airflow CLI ---------------------------------------------------------

@@ -33,6 +33,7 @@ from m365_3cx.airflow.runtime import (
     api_client,
     fatal_errors_fail_the_task,
     load_settings,
+    on_demand_entries,
     run_info,
     staging_engine,
     utcnow,
@@ -53,8 +54,9 @@ def run_contact_shards(mode: str) -> list[dict[str, Any]]:
     from m365_3cx.pipeline.contacts import contact_shards
 
     settings = load_settings()
+    on_demand = bool(on_demand_entries(get_current_context()))
     with fatal_errors_fail_the_task(), staging_engine() as engine:
-        return contact_shards(engine, settings)
+        return contact_shards(engine, settings, on_demand=on_demand)
 
 
 def run_extract_contacts(mode: str, shard: dict[str, Any]) -> dict[str, Any]:
@@ -84,11 +86,14 @@ def run_snapshot_phonebook(mode: str) -> dict[str, int]:
 def run_transform_phonebook(mode: str) -> dict[str, int]:
     """``stg_contacts`` -> ``tgt_phonebook`` (pandas)."""
     from m365_3cx.pipeline.contacts import transform_phonebook
+    from m365_3cx.pipeline.ondemand import on_demand_users
 
-    run = run_info(get_current_context(), mode)
+    context = get_current_context()
+    run = run_info(context, mode)
     settings = load_settings()
     with fatal_errors_fail_the_task(), staging_engine() as engine:
-        return transform_phonebook(engine, settings, run.run_key, utcnow())
+        owners = set(on_demand_users(engine, run.run_key)) if on_demand_entries(context) else None
+        return transform_phonebook(engine, settings, run.run_key, utcnow(), only_owner_ids=owners)
 
 
 def run_phonebook_has_work(mode: str, shard_counts: list[dict[str, Any]]) -> bool:
@@ -97,7 +102,7 @@ def run_phonebook_has_work(mode: str, shard_counts: list[dict[str, Any]]) -> boo
 
     context = get_current_context()
     params = context.get("params") or {}
-    if params.get("full_resync"):
+    if params.get("full_resync") or on_demand_entries(context):
         return True
     run = run_info(context, mode)
     with staging_engine() as engine:
@@ -107,27 +112,38 @@ def run_phonebook_has_work(mode: str, shard_counts: list[dict[str, Any]]) -> boo
 def run_plan_phonebook(mode: str) -> dict[str, int]:
     """Desired vs managed 3CX contacts -> ``sync_plan`` (object type ``contact``)."""
     from m365_3cx.pipeline.contacts import plan_phonebook
+    from m365_3cx.pipeline.ondemand import on_demand_users
 
-    run = run_info(get_current_context(), mode)
+    context = get_current_context()
+    run = run_info(context, mode)
     with fatal_errors_fail_the_task(), staging_engine() as engine:
-        return plan_phonebook(engine, run.run_key)
+        owners = set(on_demand_users(engine, run.run_key)) if on_demand_entries(context) else None
+        return plan_phonebook(engine, run.run_key, only_owner_ids=owners, now=utcnow(),
+                              preview=load_settings().logs.plan_preview)
 
 
 def run_apply_phonebook(mode: str) -> dict[str, int]:
     """Execute the phonebook plan (guarded, audited; ``dry_run`` writes nothing)."""
-    from m365_3cx.pipeline.contacts import apply_phonebook
+    from m365_3cx.pipeline.contacts import apply_phonebook, contact_plan_key, owner_keys
+    from m365_3cx.pipeline.ondemand import on_demand_users, trace_results
 
     context = get_current_context()
     params = context.get("params") or {}
     run = run_info(context, mode)
     settings = load_settings()
     with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(ThreeCXHook()) as threecx:
-        return apply_phonebook(
-            engine, threecx, settings, run.run_key, utcnow(),
-            dry_run=bool(params.get("dry_run", False)),
-            allow_mass_removal=bool(params.get("allow_mass_removal", False)),
-            mode=_effective_mode(context, mode),
-        )
+        try:
+            return apply_phonebook(
+                engine, threecx, settings, run.run_key, utcnow(),
+                dry_run=bool(params.get("dry_run", False)),
+                allow_mass_removal=bool(params.get("allow_mass_removal", False)),
+                mode=_effective_mode(context, mode),
+            )
+        finally:
+            if on_demand_entries(context):
+                owners = owner_keys(engine, on_demand_users(engine, run.run_key))
+                trace_results(engine, run.run_key, contact_plan_key(run.run_key), "contact", "phonebook_apply",
+                              utcnow(), owners=owners)
 
 
 @task_group(group_id="contacts", tooltip="Outlook contacts -> 3CX company phonebook")

@@ -63,7 +63,9 @@ def sync_params() -> dict[str, Param]:
         ),
         "only_users": Param(
             [], type="array", items={"type": "string"}, title="Only these users",
-            description="User principal names (or Graph ids) to plan; empty means all.",
+            description="Provision on demand: UPNs, Graph ids or extension numbers. The run reads, plans and "
+                        "applies just these users (their extension, the phonebook entries their mailbox "
+                        "sources, their status) and traces each step in sync_trace. Empty means everyone.",
         ),
         "allow_mass_removal": Param(
             False, type="boolean", title="Allow mass removal",

@@ -8,7 +8,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from m365_3cx.airflow.hooks import StagingHook, ThreeCXHook
-from m365_3cx.airflow.runtime import fatal_errors_fail_the_task, load_settings, run_info, utcnow
+from m365_3cx.airflow.runtime import fatal_errors_fail_the_task, load_settings, on_demand_entries, run_info, utcnow
 
 
 class ThreeCXApplyOperator(BaseOperator):
@@ -41,6 +41,7 @@ class ThreeCXApplyOperator(BaseOperator):
         self.staging_conn_id = staging_conn_id
 
     def execute(self, context: Any) -> dict[str, int]:
+        from m365_3cx.pipeline.ondemand import trace_results
         from m365_3cx.pipeline.users import apply_users
 
         params = context.get("params") or {}
@@ -56,5 +57,7 @@ class ThreeCXApplyOperator(BaseOperator):
                     allow_mass_removal=bool(params.get("allow_mass_removal", False)),
                 )
         finally:
+            if on_demand_entries(context):  # the trace shows each write's result, also after a failure
+                trace_results(engine, run.run_key, run.run_key, "extension", "apply", utcnow())
             client.close()
             engine.dispose()

@@ -31,6 +31,7 @@ from m365_3cx.airflow.runtime import (
     api_client,
     fatal_errors_fail_the_task,
     load_settings,
+    on_demand_entries,
     run_info,
     staging_engine,
     utcnow,
@@ -48,9 +49,11 @@ def plan_calendar_shards_body() -> list[dict[str, Any]]:
     """Shard descriptors of the managed users (empty when presence is disabled)."""
     from m365_3cx.pipeline.presence import plan_shards
 
+    context = get_current_context()
     settings = load_settings()
+    on_demand = run_info(context, _APPLY_MODE).run_key if on_demand_entries(context) else None
     with fatal_errors_fail_the_task(), staging_engine() as engine:
-        return plan_shards(engine, settings)
+        return plan_shards(engine, settings, on_demand_run=on_demand)
 
 
 def extract_calendars_body(mode: str, shard: dict[str, Any]) -> dict[str, Any]:
@@ -69,6 +72,7 @@ def extract_calendars_body(mode: str, shard: dict[str, Any]) -> dict[str, Any]:
 
 def compute_presence_body() -> dict[str, Any]:
     """Desired profiles at wall-clock now -> ``tgt_presence`` and the run's presence plan."""
+    from m365_3cx.pipeline.ondemand import on_demand_users
     from m365_3cx.pipeline.presence import compute_presence
 
     context = get_current_context()
@@ -76,21 +80,28 @@ def compute_presence_body() -> dict[str, Any]:
     run = run_info(context, _APPLY_MODE)
     settings = load_settings()
     with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(ThreeCXHook()) as threecx:
+        only = set(on_demand_users(engine, run.run_key)) if on_demand_entries(context) else None
         return compute_presence(engine, threecx, settings, run.run_key, utcnow(),
-                                dry_run=bool(params.get("dry_run", False)))
+                                dry_run=bool(params.get("dry_run", False)), only_user_ids=only)
 
 
 def apply_presence_body() -> dict[str, Any]:
     """Write the run's planned profile switches (nothing with the ``dry_run`` param)."""
-    from m365_3cx.pipeline.presence import apply_presence
+    from m365_3cx.pipeline.ondemand import trace_results
+    from m365_3cx.pipeline.presence import apply_presence, presence_plan_key
 
     context = get_current_context()
     params = context.get("params") or {}
     run = run_info(context, _APPLY_MODE)
     settings = load_settings()
     with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(ThreeCXHook()) as threecx:
-        return apply_presence(engine, threecx, settings, run.run_key, utcnow(),
-                              dry_run=bool(params.get("dry_run", False)))
+        try:
+            return apply_presence(engine, threecx, settings, run.run_key, utcnow(),
+                                  dry_run=bool(params.get("dry_run", False)))
+        finally:
+            if on_demand_entries(context):
+                trace_results(engine, run.run_key, presence_plan_key(run.run_key), "presence", "status_apply",
+                              utcnow())
 
 
 def presence_refresh(mode: str) -> TaskGroup:

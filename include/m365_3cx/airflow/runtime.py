@@ -42,6 +42,20 @@ def run_info(context: Any, mode: str) -> RunInfo:
     return RunInfo.create(context["dag"].dag_id, context["run_id"], mode, bool(params.get("dry_run", False)))
 
 
+def on_demand_entries(context: Any) -> list[str]:
+    """The run's ``only_users`` entries when it is a provision-on-demand run, else ``[]``.
+
+    Only a DAG that extracts users runs on demand (the hourly status DAG ignores ``only_users``).
+    """
+    from m365_3cx.pipeline.ondemand import parse_entries
+
+    params = context.get("params") or {}
+    dag = context.get("dag")
+    if dag is None or "extract_users" not in getattr(dag, "task_dict", {}):
+        return []
+    return parse_entries(params.get("only_users"))
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

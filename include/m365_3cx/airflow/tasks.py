@@ -6,6 +6,7 @@ Every function returns small counts only (XCom).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from airflow.sdk import get_current_context
@@ -15,23 +16,36 @@ from m365_3cx.airflow.runtime import (
     api_client,
     fatal_errors_fail_the_task,
     load_settings,
+    on_demand_entries,
     run_info,
     staging_engine,
     utcnow,
 )
 
+log = logging.getLogger(__name__)
+
 
 def start_run(mode: str) -> dict[str, Any]:
     """Open the run's row in ``sync_runs``."""
+    from m365_3cx.pipeline.ondemand import ON_DEMAND_MODE
     from m365_3cx.pipeline.users import start_run as start
 
-    run = run_info(get_current_context(), mode)
+    context = get_current_context()
+    run = run_info(context, ON_DEMAND_MODE if on_demand_entries(context) else mode)
+    if run.dry_run:
+        # Airflow 3.3's Task SDK has no call to set the DAG run note from a task, so the log says it.
+        log.warning("DRY RUN (dry_run param): every step plans and stores its changes in sync_plan; "
+                    "nothing is written to 3CX")
+    if run.mode == ON_DEMAND_MODE:
+        log.info("provision on demand for %d entries (only_users); the step trace goes to sync_trace",
+                 len(on_demand_entries(context)))
     with fatal_errors_fail_the_task(), staging_engine() as engine:
         return start(engine, run, utcnow())
 
 
 def extract_users(mode: str) -> dict[str, Any]:
-    """Graph users -> ``stg_users`` (full, or delta with fallback to full)."""
+    """Graph users -> ``stg_users`` (full, or delta with fallback to full; just the named users on demand)."""
+    from m365_3cx.pipeline.ondemand import extract_on_demand
     from m365_3cx.pipeline.users import extract_users as extract
 
     context = get_current_context()
@@ -40,7 +54,10 @@ def extract_users(mode: str) -> dict[str, Any]:
         mode = "full"
     run = run_info(context, mode)
     settings = load_settings()
+    entries = on_demand_entries(context)
     with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(GraphHook()) as graph:
+        if entries:
+            return extract_on_demand(engine, graph, settings, run.run_key, entries, utcnow())
         return extract(engine, graph, settings, run.run_key, mode, utcnow())
 
 
@@ -50,7 +67,7 @@ def has_pending_users(mode: str) -> bool:
 
     context = get_current_context()
     params = context.get("params") or {}
-    if mode == "full" or params.get("full_resync") or params.get("only_users"):
+    if mode == "full" or params.get("full_resync") or on_demand_entries(context):
         return True
     run = run_info(context, mode)
     with staging_engine() as engine:
@@ -79,19 +96,24 @@ def transform_extensions(mode: str) -> dict[str, int]:
 
 def plan_extensions(mode: str) -> dict[str, int]:
     """Desired vs current -> ``sync_plan``; a delta run plans only the users that changed."""
-    from m365_3cx.pipeline.users import pending_user_keys, plan_users, resolve_only_users
+    from m365_3cx.pipeline.ondemand import on_demand_users, trace_plan
+    from m365_3cx.pipeline.users import pending_user_keys, plan_users
 
     context = get_current_context()
     params = context.get("params") or {}
     run = run_info(context, mode)
     settings = load_settings()
+    on_demand = bool(on_demand_entries(context))
     with fatal_errors_fail_the_task(), staging_engine() as engine:
         only_keys: set[str] | None = None
-        if params.get("only_users"):
-            only_keys = resolve_only_users(engine, list(params["only_users"]))
+        if on_demand:
+            only_keys = set(on_demand_users(engine, run.run_key))
         elif mode == "delta" and not params.get("full_resync"):
             only_keys = pending_user_keys(engine, run.run_key)
-        return plan_users(engine, settings, run.run_key, only_keys, utcnow())
+        counts = plan_users(engine, settings, run.run_key, only_keys, utcnow())
+        if on_demand:
+            trace_plan(engine, settings, run.run_key, utcnow())
+        return counts
 
 
 def finish_run(mode: str, counts: dict[str, Any] | None = None) -> dict[str, Any]:

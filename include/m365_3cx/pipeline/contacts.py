@@ -14,7 +14,7 @@ audit rows use the run key itself.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -29,8 +29,9 @@ from m365_3cx.errors import (
 )
 from m365_3cx.graph.batch import BatchRequest, classify_item, execute_batch, relative_url
 from m365_3cx.pipeline.outcomes import load_changes, record_outcomes
+from m365_3cx.pipeline.preview import log_plan_preview
 from m365_3cx.pipeline.users import SANITIZE_STEP
-from m365_3cx.staging import boundary, repo
+from m365_3cx.staging import boundary, repo, trace
 from m365_3cx.staging import contacts as crepo
 from m365_3cx.staging.schema import stg_contacts
 from m365_3cx.staging.state import DeltaStateStore
@@ -201,8 +202,14 @@ def extract_contacts(
     """
     store = DeltaStateStore()
     totals = _Totals()
+    on_demand: dict[str, str] = {}
     with engine.connect() as conn:
-        users = crepo.shard_users(conn, shard.get("first"), shard.get("last"), settings.scope.include_guests)
+        if shard.get("on_demand"):  # provision on demand: the named users' mailboxes only, read afresh
+            on_demand = trace.on_demand_users(conn, run_key)
+            users = crepo.users_by_ids(conn, on_demand, settings.scope.include_guests)
+            mode = "full"
+        else:
+            users = crepo.shard_users(conn, shard.get("first"), shard.get("last"), settings.scope.include_guests)
     totals.counts["users"] = len(users)
     owner_ids = [u["user_id"] for u in users]
     skipped: set[str] = set()
@@ -234,6 +241,8 @@ def extract_contacts(
     step = f"extract_contacts/{shard.get('shard', 1)}"
     with engine.begin() as conn:
         repo.add_notes(conn, run_key, note_rows(totals.notes, run_key, now), step=step, now=now)
+        if on_demand:
+            _trace_contacts_read(conn, run_key, on_demand, users, skipped, totals, personal, now)
     if users and totals.counts["failed_users"] == len(users):
         raise GraphFatalError(f"reading contacts failed for every one of {len(users)} users of the shard",
                               code="AllMailboxesFailed")
@@ -298,6 +307,36 @@ def _page_rounds(engine: Engine, graph: GraphClient, settings: Settings, store: 
             if stream.done:
                 stream.seen = set()  # a finished stream's ids are no longer needed
     raise GraphFatalError("contacts delta paging did not end", code="PaginationLoop")
+
+
+def _trace_contacts_read(conn: Any, run_key: str, on_demand: Mapping[str, str], users: list[dict[str, Any]],
+                         skipped: set[str], totals: _Totals, personal: str, now: datetime) -> None:
+    """The ``contacts_read`` trace step of an on-demand run: per user, contacts staged or why none."""
+    import sqlalchemy as sa
+
+    from m365_3cx.staging.schema import stg_contacts
+
+    read = {u["user_id"] for u in users}
+    staged = dict(conn.execute(
+        sa.select(stg_contacts.c.owner_id, sa.func.count()).where(
+            stg_contacts.c.owner_id.in_(sorted(read) or [""]), stg_contacts.c.deleted.is_(False))
+        .group_by(stg_contacts.c.owner_id)).all())
+    reasons = {n.object_key.split("/", 1)[0]: n.message for n in totals.notes if n.object_key}
+    rows = []
+    for uid, upn in sorted(on_demand.items()):
+        if personal == "off":
+            rows.append({"user_id": uid, "upn": upn, "outcome": "off",
+                         "detail": {"reason": "contacts.personal_contacts is off"}})
+        elif uid not in read:
+            rows.append({"user_id": uid, "upn": upn, "outcome": "skipped",
+                         "detail": {"reason": "not eligible: out of scope, deleted, a guest or no mail address"}})
+        elif uid in skipped:
+            rows.append({"user_id": uid, "upn": upn, "outcome": "skipped",
+                         "detail": {"reason": reasons.get(uid, "mailbox not read")}})
+        else:
+            rows.append({"user_id": uid, "upn": upn, "outcome": "read",
+                         "detail": {"contacts": int(staged.get(uid, 0)), "source": personal}})
+    trace.replace_trace(conn, run_key, "contacts_read", trace.trace_rows(run_key, "contacts_read", rows, now))
 
 
 def _clean_contacts(raw: list[Mapping[str, Any]], stream: _Stream,
@@ -396,12 +435,15 @@ class _RoundPage:
 # ----------------------------------------------------------------------------------- shards
 
 
-def contact_shards(engine: Engine, settings: Settings) -> list[dict[str, Any]]:
+def contact_shards(engine: Engine, settings: Settings, *, on_demand: bool = False) -> list[dict[str, Any]]:
     """Shard descriptors for the mapped extract task (``settings.contacts.shard_size`` users each).
 
+    :param on_demand: a provision-on-demand run: one shard of the run's own users.
     :return: ``[{"shard", "of", "first", "last"}]``; at least one (an empty shard when nobody is
         eligible or contacts are off, so downstream steps still clean up).
     """
+    if on_demand:
+        return [{"shard": 1, "of": 1, "first": None, "last": None, "on_demand": True}]
     if settings.contacts.org_contacts:
         log.warning("contacts: org_contacts is not supported yet; organisational contacts are not read")
     with engine.connect() as conn:
@@ -412,6 +454,8 @@ def contact_shards(engine: Engine, settings: Settings) -> list[dict[str, Any]]:
 
 def shard_label(shard: Mapping[str, Any]) -> str:
     """A readable name for a mapped task instance: ``3/10 a@x .. m@x``."""
+    if shard.get("on_demand"):
+        return "on demand (only_users)"
     if shard.get("first") is None:
         return f"{shard.get('shard', 1)}/{shard.get('of', 1)} (no users)"
     return f"{shard.get('shard')}/{shard.get('of')} {shard.get('first')} .. {shard.get('last')}"
@@ -452,15 +496,31 @@ def snapshot_phonebook(engine: Engine, threecx: ThreeCXClient, settings: Setting
     return {"contacts": len(contacts), "managed": present, "foreign": foreign, "relinked": relinked, "read": 1}
 
 
-def transform_phonebook(engine: Engine, settings: Settings, run_key: str, now: datetime) -> dict[str, int]:
-    """Staged contacts -> desired entries (``tgt_phonebook``) and per-record notes."""
+def transform_phonebook(engine: Engine, settings: Settings, run_key: str, now: datetime,
+                        only_owner_ids: Collection[str] | None = None) -> dict[str, int]:
+    """Staged contacts -> desired entries (``tgt_phonebook``) and per-record notes.
+
+    Every staged contact counts (also those of users an on-demand run did not read), so nobody's
+    entry disappears because it was not read. With ``only_owner_ids`` (on demand) an entry those
+    users sourced in the previous transform and no longer source is kept as a ``removed`` row with
+    its previous owners, so the on-demand plan can tell which removals are theirs.
+    """
     from m365_3cx.transform.phonebook import PhonebookParams, desired_phonebook
 
     with engine.connect() as conn:
         contacts = repo.load_frame(conn, "stg_contacts", where={"deleted": False})
         users = repo.load_frame(conn, "stg_users")
+        previous = repo.load_frame(conn, "tgt_phonebook") if only_owner_ids else None
     result = desired_phonebook(contacts, users, PhonebookParams.from_settings(settings))
     rows = result.frame.to_dict("records")
+    if previous is not None and len(previous):
+        kept = {row["contact_key"] for row in rows}
+        owners = set(only_owner_ids or ())
+        for row in previous.to_dict("records"):
+            mine = owners & set(row.get("owner_ids") or [])
+            if row["contact_key"] not in kept and mine and row.get("state", "active") == "active":
+                rows.append({k: v for k, v in row.items() if k not in ("run_key", "computed_at")}
+                            | {"state": "removed"})
     with engine.begin() as conn:
         crepo.replace_phonebook_targets(conn, rows, run_key, now)
         repo.add_notes(conn, run_key, note_rows(result.notes, run_key, now), step="transform_phonebook", now=now)
@@ -470,8 +530,26 @@ def transform_phonebook(engine: Engine, settings: Settings, run_key: str, now: d
             "excluded": result.excluded, "notes": len(result.notes)}
 
 
-def plan_phonebook(engine: Engine, run_key: str) -> dict[str, int]:
-    """Diff desired entries against the managed 3CX contacts into ``sync_plan`` (object type ``contact``)."""
+def owner_keys(engine: Engine, owner_ids: Collection[str]) -> dict[str, set[str]]:
+    """Per user the ``tgt_phonebook`` entries they source (``removed`` rows: previously sourced)."""
+    wanted = set(owner_ids)
+    result: dict[str, set[str]] = {uid: set() for uid in wanted}
+    with engine.connect() as conn:
+        frame = repo.load_frame(conn, "tgt_phonebook")
+    for key, owners in zip(frame.get("contact_key", []), frame.get("owner_ids", []), strict=False):
+        for uid in wanted & set(owners or []):
+            result[uid].add(key)
+    return result
+
+
+def plan_phonebook(engine: Engine, run_key: str, only_owner_ids: Collection[str] | None = None,
+                   now: datetime | None = None, preview: int = 10) -> dict[str, int]:
+    """Diff desired entries against the managed 3CX contacts into ``sync_plan`` (object type ``contact``).
+
+    :param only_owner_ids: an on-demand run's users: plan only the entries they source (or sourced
+        until now); every other entry is left exactly as it is. The plan step is traced per user.
+    :param preview: how many planned changes to list in the log (``logs.plan_preview``).
+    """
     from m365_3cx.reconcile.phonebook import plan_phonebook as plan
     from m365_3cx.reconcile.plan import plan_rows
 
@@ -479,15 +557,43 @@ def plan_phonebook(engine: Engine, run_key: str) -> dict[str, int]:
         desired = repo.load_frame(conn, "tgt_phonebook")
         mapping = repo.load_frame(conn, "phonebook_map")
     result = plan(desired, mapping)
+    changes, forget = result.changes, result.forget
+    keys_of: dict[str, set[str]] = {}
+    if only_owner_ids is not None:
+        keys_of = owner_keys(engine, only_owner_ids)
+        scope = set().union(*keys_of.values()) if keys_of else set()
+        changes = [c for c in changes if c.object_key in scope]
+        forget = [k for k in forget if k in scope]
     with engine.begin() as conn:
-        repo.save_plan(conn, contact_plan_key(run_key), plan_rows(result.changes, contact_plan_key(run_key)))
-        crepo.forget_entries(conn, result.forget)
+        repo.save_plan(conn, contact_plan_key(run_key), plan_rows(changes, contact_plan_key(run_key)))
+        crepo.forget_entries(conn, forget)
+        if only_owner_ids is not None:
+            _trace_phonebook_plan(conn, run_key, keys_of, changes, now)
     counts = {"create": 0, "update": 0, "delete": 0}
-    for change in result.changes:
+    for change in changes:
         counts[change.action] += 1
-    log.info("phonebook plan: %d create, %d update, %d delete of %d managed entries; %d forgotten",
-             counts["create"], counts["update"], counts["delete"], result.managed_count, len(result.forget))
-    return {**counts, "managed": result.managed_count, "forgotten": len(result.forget)}
+    log_plan_preview(log, "phonebook", changes, preview)
+    log.info("phonebook plan%s: %d create, %d update, %d delete of %d managed entries; %d forgotten",
+             " (on demand)" if only_owner_ids is not None else "", counts["create"], counts["update"],
+             counts["delete"], result.managed_count, len(forget))
+    return {**counts, "managed": result.managed_count, "forgotten": len(forget)}
+
+
+def _trace_phonebook_plan(conn: Any, run_key: str, keys_of: Mapping[str, set[str]], changes: list[Change],
+                          now: datetime | None) -> None:
+    import datetime as dt
+
+    labels = trace.on_demand_users(conn, run_key)
+    rows = []
+    for uid, keys in sorted(keys_of.items()):
+        tally = {"create": 0, "update": 0, "delete": 0}
+        for change in changes:
+            if change.object_key in keys:
+                tally[change.action] += 1
+        rows.append({"user_id": uid, "upn": labels.get(uid), "outcome": "planned" if any(tally.values()) else "none",
+                     "detail": {**tally, "entries": len(keys)}})
+    when = now or dt.datetime.now(dt.UTC)
+    trace.replace_trace(conn, run_key, "phonebook_plan", trace.trace_rows(run_key, "phonebook_plan", rows, when))
 
 
 def apply_phonebook(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 import sqlalchemy as sa
 
 from m365_3cx.alerts import StaleAlert
+from m365_3cx.pipeline.ondemand import ON_DEMAND_MODE
 from m365_3cx.staging.schema import sync_alert_state, sync_runs
 
 if TYPE_CHECKING:
@@ -33,8 +34,6 @@ FEATURE_DAGS: Final[dict[str, tuple[str, ...]]] = {
     "phonebook": ("m365_3cx_full_sync", "m365_3cx_delta"),
     "status": ("m365_3cx_hourly", "m365_3cx_delta"),
 }
-#: ``sync_runs.mode`` of a provision-on-demand run: it covers a few users, so it keeps nothing fresh.
-ON_DEMAND_MODE: Final = "on_demand"
 
 
 def _thresholds(settings: Settings) -> dict[str, int]:

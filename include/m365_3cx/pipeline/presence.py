@@ -11,12 +11,14 @@ the real current time, never the DAG run's logical date.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from m365_3cx.pipeline.outcomes import OPEN_STATUSES, record_outcomes
+from m365_3cx.pipeline.preview import log_plan_preview
 from m365_3cx.staging import presence as stage
-from m365_3cx.staging import repo
+from m365_3cx.staging import repo, trace
 from m365_3cx.staging.state import DeltaStateStore
 
 if TYPE_CHECKING:
@@ -35,9 +37,11 @@ EVENT_CHUNK = 1000
 STEP_COMPUTE = "presence_compute"
 
 
-def plan_shards(engine: Engine, settings: Settings) -> list[dict[str, Any]]:
+def plan_shards(engine: Engine, settings: Settings, *, on_demand_run: str | None = None) -> list[dict[str, Any]]:
     """Shard descriptors ``{"shard", "of", "first", "last"}`` (user-id ranges) of the managed users.
 
+    :param on_demand_run: the run key of a provision-on-demand run: one shard of its managed users
+        (``{"on_demand": true}``; the extract reads the users from the run's trace).
     :return: no shards when presence is disabled or nobody is managed.
     """
     if not settings.presence.enabled:
@@ -45,6 +49,11 @@ def plan_shards(engine: Engine, settings: Settings) -> list[dict[str, Any]]:
         return []
     with engine.connect() as conn:
         ids = [u.user_id for u in stage.presence_users(conn)]
+        if on_demand_run is not None:
+            wanted = trace.on_demand_users(conn, on_demand_run)
+            ids = [uid for uid in ids if uid in wanted]
+            log.info("presence (on demand): %d of %d named users are managed", len(ids), len(wanted))
+            return [{"shard": 1, "of": 1, "first": ids[0], "last": ids[-1], "on_demand": True}] if ids else []
     size = settings.presence.shard_size
     chunks = [ids[i : i + size] for i in range(0, len(ids), size)]
     shards = [{"shard": n, "of": len(chunks), "first": chunk[0], "last": chunk[-1]}
@@ -55,6 +64,8 @@ def plan_shards(engine: Engine, settings: Settings) -> list[dict[str, Any]]:
 
 def shard_label(shard: dict[str, Any]) -> str:
     """A short UI name of a shard: ``shard 2/5 (users 3fa8..-91c2..)``."""
+    if shard.get("on_demand"):
+        return "on demand (only_users)"
     return f"shard {shard['shard']}/{shard['of']} (users {str(shard['first'])[:8]}..-{str(shard['last'])[:8]}..)"
 
 
@@ -88,8 +99,14 @@ def extract_calendars(
     window = CalendarWindow.around(now, presence.window_days_back, presence.window_days_ahead)
     store = DeltaStateStore()
     with engine.connect() as conn:
-        users = stage.presence_users(conn, first=shard["first"], last=shard["last"],
-                                     with_mailbox_only=(mode == "delta"))
+        if shard.get("on_demand"):  # the named users' whole window, read afresh
+            mode = "full"
+            wanted = trace.on_demand_users(conn, run_key)
+            users = [u for u in stage.presence_users(conn, first=shard["first"], last=shard["last"])
+                     if u.user_id in wanted]
+        else:
+            users = stage.presence_users(conn, first=shard["first"], last=shard["last"],
+                                         with_mailbox_only=(mode == "delta"))
         stored = store.get_many(conn, [stage.events_resource(u.user_id) for u in users]) if mode == "delta" else {}
         links = {u.user_id: stored.get(stage.events_resource(u.user_id)) for u in users}
     notes: list[Note] = []
@@ -169,7 +186,8 @@ def _event_spans(rows: list[dict[str, Any]]) -> list[Any]:
 
 
 def compute_presence(
-    engine: Engine, threecx: ThreeCXClient, settings: Settings, run_key: str, now: datetime, *, dry_run: bool = False
+    engine: Engine, threecx: ThreeCXClient, settings: Settings, run_key: str, now: datetime, *, dry_run: bool = False,
+    only_user_ids: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Decide every managed user's profile at ``now``, store ``tgt_presence`` and plan the switches.
 
@@ -182,6 +200,7 @@ def compute_presence(
 
     :param now: the real current time (UTC), never a logical date.
     :param dry_run: record no baselines.
+    :param only_user_ids: an on-demand run's users: decide and plan only theirs, and trace it.
     :return: counts: users, switch, unchanged, respected, and the reasons' tallies.
     :raises ConfigError: the mapping names a profile the PBX does not have.
     """
@@ -190,6 +209,8 @@ def compute_presence(
 
     presence = settings.presence
     if not presence.enabled:
+        if only_user_ids is not None:
+            _trace_decisions(engine, run_key, now, {}, None)
         return {"enabled": False}
     from m365_3cx.pipeline.safety import write_gate
 
@@ -200,6 +221,9 @@ def compute_presence(
                if isinstance(u.get("Id"), int)}
     with engine.connect() as conn:
         users = stage.presence_users(conn)
+        if only_user_ids is not None:
+            wanted = set(only_user_ids)
+            users = [u for u in users if u.user_id in wanted]
         replies = stage.load_auto_replies(conn)
         state = stage.load_state(conn)
     desired: list[DesiredProfile] = []
@@ -225,11 +249,37 @@ def compute_presence(
         repo.save_plan(conn, presence_plan_key(run_key), [plan_row(s) for s in plan.switches])
         if not dry_run:
             stage.save_states(conn, list(plan.baselines), "baseline", run_key, now)
+    if only_user_ids is not None:
+        planned = {s.user_id for s in plan.switches}
+        decided = {t["user_id"]: {"profile": t["profile"], "reason": t["reason"],
+                                  "current": current.get(t["threecx_id"]) if t["threecx_id"] is not None else None,
+                                  "switch": t["user_id"] in planned} for t in targets}
+        _trace_decisions(engine, run_key, now, decided, presence.mode)
+    log_plan_preview(log, "status", plan.switches, settings.logs.plan_preview)
     counts = {"users": len(users), "switch": len(plan.switches), "unchanged": plan.unchanged,
               "respected": len(plan.respected), "baseline": len(plan.baselines), "reasons": reasons}
     log.info("presence: %d users, %d switches planned, %d unchanged, %d manual statuses respected",
              counts["users"], counts["switch"], counts["unchanged"], counts["respected"])
     return counts
+
+
+def _trace_decisions(engine: Engine, run_key: str, now: datetime, decided: dict[str, dict[str, Any]],
+                     mode: str | None) -> None:
+    """The ``status_decide`` trace step: the profile due now per on-demand user, or why none."""
+    with engine.begin() as conn:
+        users = trace.on_demand_users(conn, run_key)
+        rows = []
+        for uid, upn in sorted(users.items()):
+            if mode is None:
+                rows.append({"user_id": uid, "upn": upn, "outcome": "off",
+                             "detail": {"reason": "presence.enabled is off"}})
+            elif uid not in decided:
+                rows.append({"user_id": uid, "upn": upn, "outcome": "none", "detail": {
+                    "reason": "no active managed extension with a mail address (or not in scope)"}})
+            else:
+                rows.append({"user_id": uid, "upn": upn, "outcome": str(decided[uid]["profile"]),
+                             "detail": {**decided[uid], "mode": mode}})
+        trace.replace_trace(conn, run_key, "status_decide", trace.trace_rows(run_key, "status_decide", rows, now))
 
 
 def presence_plan_key(run_key: str) -> str:

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from m365_3cx.errors import DeltaTokenExpiredError, GraphFatalError
 from m365_3cx.pipeline.outcomes import load_changes, record_outcomes
+from m365_3cx.pipeline.preview import log_plan_preview
 from m365_3cx.staging import boundary, repo
 from m365_3cx.staging.schema import cur_extensions, extension_map, stg_users, sync_runs
 from m365_3cx.staging.state import DeltaStateStore
@@ -236,9 +237,14 @@ def _apply_scope(engine: Engine, graph: GraphClient, settings: Settings, run_key
 
 
 def _applied_runs() -> Any:
-    """Runs whose plan reached 3CX: successful, not dry, of a DAG that applies the users plan."""
+    """Runs whose plan reached 3CX: successful, not dry, of a DAG that applies the users plan.
+
+    An on-demand run (``only_users``) planned a few users only, so it never counts: the changes it
+    staged for anybody else stay pending for the next delta run.
+    """
     return sa.select(sync_runs.c.run_key).where(
-        sync_runs.c.status == "success", sync_runs.c.dry_run.is_(False), sync_runs.c.dag_id.in_(USER_SYNC_DAGS)
+        sync_runs.c.status == "success", sync_runs.c.dry_run.is_(False), sync_runs.c.dag_id.in_(USER_SYNC_DAGS),
+        sync_runs.c.mode != "on_demand",
     )
 
 
@@ -267,19 +273,6 @@ def pending_user_keys(engine: Engine, run_key: str) -> set[str]:
         if condition is not None:
             query = query.where(condition)
         return {row[0] for row in conn.execute(query)}
-
-
-def resolve_only_users(engine: Engine, upns: list[str]) -> set[str]:
-    """Map the ``only_users`` param (UPNs or ids) to user ids; unknown entries are logged."""
-    wanted = {u.strip().lower() for u in upns if u and u.strip()}
-    with engine.connect() as conn:
-        rows = conn.execute(sa.select(stg_users.c.user_id, stg_users.c.user_principal_name)).all()
-    found = {uid for uid, upn in rows if uid.lower() in wanted or (upn or "").lower() in wanted}
-    known = {uid.lower() for uid, _ in rows} | {(upn or "").lower() for _, upn in rows}
-    missing = sorted(wanted - known)
-    if missing:
-        log.warning("only_users: %d entries not found in staging", len(missing))
-    return found
 
 
 def snapshot_threecx(
@@ -420,6 +413,7 @@ def plan_users(
     counts: dict[str, int] = {"create": 0, "update": 0, "disable": 0, "delete": 0}
     for change in result.changes:
         counts[change.action] += 1
+    log_plan_preview(log, "extensions", result.changes, settings.logs.plan_preview)
     counts["notes"] = len(result.notes)
     counts["managed"] = result.managed_count
     log.info(

@@ -362,6 +362,17 @@ def shard_users(conn: Connection, first: str | None, last: str | None,
     return [{"user_id": uid, "user_principal_name": name} for uid, name in conn.execute(query)]
 
 
+def users_by_ids(conn: Connection, user_ids: Iterable[str], include_guests: bool = False) -> list[dict[str, Any]]:
+    """The eligible users among ``user_ids`` (an on-demand run's), by UPN; same shape as :func:`shard_users`."""
+    ids = sorted(set(user_ids))
+    if not ids:
+        return []
+    upn = stg_users.c.user_principal_name
+    query = (select(stg_users.c.user_id, upn).where(_eligible(include_guests), stg_users.c.user_id.in_(ids))
+             .order_by(upn))
+    return [{"user_id": uid, "user_principal_name": name} for uid, name in conn.execute(query)]
+
+
 # ------------------------------------------------------------------------- tgt_phonebook / phonebook_map
 
 

@@ -745,13 +745,13 @@ def start_run(
 ) -> None:
     """Record a run as ``running``; a retry of the same ``run_key`` resets it.
 
-    :param mode: ``full`` or ``delta``.
+    :param mode: ``full``, ``delta`` or ``on_demand`` (a run with ``only_users``).
     :param dry_reason: why the run is dry (see :mod:`m365_3cx.pipeline.safety`); ``None`` when it writes.
     :raises ValueError: bad ``mode``, ``run_key`` longer than 250 characters, or naive ``now``.
     """
     _require_aware(now)
-    if mode not in ("full", "delta"):
-        raise ValueError(f"mode must be full or delta, got {mode!r}")
+    if mode not in ("full", "delta", "on_demand"):
+        raise ValueError(f"mode must be full, delta or on_demand, got {mode!r}")
     if not run_key or len(run_key) > 250:
         raise ValueError("run_key must be 1..250 characters")
     row = {
