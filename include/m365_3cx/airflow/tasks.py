@@ -123,4 +123,6 @@ def finish_run(mode: str, counts: dict[str, Any] | None = None) -> dict[str, Any
     run = run_info(get_current_context(), mode)
     with staging_engine() as engine:
         finish(engine, run.run_key, "success", counts or {}, utcnow())
+    log.info("run %s finished successfully%s; its plan is in sync_plan, its writes in sync_audit", run.run_key,
+             " as a DRY RUN (nothing was written to 3CX)" if run.dry_run else "")
     return {"run_key": run.run_key, "status": "success"}
