@@ -467,6 +467,11 @@ def test_settings_variable_is_not_hidden_by_the_environment(resolved: dict[str, 
     assert all("M365_3CX_SETTINGS" not in (svc.get("environment") or {}) for svc in workers)
 
 
+def test_airflow_logs_at_info(resolved: dict[str, Any]) -> None:
+    for name, svc in airflow_services(resolved).items():
+        assert svc["environment"]["AIRFLOW__LOGGING__LOGGING_LEVEL"] == "INFO", name
+
+
 def test_init_seeds_the_settings_variable_once_in_the_metadata_db() -> None:
     script = INIT_SCRIPT.read_text()
     commands = airflow_argv_from_shell(script)
