@@ -91,7 +91,7 @@ def extract_on_demand(
     :raises UnknownUsersError: no entry matched anybody (the trace rows are committed first).
     :raises GraphRetriableError: Graph kept failing transiently (the task retries).
     """
-    from m365_3cx.pipeline.users import _apply_scope
+    from m365_3cx.pipeline.users import _apply_scope, clean_users, stage_users_page
 
     entries = parse_entries(only_users)
     with engine.connect() as conn:
@@ -113,22 +113,30 @@ def extract_on_demand(
             matched[entry] = (entry, "upn" if "@" in entry else "id")
     keys = sorted({key for key, _ in matched.values()})
     read = _graph_get_users(graph, keys)
+    clean, _, _ = clean_users([item for item in read.values() if item is not None])
+    cleaned = {str(item.get("id")): item for item in clean}
 
     resolve_rows: list[dict[str, Any]] = []
     read_rows: dict[str, dict[str, Any]] = {}
-    found_rows: dict[str, dict[str, Any]] = {}
+    found_items: dict[str, dict[str, Any]] = {}
     gone: set[str] = set()
     unknown: list[str] = []
     for entry in entries:
         key, how = matched.get(entry, (None, None))
         item = read.get(key) if key else None
         staged_id = key if key in staged else None
-        if item is not None:
-            row = repo.user_row_from_graph(item)
-            found_rows[row["user_id"]] = row
+        if item is not None and str(item.get("id")) in cleaned:
+            good = cleaned[str(item["id"])]
+            row = repo.user_row_from_graph(good)
+            found_items[row["user_id"]] = item
             user_id, upn = row["user_id"], row["user_principal_name"]
             read_rows[user_id] = {"user_id": user_id, "upn": upn, "outcome": "found",
-                                  "detail": {f: item.get(f) for f in READ_FIELDS}}
+                                  "detail": {f: good.get(f) for f in READ_FIELDS}}
+        elif item is not None:  # the sanitising boundary refused the record (a note names the field)
+            user_id, upn = str(item.get("id") or key), staged.get(str(item.get("id") or key)) or entry
+            found_items[user_id] = item
+            read_rows[user_id] = {"user_id": user_id, "upn": upn, "outcome": "refused", "detail": {
+                "message": "Graph returned the user but it was refused at the staging boundary (sync_notes)"}}
         elif staged_id is not None:
             user_id, upn = staged_id, staged.get(staged_id)
             gone.add(user_id)
@@ -152,16 +160,16 @@ def extract_on_demand(
             f"number): {', '.join(unknown) or '(empty list)'}"
         )
     with engine.begin() as conn:
-        merged = repo.merge_users(conn, list(found_rows.values()), run_key, now)
+        merged, staged_ids, _ = stage_users_page(conn, list(found_items.values()), run_key, now)
         deleted = repo.mark_users_deleted(conn, sorted(gone), run_key, now)
     counts: dict[str, Any] = {
         "mode": ON_DEMAND_MODE, "entries": len(entries), "found": len(read_rows), "unknown": len(unknown),
-        "read": len(found_rows), "not_found": len(gone), "inserted": merged.inserted, "updated": merged.updated,
+        "read": len(staged_ids), "not_found": len(gone), "inserted": merged.inserted, "updated": merged.updated,
         "unchanged": merged.unchanged, "deleted": deleted,
     }
     counts.update(_apply_scope(engine, graph, settings, run_key, now))
     log.info("on demand: %d entries -> %d users (%d read from Graph, %d gone from Graph), %d unknown",
-             len(entries), len(read_rows), len(found_rows), len(gone), len(unknown))
+             len(entries), len(read_rows), len(staged_ids), len(gone), len(unknown))
     return counts
 
 
