@@ -32,10 +32,8 @@ def start_run(mode: str) -> dict[str, Any]:
 
     context = get_current_context()
     run = run_info(context, ON_DEMAND_MODE if on_demand_entries(context) else mode)
-    if run.dry_run:
-        # Airflow 3.3's Task SDK has no call to set the DAG run note from a task, so the log says it.
-        log.warning("DRY RUN (dry_run param): every step plans and stores its changes in sync_plan; "
-                    "nothing is written to 3CX")
+    # A dry run is logged by the pipeline's start_run with its reason (Airflow 3.3's Task SDK has no
+    # call to set the DAG run note from a task, so the log is the record).
     if run.mode == ON_DEMAND_MODE:
         log.info("provision on demand for %d entries (only_users); the step trace goes to sync_trace",
                  len(on_demand_entries(context)))
@@ -123,6 +121,6 @@ def finish_run(mode: str, counts: dict[str, Any] | None = None) -> dict[str, Any
     run = run_info(get_current_context(), mode)
     with staging_engine() as engine:
         finish(engine, run.run_key, "success", counts or {}, utcnow())
-    log.info("run %s finished successfully%s; its plan is in sync_plan, its writes in sync_audit", run.run_key,
-             " as a DRY RUN (nothing was written to 3CX)" if run.dry_run else "")
+    log.info("run %s finished successfully; its plan is in sync_plan, its writes in sync_audit "
+             "(sync_runs.dry_run / dry_reason say whether it wrote)", run.run_key)
     return {"run_key": run.run_key, "status": "success"}
