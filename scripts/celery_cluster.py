@@ -84,6 +84,7 @@ def hostname() -> str:
 '''
 
 TERMINAL_RUN_STATES = {"success", "failed"}
+REQUEST_TIMEOUT = 120.0
 
 
 class ClusterError(RuntimeError):
@@ -514,7 +515,9 @@ class CeleryCluster:
     # -- REST client -------------------------------------------------------------------------------------
     def _request(self, method: str, path: str, *, auth: bool = True, **kwargs: Any) -> requests.Response:
         session = self._session if auth else requests
-        response = session.request(method, f"{self.api_url}{path}", timeout=30, **kwargs)
+        # generous: on a loaded 2-core machine the single api-server worker also serves every task's
+        # execution-API calls, and a status read can take longer than 30 s
+        response = session.request(method, f"{self.api_url}{path}", timeout=REQUEST_TIMEOUT, **kwargs)
         if response.status_code >= 400:
             raise ClusterError(f"{method} {path} -> HTTP {response.status_code}: {response.text[:2000]}")
         return response
@@ -532,7 +535,10 @@ class CeleryCluster:
         deadline = time.monotonic() + timeout
         state = ""
         while time.monotonic() < deadline:
-            state = self.run_state(dag_id, run_id)
+            try:
+                state = self.run_state(dag_id, run_id)
+            except requests.Timeout:  # a slow api-server is not a failed run: ask again
+                continue
             if state in TERMINAL_RUN_STATES:
                 return state
             dead = [c.name for c in self.components if not c.alive()]
