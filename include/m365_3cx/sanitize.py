@@ -213,6 +213,8 @@ class _JsonWalk:
 
     def walk(self, value: Any, path: str) -> Any:
         if isinstance(value, str):
+            if value.isprintable():
+                return value
             cleaned = clean_text(value)
             if cleaned.changed:
                 self.findings.append(Finding(path, cleaned.describe()))

@@ -25,6 +25,7 @@ turns findings into ``sync_notes`` rows naming the record. The rest of the page 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -83,10 +84,15 @@ _EVENT_TEXT: Final = ("time_zone", "show_as", "sensitivity", "event_type", "seri
                       "subject")
 
 
-def column_limit(table: Table, column: str) -> int | None:
-    """The length of a ``String(n)`` column, ``None`` for unbounded text."""
+@functools.cache
+def _limit(table: Table, column: str) -> int | None:
     kind = table.c[column].type
     return kind.length if isinstance(kind, String) else None
+
+
+def column_limit(table: Table, column: str) -> int | None:
+    """The length of a ``String(n)`` column, ``None`` for unbounded text."""
+    return _limit(table, column)
 
 
 @dataclass
