@@ -127,16 +127,33 @@ class FaultPlan:
 
 
 class RequestCounters:
-    """Counts requests per ``METHOD route`` key and in total; thread safe."""
+    """Counts requests per ``METHOD route`` key and in total; thread safe.
+
+    Besides the counters (cleared by :meth:`reset`), a *route log* keeps every route key seen
+    until :meth:`reset_routes`, so a test can check every route a whole scenario used (for
+    example against an allow-list of documented routes) although it resets the counters between
+    steps.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._faults: Counter[str] = Counter()
+        self._routes: Counter[str] = Counter()
 
     def hit(self, key: str) -> None:
         with self._lock:
             self._counts[key] += 1
+            self._routes[key] += 1
+
+    def routes(self) -> dict[str, int]:
+        """Every route key seen since the last :meth:`reset_routes`, with its count."""
+        with self._lock:
+            return dict(sorted(self._routes.items()))
+
+    def reset_routes(self) -> None:
+        with self._lock:
+            self._routes.clear()
 
     def faulted(self, key: str) -> None:
         with self._lock:

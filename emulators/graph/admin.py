@@ -164,6 +164,18 @@ async def reset_counters(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True})
 
 
+@router.get("/routes")
+async def routes(request: Request) -> JSONResponse:
+    """Every route key served since the last ``DELETE /routes`` (survives counter resets)."""
+    return JSONResponse({"routes": _counters(request).routes()})
+
+
+@router.delete("/routes")
+async def reset_routes(request: Request) -> JSONResponse:
+    _counters(request).reset_routes()
+    return JSONResponse({"ok": True})
+
+
 @router.post("/tokens/revoke")
 async def revoke_tokens(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True, "revoked": _backend(request).tokens.revoke()})

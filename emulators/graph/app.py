@@ -38,7 +38,7 @@ def route_key(method: str, path: str) -> str:
         return f"{method} /" + "/".join(parts)
     out = [parts[0]]
     for prev, part in itertools.pairwise(parts):
-        keyword = part in ("delta", "$count") or part.startswith(("microsoft.graph.", "$"))
+        keyword = part in ("delta", "delta()", "$count") or part.startswith(("microsoft.graph.", "$"))
         out.append("{id}" if (prev in _ID_PARENTS and not keyword) or _GUID.match(part) else part)
     return f"{method} /" + "/".join(out)
 

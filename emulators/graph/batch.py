@@ -47,14 +47,14 @@ def _validate(body: Any) -> list[dict[str, Any]]:
     items = body["requests"]
     if len(items) > MAX_REQUESTS:
         raise _invalid(f"Number of batch request steps exceeds the maximum value of {MAX_REQUESTS}.")
-    ids: set[str] = set()
+    ids: set[str] = set()  # case-folded: Graph's request ids are not case-sensitive, and must be unique
     for item in items:
         if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item.get(k)
                                                  for k in ("id", "method", "url")):
             raise _invalid("Each batch request needs a string 'id', 'method' and 'url'.")
-        if item["id"] in ids:
+        if item["id"].casefold() in ids:
             raise _invalid(f"Batch request id '{item['id']}' is not unique.")
-        ids.add(item["id"])
+        ids.add(item["id"].casefold())
         if item["method"].upper() not in ("GET", "POST", "PUT", "PATCH", "DELETE"):
             raise _invalid(f"Invalid HTTP method '{item['method']}'.")
         if item["url"].lower().startswith(("http://", "https://")):
@@ -64,10 +64,14 @@ def _validate(body: Any) -> list[dict[str, Any]]:
         depends = item.get("dependsOn", [])
         if not isinstance(depends, list) or not all(isinstance(d, str) for d in depends):
             raise _invalid("'dependsOn' must be a list of request ids.")
+    canonical = {i["id"].casefold(): i["id"] for i in items}
     for item in items:
-        unknown = [d for d in item.get("dependsOn", []) if d not in ids or d == item["id"]]
+        depends = item.get("dependsOn", [])
+        unknown = [d for d in depends if d.casefold() not in ids or d.casefold() == item["id"].casefold()]
         if unknown:
             raise _invalid(f"Request '{item['id']}' depends on an unknown request '{unknown[0]}'.")
+        if depends:
+            item["dependsOn"] = [canonical[d.casefold()] for d in depends]
     return items
 
 

@@ -38,7 +38,10 @@ if TYPE_CHECKING:
 
 DEFAULT_PAGE = 10
 MAX_PAGE = 1000
-THROTTLE_MESSAGE = "Could not connect to mailbox / Too Many Requests"
+THROTTLE_CODE = "ApplicationThrottled"
+THROTTLE_MESSAGE = "Application is over its MailboxConcurrency limit."
+"""Graph's answer to a fifth concurrent request on one mailbox (as observed in the wild, e.g.
+magodo/terraform-provider-outlook#21, alcionai/corso#3695)."""
 
 router = APIRouter(dependencies=[Depends(require_token)])
 
@@ -63,8 +66,7 @@ def item_not_found() -> errors.GraphError:
 
 
 def too_many_requests() -> errors.GraphError:
-    return errors.GraphError(429, "TooManyRequests", THROTTLE_MESSAGE, headers={"Retry-After": "1"},
-                             inner={"code": "MailboxConcurrency", "status": "429"})
+    return errors.GraphError(429, THROTTLE_CODE, THROTTLE_MESSAGE, headers={"Retry-After": "1"})
 
 
 def invalid_parameter(message: str) -> errors.GraphError:
@@ -293,14 +295,29 @@ def _contacts_delta(request: Request, key: str, folder_id: str | None) -> JSONRe
         return graph_json(body, headers=prefs.headers)
 
 
-@router.get("/v1.0/users/{key}/contacts/delta")
-@router.get("/v1.0/users/{key}/contacts/microsoft.graph.delta()")
+def delta_routes(prefix: str) -> list[str]:
+    """Every spelling Graph accepts for a bound ``delta`` function: ``delta``, ``delta()``,
+    ``microsoft.graph.delta`` and ``microsoft.graph.delta()`` (msgraph-sdk emits ``delta()``)."""
+    return [f"{prefix}/{name}" for name in ("delta", "delta()", "microsoft.graph.delta", "microsoft.graph.delta()")]
+
+
+def _route_all(paths: list[str]) -> Any:
+    def wrap(func: Any) -> Any:
+        for path in reversed(paths):
+            func = router.get(path)(func)
+        return func
+    return wrap
+
+
+@_route_all(delta_routes("/v1.0/users/{key}/contacts"))
 def contacts_delta(key: str, request: Request) -> JSONResponse:
-    return _contacts_delta(request, key, None)
+    """Not documented for v1.0 (contact delta is documented per folder): answered as Graph answers a
+    segment it does not serve, after the mailbox checks."""
+    resolve(request, key)
+    raise errors.bad_request("Resource not found for the segment 'delta'.")
 
 
-@router.get("/v1.0/users/{key}/contactFolders/{folder_id}/contacts/delta")
-@router.get("/v1.0/users/{key}/contactFolders/{folder_id}/contacts/microsoft.graph.delta()")
+@_route_all(delta_routes("/v1.0/users/{key}/contactFolders/{folder_id}/contacts"))
 def folder_contacts_delta(key: str, folder_id: str, request: Request) -> JSONResponse:
     return _contacts_delta(request, key, folder_id)
 
@@ -382,8 +399,7 @@ def calendar_view(key: str, request: Request) -> JSONResponse:
         return _paged(request, items, opts, _context(request, key, "calendarView"), prefs)
 
 
-@router.get("/v1.0/users/{key}/calendarView/delta")
-@router.get("/v1.0/users/{key}/calendarView/microsoft.graph.delta()")
+@_route_all(delta_routes("/v1.0/users/{key}/calendarView"))
 def calendar_view_delta(key: str, request: Request) -> JSONResponse:
     mbx = resolve(request, key)
     with mailbox_slot(request, mbx):

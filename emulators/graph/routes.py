@@ -205,6 +205,8 @@ def _prefer(request: Request) -> tuple[int | None, bool]:
 
 
 @router.get("/v1.0/users/delta")
+@router.get("/v1.0/users/delta()")
+@router.get("/v1.0/users/microsoft.graph.delta")
 @router.get("/v1.0/users/microsoft.graph.delta()")
 def users_delta(request: Request) -> JSONResponse:
     backend = _backend(request)

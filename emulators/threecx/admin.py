@@ -116,4 +116,14 @@ def build_admin_router(backend: PbxBackend, plan: FaultPlan, counters: RequestCo
         counters.reset()
         return Response(status_code=204)
 
+    @router.get("/routes")
+    async def get_routes() -> JSONResponse:
+        """Every route key served since the last ``DELETE /routes`` (survives counter resets)."""
+        return JSONResponse({"routes": counters.routes()})
+
+    @router.delete("/routes")
+    async def reset_routes() -> Response:
+        counters.reset_routes()
+        return Response(status_code=204)
+
     return router

@@ -50,22 +50,28 @@ SEED_CONTACTS: list[dict[str, Any]] = [
 """Hand-made company contacts (``3CX``, no Tag) and two created by 3CX's own M365 integration."""
 
 
-def _empty() -> dict[str, Any]:
+def _empty(contact_type: str) -> dict[str, Any]:
     record: dict[str, Any] = {name: "" for name, kind in CONTACT_TYPE.props.items() if kind is str}
-    record.update({"Id": 0, "ContactType": "3CX"})
+    record.update({"Id": 0, "ContactType": contact_type})
     return record
 
 
 class ContactStore:
-    """``Pbx.Contact`` records by id (own id sequence, starting at 1)."""
+    """``Pbx.Contact`` records by id (own id sequence, starting at 1).
 
-    def __init__(self) -> None:
+    :param default_type: ``ContactType`` of a contact created without one (undocumented by 3CX).
+    """
+
+    def __init__(self, default_type: str = "3CX") -> None:
+        if default_type not in CONTACT_SOURCES:
+            raise ValueError(f"default_contact_type must be one of {CONTACT_SOURCES}")
         self._contacts: dict[int, dict[str, Any]] = {}
         self._next_id = 1
+        self.default_type = default_type
 
     def seed(self) -> None:
         for body in SEED_CONTACTS:
-            self.create(body)
+            self.create({"ContactType": "3CX", **body})  # hand-made in the 3CX UI
 
     def list(self) -> list[dict[str, Any]]:
         """Every contact, by id: the stored records themselves, read-only (no copies, no sort).
@@ -88,8 +94,8 @@ class ContactStore:
 
     def create(self, body: Any) -> dict[str, Any]:
         """Create from a ``Pbx.Contact`` body. :raises ValidationError: :raises BadRequest:"""
-        record = _empty()
-        record.update(self._validated(body, record))
+        record = _empty(self.default_type)
+        record.update(self._validated(body, record, self.default_type))
         _require_name(record)
         record["Id"] = self._next_id
         self._next_id += 1
@@ -101,7 +107,7 @@ class ContactStore:
         current = self._contacts.get(contact_id)
         if current is None:
             raise NotFound("Contact")
-        draft = {**current, **self._validated(body, current)}
+        draft = {**current, **self._validated(body, current, self.default_type)}
         _require_name(draft)
         self._contacts[contact_id] = draft
         return copy.deepcopy(draft)
@@ -121,7 +127,7 @@ class ContactStore:
         return sum(1 for i in ids if self._contacts.pop(i, None) is not None)
 
     @staticmethod
-    def _validated(body: Any, current: dict[str, Any]) -> dict[str, Any]:
+    def _validated(body: Any, current: dict[str, Any], default_type: str) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise BadRequest("The request body must be a JSON object.")
         changes: dict[str, Any] = {}
@@ -131,7 +137,7 @@ class ContactStore:
             if name not in CONTACT_TYPE.props:
                 raise ValidationError(name, e.UNKNOWN_PROPERTY)
             if value is None:
-                value = "3CX" if name == "ContactType" else ""
+                value = default_type if name == "ContactType" else ""
             if not isinstance(value, str):
                 raise ValidationError(name, e.INVALID_VALUE)
             limit = CONTACT_MAX_LENGTHS.get(name)

@@ -198,6 +198,17 @@ def build_router(backend: PbxBackend) -> APIRouter:
             raise BadRequest(f"The key value '{key}' is not valid for the entity set.")
         return entity(request, backend.get_group(value), GROUP_TYPE, "Groups")
 
+    @router.get(XAPI + "/Groups({key})/Members")
+    async def get_group_members(request: Request, key: str) -> JSONResponse:
+        """``ListMembers``: the group's ``Pbx.UserGroup`` collection, with the OData options the
+        swagger declares for it ($top, $skip, $search, $filter, $count, $orderby, $select, $expand)."""
+        authorize(request)
+        kind, value = _parse_key(key)
+        if kind != "Id":
+            raise BadRequest(f"The key value '{key}' is not valid for the entity set.")
+        group = backend.get_group(value)
+        return collection(request, group["Members"], odata.REGISTRY["Pbx.UserGroup"], f"Groups({group['Id']})/Members")
+
     def contact_id(key: str) -> int:
         kind, value = _parse_key(key)
         if kind != "Id":

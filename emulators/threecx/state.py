@@ -110,6 +110,9 @@ class PbxConfig:
     :param version: ``SystemStatus.Version``; before 20.0.9 the token ``expires_in`` is in minutes.
     :param first_extension: lowest number ``GetFirstAvailableExtensionNumber`` hands out.
     :param max_top: cap on ``$top`` (and page size when ``$top`` is missing).
+    :param default_contact_type: the ``ContactType`` stamped on a contact created without one (or
+        with ``null``). 3CX documents no default; the emulator's ``3CX`` is configurable so tests can
+        prove the sync does not depend on it.
     """
 
     version: str = "20.0.10.1002"
@@ -120,6 +123,7 @@ class PbxConfig:
     number_max_length: int = 7
     max_top: int = 100
     max_sim_calls: int = 32
+    default_contact_type: str = "3CX"
 
     def version_tuple(self) -> tuple[int, ...]:
         return tuple(int(p) for p in re.findall(r"\d+", self.version))
@@ -183,7 +187,7 @@ class PbxBackend:
             self._next_ids: dict[str, int] = {"membership": 1, "profile": 1}
             self._tokens: dict[str, Token] = {}
             self.tokens_issued = 0
-            self._contacts = ContactStore()
+            self._contacts = ContactStore(self.config.default_contact_type)
             seed_backend(self, unmanaged=self.unmanaged)
             if self.unmanaged:
                 self._contacts.seed()

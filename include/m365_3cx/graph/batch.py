@@ -70,7 +70,7 @@ _DELTA_EXPIRED_CODES = frozenset({"syncstatenotfound", "resyncrequired"})
 class BatchRequest:
     """One inner request of a batch.
 
-    :param id: unique within one :func:`execute_batch` call.
+    :param id: unique within one :func:`execute_batch` call (Graph ignores case when comparing ids).
     :param url: path relative to ``/v1.0`` with its query, e.g.
         ``/users/{id}/contacts/delta?$select=id,displayName``.
     :param method: HTTP method.
@@ -186,9 +186,9 @@ def chunk_requests(
         raise ValueError(f"max_size must be between 1 and {MAX_BATCH_SIZE}")
     if max_per_mailbox < 1:
         raise ValueError("max_per_mailbox must be at least 1")
-    ids = [r.id for r in requests]
-    if len(set(ids)) != len(ids):
-        raise ValueError("batch request ids must be unique")
+    ids = [r.id.casefold() for r in requests]
+    if len(set(ids)) != len(ids):  # Graph compares request ids case-insensitively
+        raise ValueError("batch request ids must be unique (case-insensitively)")
     pending = list(requests)
     chunks: list[list[BatchRequest]] = []
     while pending:

@@ -6,6 +6,15 @@ outputs back and returns only small counts. Extraction works on a *shard* of own
 (:mod:`m365_3cx.graph.batch`): one inner request per (user, folder) stream per page
 round, at most 20 per batch and 4 per mailbox.
 
+Only documented Graph routes are used. Contact delta is documented per folder only
+(``/users/{id}/contactFolders/{id}/contacts/delta``), so the default Contacts folder is read
+through its folder id: the ``parentFolderId`` of the folders ``GET /users/{id}/contactFolders``
+lists (documented as the folders *in* the default Contacts folder), else — for a user without
+subfolders — the ``parentFolderId`` of one contact from ``GET /users/{id}/contacts?$top=1``
+(documented as the default folder's contacts). That lookup costs one more inner request only for
+such users and only when their default stream starts an initial round (a delta run follows the
+stored link); an empty default folder has nothing to read.
+
 The contacts plan lives in ``sync_plan`` under :func:`contact_plan_key` (the run key
 plus ``#contacts``), so it never races with the extensions plan of the same run;
 audit rows use the run key itself.
@@ -70,16 +79,30 @@ class _Stream:
     restarted: bool = False
     seen: set[str] = field(default_factory=set)
     done: bool = False
+    empty: bool = False
+    """The default folder holds no contact (nothing to read this run)."""
+    default_folder_id: str | None = None
+    """The default Contacts folder's id (default stream only; ``None`` until known)."""
 
     @property
     def resource(self) -> str:
         return crepo.contact_resource(self.user_id, self.folder_id)
 
+    @property
+    def delta_folder(self) -> str | None:
+        """The folder id the delta URL names (the default folder's id for the default stream)."""
+        return self.folder_id if self.folder_id is not None else self.default_folder_id
+
     def initial_url(self) -> str:
-        base = f"/users/{quote(self.user_id, safe='')}"
-        if self.folder_id is not None:
-            base += f"/contactFolders/{quote(self.folder_id, safe='')}"
-        return f"{base}/contacts/delta?$select={','.join(crepo.GRAPH_CONTACT_SELECT)}"
+        """The documented per-folder delta URL.
+
+        :raises ValueError: for the default stream before its folder id is known.
+        """
+        folder = self.delta_folder
+        if folder is None:
+            raise ValueError("the default contacts folder id is not known yet")
+        return (f"/users/{quote(self.user_id, safe='')}/contactFolders/{quote(folder, safe='')}"
+                f"/contacts/delta?$select={','.join(crepo.GRAPH_CONTACT_SELECT)}")
 
 
 @dataclass
@@ -103,7 +126,8 @@ def _list_folders(graph: GraphClient, users: list[dict[str, Any]], totals: _Tota
     """Contact folders per user, all users of the shard batched together (follows next links)."""
     folders: dict[str, list[dict[str, Any]]] = {u["user_id"]: [] for u in users}
     labels = {u["user_id"]: u["user_principal_name"] for u in users}
-    pending = {u["user_id"]: f"/users/{quote(u['user_id'], safe='')}/contactFolders?$select=id,displayName&$top=100"
+    pending = {u["user_id"]: f"/users/{quote(u['user_id'], safe='')}/contactFolders"
+                             "?$select=id,displayName,parentFolderId&$top=100"
                for u in users}
     rounds = 0
     while pending:
@@ -138,6 +162,49 @@ def _list_folders(graph: GraphClient, users: list[dict[str, Any]], totals: _Tota
     return folders
 
 
+def _default_folder_ids(folders: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
+    """The default Contacts folder id of each user with subfolders (their ``parentFolderId``)."""
+    found: dict[str, str] = {}
+    for uid, listed in folders.items():
+        parents = {str(f["parentFolderId"]) for f in listed if f.get("parentFolderId")}
+        ids = {str(f["id"]) for f in listed}
+        top = sorted(parents - ids)  # the listing holds the default folder's children only
+        if top:
+            found[uid] = top[0]
+    return found
+
+
+def _resolve_default_folders(graph: GraphClient, streams: list[_Stream], totals: _Totals,
+                             skipped: set[str]) -> None:
+    """Find the default folder id of the default streams that need an initial URL and lack it.
+
+    One batched ``GET /users/{id}/contacts?$top=1&$select=parentFolderId`` per such user. A user
+    whose default folder holds no contact has nothing to read: the stream is marked ``done``
+    (a full round then soft-deletes what was staged from it).
+    """
+    todo = [s for s in streams if s.folder_id is None and s.default_folder_id is None and not s.url
+            and s.user_id not in skipped]
+    if not todo:
+        return
+    requests = [BatchRequest(id=str(i), url=f"/users/{quote(s.user_id, safe='')}/contacts?$top=1"
+                             "&$select=parentFolderId", headers=CONTACT_HEADERS, mailbox=s.user_id)
+                for i, s in enumerate(todo)]
+    responses = execute_batch(graph, requests)
+    for i, stream in enumerate(todo):
+        response = responses[str(i)]
+        error = classify_item(response)
+        if error is not None:
+            _user_failed(stream.user_id, stream.upn, error, totals, skipped)
+            continue
+        body = response.body if isinstance(response.body, Mapping) else {}
+        first = next((c for c in body.get("value") or [] if isinstance(c, Mapping) and c.get("parentFolderId")),
+                     None)
+        if first is None:
+            stream.empty = True
+        else:
+            stream.default_folder_id = str(first["parentFolderId"])
+
+
 def _user_failed(user_id: str, label: str, error: Exception, totals: _Totals, skipped: set[str]) -> None:
     """Skip a user's contacts for this run with a note; raise what must fail the task."""
     if isinstance(error, RetriableError):
@@ -162,13 +229,14 @@ def _streams_for(users: list[dict[str, Any]], settings: Settings, folders: dict[
                  skipped: set[str]) -> list[_Stream]:
     mode = settings.contacts.personal_contacts
     wanted = settings.contacts.folder_name.strip().casefold()
+    defaults = _default_folder_ids(folders)
     streams: list[_Stream] = []
     for user in users:
         uid, upn = user["user_id"], user["user_principal_name"]
         if uid in skipped:
             continue
         if mode == "all":
-            streams.append(_Stream(uid, upn, None))
+            streams.append(_Stream(uid, upn, None, default_folder_id=defaults.get(uid)))
             streams.extend(_Stream(uid, upn, str(f["id"])) for f in folders.get(uid, []))
         elif mode == "folder":
             streams.extend(_Stream(uid, upn, str(f["id"])) for f in folders.get(uid, [])
@@ -229,13 +297,30 @@ def extract_contacts(
         if personal == "off":
             for owner in owner_ids:
                 crepo.clear_contact_links(conn, owner)
-        links = store.get_many(conn, [s.resource for s in streams]) if mode == "delta" else {}
+        links = store.get_many(conn, [s.resource for s in streams])
         for stream in streams:
-            link = links.get(stream.resource)
-            if link:
-                stream.url, stream.full = relative_url(link, graph.credentials.graph_url), False
-            else:
-                stream.url, stream.full = stream.initial_url(), True
+            stored = links.get(stream.resource)
+            url = relative_url(stored, graph.credentials.graph_url) if stored else ""
+            if url and "/contactfolders/" not in url.split("?", 1)[0].lower():
+                url = ""  # a link of the undocumented /users/{id}/contacts/delta route: start over
+            if url and stream.delta_folder is None:
+                stream.default_folder_id = _folder_of_link(url)  # the folder our stored link was issued for
+            if mode != "delta":
+                url = ""
+            stream.url, stream.full = url, not url
+
+    _resolve_default_folders(graph, streams, totals, skipped)
+    for stream in streams:
+        if not stream.url and not stream.empty and stream.user_id not in skipped:
+            stream.url = stream.initial_url()
+    empties = [s for s in streams if s.empty and s.user_id not in skipped]
+    if empties:  # an empty default folder: nothing to read, nothing staged from it stays
+        with engine.begin() as conn:
+            for stream in empties:
+                stream.done = True
+            totals.counts["deleted"] += crepo.mark_missing_in_streams(
+                conn, [(s.user_id, None, set()) for s in empties], run_key, now)
+            store.clear_many(conn, [s.resource for s in empties])
 
     _page_rounds(engine, graph, settings, store, streams, totals, skipped, run_key, now)
     step = f"extract_contacts/{shard.get('shard', 1)}"
@@ -282,6 +367,8 @@ def _page_rounds(engine: Engine, graph: GraphClient, settings: Settings, store: 
                     log.warning("contacts: delta link of user %s expired (status %s); full round for that stream",
                                 stream.user_id, error.status)
                     store.clear(conn, stream.resource)
+                    if stream.delta_folder is None:  # a default stream that followed a stored link
+                        stream.default_folder_id = _folder_of_link(stream.url)
                     stream.url, stream.full, stream.restarted = stream.initial_url(), True, True
                     stream.seen.clear()
                     totals.counts["expired"] += 1
@@ -337,6 +424,22 @@ def _trace_contacts_read(conn: Any, run_key: str, on_demand: Mapping[str, str], 
             rows.append({"user_id": uid, "upn": upn, "outcome": "read",
                          "detail": {"contacts": int(staged.get(uid, 0)), "source": personal}})
     trace.replace_trace(conn, run_key, "contacts_read", trace.trace_rows(run_key, "contacts_read", rows, now))
+
+
+def _folder_of_link(url: str) -> str:
+    """The folder id a per-folder delta link names (``/users/{u}/contactFolders/{f}/contacts/delta``).
+
+    :raises GraphFatalError: for a link of another shape (never issued for a documented route).
+    """
+    from urllib.parse import unquote
+
+    parts = url.split("?", 1)[0].split("/")
+    lowered = [p.lower() for p in parts]
+    if "contactfolders" in lowered:
+        at = lowered.index("contactfolders")
+        if at + 1 < len(parts) and parts[at + 1]:
+            return unquote(parts[at + 1])
+    raise GraphFatalError("contacts delta link names no contact folder", code="InvalidDeltaLink")
 
 
 def _clean_contacts(raw: list[Mapping[str, Any]], stream: _Stream,

@@ -1,10 +1,13 @@
 """Diff the desired company phonebook against 3CX, and apply the change set.
 
 A 3CX contact is *managed* only when it is recorded in ``phonebook_map`` **and**
-carries our ``Tag`` (``m365-sync:<key>``) **and** is not of ``ContactType``
-``M365``/``CRM``/``Google``. Everything else in the phonebook (3CX's own M365,
+carries our ``Tag`` (``m365-sync:<key>``): ownership rests on our own markers only,
+never on a value the PBX may stamp. Everything else in the phonebook (3CX's own M365,
 CRM and Google contacts, hand-made entries, entries with a foreign tag) is never
-read for a diff, updated or deleted.
+read for a diff, updated or deleted. Entries are created with an explicit
+``ContactType`` of :data:`OWN_CONTACT_TYPE` (``3CX``, a ``Pbx.ContactSource`` value:
+not one of 3CX's own integrations, whose delete-by-type calls would otherwise remove
+them), so nothing depends on the PBX's default either.
 
 :func:`match_snapshot` turns the 3CX read into per-entry facts (present, current
 fields, duplicates carrying the same tag). :func:`plan_phonebook` creates missing
@@ -32,7 +35,7 @@ from m365_3cx.transform.values import as_bool, as_dict, as_int, as_list, ensure_
 
 __all__ = [
     "CONTACT_OBJECT",
-    "FOREIGN_CONTACT_TYPES",
+    "OWN_CONTACT_TYPE",
     "ContactWriter",
     "PhonebookPlan",
     "SnapshotMatch",
@@ -46,8 +49,8 @@ log = logging.getLogger(__name__)
 CONTACT_OBJECT: Final = "contact"
 """``object_type`` of phonebook changes in ``sync_plan`` / ``sync_audit``."""
 
-FOREIGN_CONTACT_TYPES: Final = frozenset({"m365", "crm", "google"})
-"""``ContactType`` values owned by 3CX's own integrations (compared case-insensitively)."""
+OWN_CONTACT_TYPE: Final = "3CX"
+"""``ContactType`` (``Pbx.ContactSource``: ``3CX`` | ``CRM`` | ``Google`` | ``M365``) sent with every create."""
 
 DELETE_BATCH_SIZE: Final = 50
 
@@ -76,15 +79,17 @@ class SnapshotMatch:
 
 
 def is_foreign(contact: Mapping[str, Any], tag_prefix: str = TAG_PREFIX) -> bool:
-    """True for a 3CX contact the sync must never touch.
+    """True for a 3CX contact the sync must never touch: one without our tag.
+
+    ``ContactType`` plays no part: 3CX's integrations never write our tag, and a PBX that
+    stamps another type on our entries must not make the sync lose (and re-create) them.
 
     :param contact: a ``Pbx.Contact`` as read.
     :param tag_prefix: our tag prefix.
-    :return: ``True`` unless it carries our tag and is not an M365/CRM/Google contact.
+    :return: ``True`` unless its ``Tag`` starts with our prefix.
     """
-    kind = (text(contact.get("ContactType")) or "").casefold()
     tag = text(contact.get("Tag")) or ""
-    return kind in FOREIGN_CONTACT_TYPES or not tag.startswith(tag_prefix)
+    return not tag.startswith(tag_prefix)
 
 
 def managed_fields_of(contact: Mapping[str, Any]) -> dict[str, Any]:
@@ -184,6 +189,7 @@ def plan_phonebook(desired: pd.DataFrame, mapping: pd.DataFrame) -> PhonebookPla
         else:
             reason = "new entry" if entry is None else "entry missing in 3CX, re-created"
             created = {f: (None, v) for f, v in want.items() if v is not None}
+            created["ContactType"] = (None, OWN_CONTACT_TYPE)
             changes.append(Change(CREATE, key, number, None, created, reason, CONTACT_OBJECT))
     forget: list[str] = []
     managed = 0

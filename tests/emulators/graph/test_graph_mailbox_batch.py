@@ -55,8 +55,8 @@ def test_more_than_four_items_for_one_mailbox_get_429_each(caller: Any, graph: A
     assert len(throttled) == 3 and sum(r["status"] == 200 for r in answers) == 4
     for answer in throttled:
         assert answer["headers"]["Retry-After"] == "1"
-        assert answer["body"]["error"]["code"] == "TooManyRequests"
-        assert answer["body"]["error"]["message"] == "Could not connect to mailbox / Too Many Requests"
+        assert answer["body"]["error"]["code"] == "ApplicationThrottled"
+        assert answer["body"]["error"]["message"] == "Application is over its MailboxConcurrency limit."
     state = graph.admin("GET", "/mailbox/concurrency").json()
     assert state["peak"][uid] == 4 and state["rejected"] == 3
     assert graph.admin("GET", "/counters").json()["requests"]["GET /v1.0/users/{id}/contacts"] == 7
@@ -107,3 +107,17 @@ def test_inner_requests_see_the_fault_plan(caller: Any, graph: Any) -> None:
     statuses = sorted((r["status"], r["headers"].get("Retry-After")) for r in response.json()["responses"])
     assert statuses == [(200, None), (503, "3")]
     assert graph.admin("GET", "/counters").json()["faults"]["GET /v1.0/users/{id}/calendarView"] == 1
+
+
+def test_request_ids_are_not_case_sensitive_but_must_be_unique(caller: Any, graph: Any) -> None:
+    uid = _members(graph)[0]["id"]
+    item = {"method": "GET", "url": f"/users/{uid}/contacts?$top=1"}
+    duplicate = _batch(caller, {"requests": [{"id": "a", **item}, {"id": "A", **item}]})
+    assert duplicate.status_code == 400
+    assert duplicate.json()["error"]["code"] == "BadRequest"
+    assert "unique" in duplicate.json()["error"]["message"]
+    # dependsOn names an id whatever its case; the answer keeps each id as sent
+    answers = _batch(caller, {"requests": [{"id": "First", **item}, {"id": "second", "dependsOn": ["FIRST"], **item}]})
+    assert answers.status_code == 200, answers.text
+    assert sorted(r["id"] for r in answers.json()["responses"]) == ["First", "second"]
+    assert all(r["status"] == 200 for r in answers.json()["responses"])

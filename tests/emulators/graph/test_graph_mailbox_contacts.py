@@ -26,6 +26,12 @@ def _round(caller: Any, url: str, headers: dict[str, str] | None = None) -> tupl
     return items, pages[-1]["@odata.deltaLink"]
 
 
+def _default_delta(caller: Any, uid: str) -> str:
+    """The documented delta URL of the default folder: its id is any of its contacts' parentFolderId."""
+    first = caller.get(f"/v1.0/users/{uid}/contacts?$top=1&$select=parentFolderId").json()["value"][0]
+    return f"/v1.0/users/{uid}/contactFolders/{first['parentFolderId']}/contacts/delta"
+
+
 def _add(graph: Any, user_id: str, count: int, folder: str | None = None) -> list[dict[str, Any]]:
     out = []
     for i in range(count):
@@ -121,7 +127,7 @@ def test_delta_rounds_report_add_edit_delete_move(caller: Any, graph: Any) -> No
     user = _members_with_mail(graph)[1]
     uid = user["id"]
     _add(graph, uid, 7)
-    url = f"/v1.0/users/{uid}/contacts/delta"
+    url = _default_delta(caller, uid)
     first = caller.get(url, headers={"Prefer": "odata.maxpagesize=4"})
     assert first.headers["Preference-Applied"] == "odata.maxpagesize=4"
     initial, pages = caller.all_pages(url, {"Prefer": "odata.maxpagesize=4"})
@@ -181,8 +187,8 @@ def test_folder_delta_and_moves_between_folders(caller: Any, graph: Any) -> None
 
 def test_expiry_answers_410_per_user_and_by_age(caller: Any, graph: Any) -> None:
     first, second = _members_with_mail(graph)[:2]
-    _, link_one = _round(caller, f"/v1.0/users/{first['id']}/contacts/delta")
-    _, link_two = _round(caller, f"/v1.0/users/{second['id']}/contacts/delta")
+    _, link_one = _round(caller, _default_delta(caller, first["id"]))
+    _, link_two = _round(caller, _default_delta(caller, second["id"]))
     graph.admin("POST", "/mailbox/expire", json={"user_id": first["id"], "kind": "contacts"})
     gone = caller.get(link_one)
     assert gone.status_code == 410
@@ -197,3 +203,34 @@ def test_expiry_answers_410_per_user_and_by_age(caller: Any, graph: Any) -> None
     finally:
         graph.backend.mailboxes.options.token_max_age = 7 * 24 * 3600
     assert caller.get(link_one.replace("deltatoken=", "deltatoken=x")).status_code == 400
+
+
+def test_default_folder_id_is_the_parent_of_listed_folders_and_contacts(caller: Any, graph: Any) -> None:
+    uid = _members_with_mail(graph)[4]["id"]
+    _add(graph, uid, 1)
+    _add(graph, uid, 1, folder="Subfolder")
+    folders = caller.get(f"/v1.0/users/{uid}/contactFolders?$select=id,displayName,parentFolderId").json()["value"]
+    contact = caller.get(f"/v1.0/users/{uid}/contacts?$top=1&$select=parentFolderId").json()["value"][0]
+    assert set(contact) <= {"@odata.etag", "id", "parentFolderId"}
+    assert {f["parentFolderId"] for f in folders} == {contact["parentFolderId"]}
+    assert contact["parentFolderId"] not in {f["id"] for f in folders}
+
+
+def test_undocumented_default_folder_delta_is_refused_like_graph(caller: Any, graph: Any) -> None:
+    uid = _members_with_mail(graph)[1]["id"]
+    for name in ("delta", "delta()", "microsoft.graph.delta", "microsoft.graph.delta()"):
+        response = caller.get(f"/v1.0/users/{uid}/contacts/{name}")
+        assert response.status_code == 400, name
+        assert response.json()["error"]["code"] == "BadRequest"
+        assert response.json()["error"]["message"] == "Resource not found for the segment 'delta'."
+
+
+@pytest.mark.parametrize("name", ["delta", "delta()", "microsoft.graph.delta", "microsoft.graph.delta()"])
+def test_every_delta_spelling_graph_accepts_is_served(caller: Any, graph: Any, name: str) -> None:
+    uid = _members_with_mail(graph)[1]["id"]
+    folder_url = _default_delta(caller, uid).rsplit("/", 1)[0]
+    items, link = _round(caller, f"{folder_url}/{name}")
+    assert items and f"/contacts/{name}?" in link
+    window = "startDateTime=2026-01-01T00:00:00Z&endDateTime=2026-01-08T00:00:00Z"
+    _round(caller, f"/v1.0/users/{uid}/calendarView/{name}?{window}")
+    _round(caller, f"/v1.0/users/{name}?$select=displayName")

@@ -52,9 +52,11 @@ def plan(desired_rows: list[dict[str, Any]], mapped: pd.DataFrame, contacts: lis
     ("contact", "foreign"),
     [
         (pbx(1, "k"), False),
-        (pbx(1, "k", ContactType="M365"), True),
-        (pbx(1, "k", ContactType="crm"), True),
-        (pbx(1, "k", ContactType="Google"), True),
+        # ownership rests on our tag only: whatever ContactType the PBX stamps, a tagged entry is ours
+        (pbx(1, "k", ContactType="M365"), False),
+        (pbx(1, "k", ContactType="crm"), False),
+        (pbx(1, "k", ContactType=None), False),
+        (pbx(1, None, ContactType="M365"), True),  # 3CX's own M365 integration
         (pbx(1, None), True),  # hand-made, no tag
         (pbx(1, None, Tag="crm-sync:42"), True),  # somebody else's tag
     ],
@@ -69,6 +71,7 @@ def test_new_entry_is_created_with_its_fields_and_tag() -> None:
     assert change.action == "create" and change.object_type == "contact" and change.threecx_id is None
     assert change.fields["Tag"] == (None, TAG_PREFIX + "k1")
     assert change.fields["CompanyName"] == (None, "Fabrikam")
+    assert change.fields["ContactType"] == (None, "3CX")  # explicit, never the PBX's default
     assert "Mobile2" not in change.fields  # empty fields are not sent
     assert change.reason == "new entry"
 
@@ -97,11 +100,16 @@ def test_entry_no_longer_desired_is_deleted_and_a_gone_one_forgotten() -> None:
 
 
 def test_foreign_contacts_are_never_touched_even_with_our_key() -> None:
-    contacts = [pbx(1, None, FirstName="Hand"), pbx(2, "k1", ContactType="M365", FirstName="Other"),
+    contacts = [pbx(1, None, FirstName="Hand"), pbx(2, None, ContactType="M365", FirstName="Other"),
                 pbx(3, None, Tag="crm-sync:k1"), pbx(4, "stranger")]
     result = plan([desired("k1")], mapping(("k1", 2)), contacts)
-    assert [c.action for c in result.changes] == ["create"]  # the M365 contact is not ours, so ours is missing
+    assert [c.action for c in result.changes] == ["create"]  # the untagged contact is not ours: ours is missing
     assert all(c.threecx_id not in (1, 2, 3, 4) for c in result.changes)
+
+
+def test_own_entry_stamped_with_another_contact_type_stays_managed() -> None:
+    contacts = [pbx(7, "k1", ContactType="M365")]
+    assert plan([desired("k1")], mapping(("k1", 7)), contacts).changes == []
     # a tagged contact whose key is not in phonebook_map is not managed: never deleted
     assert plan([], mapping(), contacts).changes == []
 
