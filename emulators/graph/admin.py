@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
+from emulators.graph.errors import JSONResponse
 from emulators.graph.state import Conflict, NotFound
 
 if TYPE_CHECKING:

@@ -15,11 +15,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emulators.common.faults import FaultMiddleware, FaultPlan, RequestCounters
 from emulators.graph import admin, batch, errors, identity, mailbox_admin, mailbox_routes, routes
+from emulators.graph.errors import JSONResponse
 from emulators.graph.state import TenantBackend
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
 
 from emulators.graph import errors
+from emulators.graph.errors import JSONResponse
 from emulators.graph.mailbox import MailboxError
 from emulators.graph.routes import graph_json, require_token
 

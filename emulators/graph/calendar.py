@@ -35,6 +35,11 @@ DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
 MAX_OCCURRENCES = 2000
 
 
+CUSTOM_ZONES = frozenset({"Customized Time Zone", "tzone://Microsoft/Custom"})
+"""Names Graph gives an event whose organiser's client defined its own zone; Graph exposes no
+definition for it, so the emulator reads such wall times as UTC (the name is kept as given)."""
+
+
 class TimeZoneError(ValueError):
     """An unknown time zone name."""
 
@@ -44,7 +49,7 @@ def zone(name: str | None) -> ZoneInfo:
 
     :raises TimeZoneError: for an unknown name.
     """
-    if not name:
+    if not name or name in CUSTOM_ZONES:
         return ZoneInfo("UTC")
     iana = WINDOWS_TO_IANA.get(name)
     if iana is None:

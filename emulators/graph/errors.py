@@ -9,9 +9,30 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+from fastapi.responses import JSONResponse as _StarletteJSONResponse
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def dumps(content: Any) -> bytes:
+    """JSON as Graph writes it: UTF-8, with a lone surrogate (text Graph can hold, e.g. a name cut
+    in the middle of a pair) written as its ``\\uXXXX`` escape instead of failing to encode."""
+    text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode("utf-8")
+
+
+class JSONResponse(_StarletteJSONResponse):
+    """Every JSON answer of the Graph emulator (API, ``$batch`` and admin): :func:`dumps`."""
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
+
 
 JSON_MEDIA_TYPE = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"
 

@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote_plus, urlsplit
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
-from emulators.graph.errors import IdentityError
+from emulators.graph.errors import IdentityError, JSONResponse
 
 if TYPE_CHECKING:
     from emulators.graph.state import TenantBackend

@@ -444,8 +444,7 @@ class MailboxStore:
         with self._lock:
             start, start_zone = cal.parse_graph_datetime(body.get("start"))
             end, end_zone = cal.parse_graph_datetime(body.get("end"))
-            if end < start:
-                raise ValueError("end is before start")
+            # Graph holds events that end before they start (e.g. written by other clients): stored as given
             props = _event_props(body, {"subject": "", "showAs": "busy", "sensitivity": "normal",
                                         "isAllDay": False, "isCancelled": False, "categories": [],
                                         "location": {"displayName": ""}, "importance": "normal",
@@ -497,8 +496,6 @@ class MailboxStore:
                     event.start, event.start_zone = cal.parse_graph_datetime(changes["start"])
                 if "end" in changes:
                     event.end, event.end_zone = cal.parse_graph_datetime(changes["end"])
-                if event.end < event.start:
-                    raise ValueError("end is before start")
                 props = {k: v for k, v in changes.items() if k not in ("start", "end", "recurrence")}
                 event.props = _event_props(props, event.props)
                 if "recurrence" in changes:
@@ -824,8 +821,9 @@ def _event_props(body: dict[str, Any], base: dict[str, Any], *, partial: bool = 
             continue
         if key not in EVENT_FIELDS:
             raise ValueError(f"unknown event property: {key}")
-        if key == "showAs":
-            value = _enum(value, SHOW_AS, key)
+        if key == "showAs":  # stored as given: Graph can hold PascalCase and values newer than this enum
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"showAs must be a non-empty string (known: {', '.join(SHOW_AS)})")
         elif key == "sensitivity":
             value = _enum(value, SENSITIVITY, key)
         elif key in ("isAllDay", "isCancelled", "isOnlineMeeting") and not isinstance(value, bool):

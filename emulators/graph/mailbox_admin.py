@@ -11,9 +11,9 @@ import functools
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from emulators.graph.calendar import TimeZoneError
+from emulators.graph.errors import JSONResponse
 from emulators.graph.mailbox import ItemNotFound, MailboxNotEnabled, UnknownUser, render_contact
 
 if TYPE_CHECKING:

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
 
 from emulators.graph import calendar as cal
 from emulators.graph import errors
+from emulators.graph.errors import JSONResponse
 from emulators.graph.mailbox import (
     CONTACT_PROPERTIES,
     EVENT_PROPERTIES,

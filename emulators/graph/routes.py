@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 
 from emulators.graph import errors, query
+from emulators.graph.errors import JSONResponse
 from emulators.graph.state import BadToken, DeltaCursor, NotFound, SyncStateNotFound
 
 if TYPE_CHECKING:

@@ -145,11 +145,17 @@ class GuardSettings:
     :param approval_timeout_minutes: how long a run over the guard waits for a human decision on
         its removals; no answer in time rejects them (the rest of the plan is applied). Capped by
         the DAG's run timeout.
+    :param lease_wait_seconds: how long a run's snapshot/plan/apply step waits for a feature
+        another run is syncing before it fails (retriable; :mod:`m365_3cx.staging.lease`).
+    :param lease_ttl_minutes: a feature lease not renewed for this long (a killed worker) may be
+        taken over; keep it above the tasks' execution timeout (30 min).
     """
 
     mass_removal_min: int = 5
     mass_removal_fraction: float = 0.10
     approval_timeout_minutes: int = 60
+    lease_wait_seconds: int = 120
+    lease_ttl_minutes: int = 45
 
 
 @dataclass(frozen=True)
@@ -394,7 +400,8 @@ _SECTIONS: Final[dict[str, tuple[type, dict[str, Callable[[object], Any]]]]] = {
     "guards": (
         GuardSettings,
         {"mass_removal_min": _int(0), "mass_removal_fraction": _float(0.0, 1.0),
-         "approval_timeout_minutes": _int(1)},
+         "approval_timeout_minutes": _int(1),
+         "lease_wait_seconds": _int(0, 86_400), "lease_ttl_minutes": _int(1, 24 * 60)},
     ),
     "alerts": (
         AlertSettings,

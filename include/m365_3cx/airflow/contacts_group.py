@@ -32,8 +32,10 @@ from m365_3cx.airflow.hooks import GraphHook, ThreeCXHook
 from m365_3cx.airflow.runtime import (
     api_client,
     fatal_errors_fail_the_task,
+    feature_lease,
     load_settings,
     on_demand_entries,
+    release_feature,
     run_info,
     staging_engine,
     utcnow,
@@ -78,7 +80,9 @@ def run_snapshot_phonebook(mode: str) -> dict[str, int]:
 
     run = run_info(get_current_context(), mode)
     settings = load_settings()
-    with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(ThreeCXHook()) as threecx:
+    with fatal_errors_fail_the_task(), staging_engine() as engine, \
+            feature_lease(engine, "phonebook", run.run_key, "snapshot", settings), \
+            api_client(ThreeCXHook()) as threecx:
         return snapshot_phonebook(engine, threecx, settings, run.run_key, utcnow(),
                                   mode=_effective_mode(get_current_context(), mode))
 
@@ -91,7 +95,8 @@ def run_transform_phonebook(mode: str) -> dict[str, int]:
     context = get_current_context()
     run = run_info(context, mode)
     settings = load_settings()
-    with fatal_errors_fail_the_task(), staging_engine() as engine:
+    with fatal_errors_fail_the_task(), staging_engine() as engine, \
+            feature_lease(engine, "phonebook", run.run_key, "transform", settings):
         owners = set(on_demand_users(engine, run.run_key)) if on_demand_entries(context) else None
         return transform_phonebook(engine, settings, run.run_key, utcnow(), only_owner_ids=owners)
 
@@ -116,10 +121,12 @@ def run_plan_phonebook(mode: str) -> dict[str, int]:
 
     context = get_current_context()
     run = run_info(context, mode)
-    with fatal_errors_fail_the_task(), staging_engine() as engine:
+    settings = load_settings()
+    with fatal_errors_fail_the_task(), staging_engine() as engine, \
+            feature_lease(engine, "phonebook", run.run_key, "plan", settings):
         owners = set(on_demand_users(engine, run.run_key)) if on_demand_entries(context) else None
         return plan_phonebook(engine, run.run_key, only_owner_ids=owners, now=utcnow(),
-                              preview=load_settings().logs.plan_preview)
+                              preview=settings.logs.plan_preview)
 
 
 def run_apply_phonebook(mode: str) -> dict[str, int]:
@@ -133,12 +140,15 @@ def run_apply_phonebook(mode: str) -> dict[str, int]:
     settings = load_settings()
     with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(ThreeCXHook()) as threecx:
         try:
-            return apply_phonebook(
-                engine, threecx, settings, run.run_key, utcnow(),
-                dry_run=bool(params.get("dry_run", False)),
-                allow_mass_removal=bool(params.get("allow_mass_removal", False)),
-                mode=_effective_mode(context, mode),
-            )
+            with feature_lease(engine, "phonebook", run.run_key, "apply", settings):
+                counts = apply_phonebook(
+                    engine, threecx, settings, run.run_key, utcnow(),
+                    dry_run=bool(params.get("dry_run", False)),
+                    allow_mass_removal=bool(params.get("allow_mass_removal", False)),
+                    mode=_effective_mode(context, mode),
+                )
+            release_feature(engine, "phonebook", run.run_key, counts)
+            return counts
         finally:
             if on_demand_entries(context):
                 owners = owner_keys(engine, on_demand_users(engine, run.run_key))

@@ -8,7 +8,15 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from m365_3cx.airflow.hooks import StagingHook, ThreeCXHook
-from m365_3cx.airflow.runtime import fatal_errors_fail_the_task, load_settings, on_demand_entries, run_info, utcnow
+from m365_3cx.airflow.runtime import (
+    fatal_errors_fail_the_task,
+    feature_lease,
+    load_settings,
+    on_demand_entries,
+    release_feature,
+    run_info,
+    utcnow,
+)
 
 
 class ThreeCXApplyOperator(BaseOperator):
@@ -50,12 +58,14 @@ class ThreeCXApplyOperator(BaseOperator):
         engine = StagingHook(self.staging_conn_id).get_engine()
         client = ThreeCXHook(self.threecx_conn_id).get_client()
         try:
-            with fatal_errors_fail_the_task():
-                return apply_users(
+            with fatal_errors_fail_the_task(), feature_lease(engine, "extensions", run.run_key, "apply", settings):
+                counts = apply_users(
                     engine, client, settings, run.run_key, utcnow(),
                     dry_run=bool(params.get("dry_run", False)),
                     allow_mass_removal=bool(params.get("allow_mass_removal", False)),
                 )
+            release_feature(engine, "extensions", run.run_key, counts)
+            return counts
         finally:
             if on_demand_entries(context):  # the trace shows each write's result, also after a failure
                 trace_results(engine, run.run_key, run.run_key, "extension", "apply", utcnow())

@@ -30,8 +30,10 @@ from m365_3cx.airflow.hooks import GraphHook, ThreeCXHook
 from m365_3cx.airflow.runtime import (
     api_client,
     fatal_errors_fail_the_task,
+    feature_lease,
     load_settings,
     on_demand_entries,
+    release_feature,
     run_info,
     staging_engine,
     utcnow,
@@ -79,7 +81,9 @@ def compute_presence_body() -> dict[str, Any]:
     params = context.get("params") or {}
     run = run_info(context, _APPLY_MODE)
     settings = load_settings()
-    with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(ThreeCXHook()) as threecx:
+    with fatal_errors_fail_the_task(), staging_engine() as engine, \
+            feature_lease(engine, "presence", run.run_key, "snapshot", settings), \
+            api_client(ThreeCXHook()) as threecx:
         only = set(on_demand_users(engine, run.run_key)) if on_demand_entries(context) else None
         return compute_presence(engine, threecx, settings, run.run_key, utcnow(),
                                 dry_run=bool(params.get("dry_run", False)), only_user_ids=only)
@@ -96,8 +100,11 @@ def apply_presence_body() -> dict[str, Any]:
     settings = load_settings()
     with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(ThreeCXHook()) as threecx:
         try:
-            return apply_presence(engine, threecx, settings, run.run_key, utcnow(),
-                                  dry_run=bool(params.get("dry_run", False)))
+            with feature_lease(engine, "presence", run.run_key, "apply", settings):
+                counts = apply_presence(engine, threecx, settings, run.run_key, utcnow(),
+                                        dry_run=bool(params.get("dry_run", False)))
+            release_feature(engine, "presence", run.run_key, counts)
+            return counts
         finally:
             if on_demand_entries(context):
                 trace_results(engine, run.run_key, presence_plan_key(run.run_key), "presence", "status_apply",

@@ -82,6 +82,54 @@ def api_client(hook: Any) -> Iterator[Any]:
         client.close()
 
 
+#: Apply counts that mean 3CX was written.
+_WRITE_COUNTS = ("created", "updated", "disabled", "deleted", "switched")
+
+
+def wrote_anything(counts: Any) -> bool:
+    """Whether an apply step's counts report a 3CX write."""
+    return isinstance(counts, dict) and any(int(counts.get(k) or 0) > 0 for k in _WRITE_COUNTS)
+
+
+@contextlib.contextmanager
+def feature_lease(engine: Any, feature: str, run_key: str, step: str, settings: Settings) -> Iterator[None]:
+    """Hold ``feature`` for the run during one of its leased steps (:mod:`m365_3cx.staging.lease`).
+
+    ``snapshot`` takes the lease, ``plan``/``approval``/``apply`` renew it. A fatal error releases
+    it (the run will not go on); a retriable one keeps it for the task's retry. The apply step
+    releases it itself (:func:`release_feature`).
+
+    :raises FeatureBusyError: another run holds the feature after the configured wait (retriable).
+    :raises StalePlanError: another run applied changes since this run's snapshot (fatal).
+    """
+    from datetime import timedelta
+
+    from m365_3cx.staging import lease
+
+    options = {"now": utcnow, "ttl": timedelta(minutes=settings.guards.lease_ttl_minutes),
+               "wait": float(settings.guards.lease_wait_seconds)}
+    if step == "snapshot":
+        lease.acquire(engine, feature, run_key, step=step, **options)
+    else:
+        try:
+            lease.resume(engine, feature, run_key, step=step, **options)
+        except lease.StalePlanError:
+            lease.release(engine, feature, run_key, wrote=False)
+            raise
+    try:
+        yield
+    except FatalError:
+        lease.release(engine, feature, run_key, wrote=step == "apply")
+        raise
+
+
+def release_feature(engine: Any, feature: str, run_key: str, counts: Any) -> None:
+    """Free ``feature`` after the run's apply step (bumping its generation when 3CX was written)."""
+    from m365_3cx.staging import lease
+
+    lease.release(engine, feature, run_key, wrote=wrote_anything(counts))
+
+
 @contextlib.contextmanager
 def fatal_errors_fail_the_task() -> Iterator[None]:
     """Turn :class:`~m365_3cx.errors.FatalError` into ``AirflowFailException`` (no retries).

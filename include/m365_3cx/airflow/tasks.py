@@ -15,6 +15,7 @@ from m365_3cx.airflow.hooks import GraphHook, ThreeCXHook
 from m365_3cx.airflow.runtime import (
     api_client,
     fatal_errors_fail_the_task,
+    feature_lease,
     load_settings,
     on_demand_entries,
     run_info,
@@ -73,12 +74,14 @@ def has_pending_users(mode: str) -> bool:
 
 
 def snapshot_threecx(mode: str) -> dict[str, int]:
-    """3CX users -> ``cur_extensions`` (one paged read)."""
+    """3CX users -> ``cur_extensions`` (one paged read); takes the run's ``extensions`` lease."""
     from m365_3cx.pipeline.users import snapshot_threecx as snapshot
 
     run = run_info(get_current_context(), mode)
     settings = load_settings()
-    with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(ThreeCXHook()) as threecx:
+    with fatal_errors_fail_the_task(), staging_engine() as engine, \
+            feature_lease(engine, "extensions", run.run_key, "snapshot", settings), \
+            api_client(ThreeCXHook()) as threecx:
         return snapshot(engine, threecx, run.run_key, utcnow(), settings)
 
 
@@ -88,7 +91,8 @@ def transform_extensions(mode: str) -> dict[str, int]:
 
     run = run_info(get_current_context(), mode)
     settings = load_settings()
-    with fatal_errors_fail_the_task(), staging_engine() as engine:
+    with fatal_errors_fail_the_task(), staging_engine() as engine, \
+            feature_lease(engine, "extensions", run.run_key, "transform", settings):
         return transform_users(engine, settings, run.run_key, utcnow(), dry_run=run.dry_run)
 
 
@@ -102,7 +106,8 @@ def plan_extensions(mode: str) -> dict[str, int]:
     run = run_info(context, mode)
     settings = load_settings()
     on_demand = bool(on_demand_entries(context))
-    with fatal_errors_fail_the_task(), staging_engine() as engine:
+    with fatal_errors_fail_the_task(), staging_engine() as engine, \
+            feature_lease(engine, "extensions", run.run_key, "plan", settings):
         only_keys: set[str] | None = None
         if on_demand:
             only_keys = set(on_demand_users(engine, run.run_key))

@@ -724,6 +724,9 @@ def apply_phonebook(
     or writes off); deletes over the guard need the run's approval (or ``allow_mass_removal``), and a
     rejected or timed-out approval applies everything but the deletes.
 
+    Creates are idempotent: entries whose tag is already in 3CX (an earlier attempt created them
+    and its outcome was lost) are re-linked, not created again (one filtered read per 20 creates).
+
     :raises MassRemovalError: before any write, when the plan deletes too many managed entries and no
         decision allows or rejects them.
     :raises RetriableError: the PBX failed transiently (the changes not tried stay ``skipped``).
@@ -731,7 +734,8 @@ def apply_phonebook(
     import sqlalchemy as sa
 
     from m365_3cx.pipeline.safety import guard_removals, write_gate
-    from m365_3cx.reconcile.apply import Outcome, audit_rows
+    from m365_3cx.reconcile.apply import OK, Outcome, audit_rows
+    from m365_3cx.reconcile.existing import RELINKED_NOTE, existing_contacts
     from m365_3cx.reconcile.phonebook import apply_contact_changes
     from m365_3cx.staging.schema import phonebook_map
 
@@ -780,12 +784,19 @@ def apply_phonebook(
 
     if verified:
         record(verified)
+    relinked = {} if dry_run else existing_contacts(threecx, changes)
+    done_before = [Outcome(c, OK, RELINKED_NOTE, relinked[id(c)]) for c in changes if id(c) in relinked]
+    if done_before:  # created by an earlier attempt whose outcome was lost: never twice
+        before_creates([o.change for o in done_before])
+        record(done_before)
+    changes = [c for c in changes if id(c) not in relinked]
     result = apply_contact_changes(changes, threecx, on_outcomes=record, before_creates=before_creates,
                                    dry_run=dry_run, concurrency=settings.threecx.write_concurrency)
     counts = result.as_dict()
     counts["skipped"] += len(verified)
     counts["verified"] = len(verified)
     counts.pop("disabled", None)
+    counts["relinked"] = len(relinked)
     log.info("phonebook apply%s: %d created, %d updated, %d deleted, %d failed, %d skipped (%d already as planned)",
              " (dry run)" if dry_run else "", counts["created"], counts["updated"], counts["deleted"],
              counts["failed"], counts["skipped"], len(verified))

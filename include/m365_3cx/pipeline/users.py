@@ -440,13 +440,17 @@ def apply_users(
     The write gate (:func:`~m365_3cx.pipeline.safety.write_gate`) decides first: with ``dry_run``
     requested, or writes off (not live), nothing is written. Removals over the guard need the run's
     approval (or ``allow_mass_removal``); a rejected or timed-out approval applies everything else.
+    Creates are idempotent: a planned extension whose number is already a 3CX user with the
+    user's own e-mail address (an earlier attempt created it and its outcome was lost) is
+    re-linked, not created again (one filtered read per 20 creates).
 
     :param dry_run: the run's requested dry run (the gate may make the run dry anyway).
     :raises MassRemovalError: before any write, when the plan removes too many extensions and no
         decision allows or rejects them.
     """
     from m365_3cx.pipeline.safety import guard_removals, write_gate
-    from m365_3cx.reconcile.apply import Outcome, apply_changes, audit_rows
+    from m365_3cx.reconcile.apply import OK, Outcome, apply_changes, audit_rows
+    from m365_3cx.reconcile.existing import RELINKED_NOTE, existing_extensions
 
     dry_run = write_gate(engine, run_key, dry_run, step="apply_extensions").dry_run
     with engine.connect() as conn:
@@ -470,9 +474,15 @@ def apply_users(
                                         if o.change.action == "create" and o.threecx_id is not None})
             repo.release_numbers(conn, [o.change.object_key for o in done if o.change.action == "delete"], now)
 
+    relinked = {} if dry_run else existing_extensions(threecx, changes)
+    done_before = [Outcome(c, OK, RELINKED_NOTE, relinked[id(c)]) for c in changes if id(c) in relinked]
+    if done_before:  # created by an earlier attempt whose outcome was lost: never twice
+        record(done_before)
+    changes = [c for c in changes if id(c) not in relinked]
     counts = apply_changes(changes, threecx, on_outcomes=record, create_defaults=create_defaults, dry_run=dry_run,
                            concurrency=settings.threecx.write_concurrency)
     result = counts.as_dict()
+    result["relinked"] = len(relinked)
     log.info(
         "apply%s: %d created, %d updated, %d disabled, %d deleted, %d failed, %d skipped",
         " (dry run)" if dry_run else "", result["created"], result["updated"], result["disabled"],

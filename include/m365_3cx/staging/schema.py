@@ -493,6 +493,29 @@ tgt_presence: Final = Table(
 )
 
 
+# ---------------------------------------------------------------- run exclusion (staging/lease.py)
+
+feature_lease: Final = Table(
+    "feature_lease",
+    metadata,
+    Column("feature", String(32), primary_key=True),  # extensions | phonebook | presence
+    Column("holder", RUN_KEY),  # run key holding the feature from snapshot to apply; NULL = free
+    Column("step", String(32)),  # the holder's last step (snapshot, plan, apply, approval)
+    Column("acquired_at", UTCDateTime()),
+    Column("expires_at", UTCDateTime()),  # a lease not renewed by then may be taken over
+    Column("generation", Integer, nullable=False, default=0),  # bumped by every apply that wrote
+)
+
+feature_claim: Final = Table(
+    "feature_claim",
+    metadata,
+    Column("feature", String(32), primary_key=True),
+    Column("run_key", RUN_KEY, primary_key=True),
+    Column("generation", Integer, nullable=False),  # feature_lease.generation the run's snapshot saw
+    Column("claimed_at", UTCDateTime(), nullable=False),
+)
+
+
 def current_schema_version(conn: Connection) -> int | None:
     """Return the highest recorded schema version, or ``None`` before :func:`create_schema`.
 

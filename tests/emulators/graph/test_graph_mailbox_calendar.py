@@ -214,3 +214,32 @@ def test_seeded_calendar_is_relative_to_now_option() -> None:
     assert starts["Business trip"] == "2030-10-25"  # two days before Europe/Berlin's switch on 2030-10-27
     weekly = next(e for e in dump["events"] if e["subject"] == "Weekly team meeting")
     assert weekly["cancelledOccurrences"] == ["2030-10-28"] and weekly["exceptionDates"] == ["2030-11-04"]
+
+
+@pytest.mark.parametrize("show_as", ["Busy", "OOF", "WorkingElsewhere", "somethingNewer"])
+def test_show_as_is_stored_and_returned_as_given(caller: Any, graph: Any, show_as: str) -> None:
+    uid = _uid(graph, 2)
+    made = _event(graph, uid, f"As {show_as}", "2031-06-02T09:00:00", "2031-06-02T10:00:00", showAs=show_as)
+    assert made["showAs"] == show_as
+    (item,) = [e for e in _view(caller, uid, "2031-06-02T00:00:00Z", "2031-06-03T00:00:00Z").json()["value"]
+               if e["subject"] == f"As {show_as}"]
+    assert item["showAs"] == show_as
+    import requests
+
+    with pytest.raises(requests.HTTPError, match="400"):
+        graph.admin("POST", f"/users/{uid}/events", json={
+            "subject": "x", "showAs": 3, "start": {"dateTime": "2031-06-02T09:00:00", "timeZone": "UTC"},
+            "end": {"dateTime": "2031-06-02T10:00:00", "timeZone": "UTC"}})
+
+
+def test_customized_time_zone_and_end_before_start_events_can_be_held(caller: Any, graph: Any) -> None:
+    uid = _uid(graph, 3)
+    custom = _event(graph, uid, "Custom zone", "2031-06-03T09:00:00", "2031-06-03T10:00:00",
+                    tz="Customized Time Zone")
+    assert custom["start"]["timeZone"] == "Customized Time Zone"
+    backwards = _event(graph, uid, "Backwards", "2031-06-03T15:00:00", "2031-06-03T14:00:00", tz="UTC")
+    assert backwards["start"]["dateTime"] > backwards["end"]["dateTime"]
+    view = {e["subject"]: e for e in _view(caller, uid, "2031-06-03T00:00:00Z", "2031-06-04T00:00:00Z").json()["value"]}
+    assert view["Custom zone"]["start"]["dateTime"].startswith("2031-06-03T09:00:00")  # read as UTC
+    assert view["Custom zone"]["originalStartTimeZone"] == "Customized Time Zone"
+    assert view["Backwards"]["end"]["dateTime"] < view["Backwards"]["start"]["dateTime"]

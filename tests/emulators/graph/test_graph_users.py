@@ -144,3 +144,20 @@ def test_request_ids_are_returned_and_echoed(caller: Any) -> None:
     assert len(response.headers["request-id"]) == 36
     error = caller.get("/v1.0/me", headers={"client-request-id": "abc-123"}).json()["error"]["innerError"]
     assert error["client-request-id"] == "abc-123"
+
+
+def test_any_unicode_name_is_stored_and_served_as_json(caller: Any, graph: Any) -> None:
+    import json
+
+    body = {"userPrincipalName": "lone.surrogate@contoso.example", "displayName": "Lone \ud800 Surrogate",
+            "givenName": "Zero\u200bWidth\u202e", "surname": "Nul\u0000Byte", "mail": "lone.surrogate@contoso.example"}
+    made = graph.admin("POST", "/users", data=json.dumps(body), headers={"Content-Type": "application/json"})
+    assert made.status_code == 201, made.text
+    assert "\\ud800" in made.text  # escaped the way a JSON writer must, not a 500
+    listed = caller.get("/v1.0/users?$top=999&$select=id,displayName,givenName,surname")
+    assert listed.status_code == 200
+    mine = next(u for u in listed.json()["value"] if u["id"] == made.json()["id"])
+    assert mine["displayName"] == "Lone \ud800 Surrogate"
+    assert mine["givenName"] == "Zero\u200bWidth\u202e" and mine["surname"] == "Nul\u0000Byte"
+    delta = caller.get("/v1.0/users/delta?$select=displayName")
+    assert delta.status_code == 200

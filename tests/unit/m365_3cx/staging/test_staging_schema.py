@@ -120,6 +120,8 @@ LATER_TABLES = {
     "sync_control",
     "sync_control_log",
     "sync_approvals",
+    "feature_lease",
+    "feature_claim",
 }
 
 
