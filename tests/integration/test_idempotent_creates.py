@@ -111,3 +111,61 @@ def test_lost_extension_and_phonebook_creates_are_relinked_not_duplicated(env: d
     by_number = {u["Number"]: u["Id"] for u in state["users"]}
     for change in lost_users:
         assert linked[change.object_key] == by_number[change.number]
+
+
+@pytest.fixture(scope="module")
+def m365_default_pbx(tls_dir: Any) -> Iterator[Any]:
+    """A 3CX emulator whose undocumented default ContactType is ``M365`` instead of ``3CX``."""
+    from emulators.threecx import start
+
+    handle = start(tls_dir, seed=7, unmanaged=True, default_contact_type="M365")
+    yield handle
+    handle.stop()
+
+
+def test_phonebook_ownership_does_not_depend_on_the_pbx_default_contact_type(
+        graph_emulator: Any, m365_default_pbx: Any, pg_database: str) -> None:
+    graph_emulator.admin("POST", "reset")
+    info, pbx = graph_emulator.info, m365_default_pbx.info
+    graph = GraphClient(GraphCredentials(
+        tenant_id=info["tenant_id"], client_id=info["client_id"], client_secret=info["client_secret"],
+        authority_host=str(info["authority"]).rstrip("/").rsplit("/", 1)[0], graph_url=info["graph_url"],
+        ca_bundle=info["ca_bundle"]), FAST)
+    clear_token_cache()
+    threecx = ThreeCXClient(ThreeCXCredentials(pbx["base_url"], pbx["client_id"], pbx["client_secret"],
+                                               ca_bundle=pbx["ca_bundle"]), FAST)
+    engine = make_engine(pg_database)
+    create_schema(engine)
+    try:
+        assert m365_default_pbx.backend.create_contact({"FirstName": "Probe"})["ContactType"] == "M365"
+
+        def run(key: str) -> dict[str, Any]:
+            now = datetime.now(UTC)
+            upipe.extract_users(engine, graph, SETTINGS, key, "full", now)
+            for shard in cpipe.contact_shards(engine, SETTINGS):
+                cpipe.extract_contacts(engine, graph, SETTINGS, key, "full", shard, now)
+            cpipe.snapshot_phonebook(engine, threecx, SETTINGS, key, now)
+            cpipe.transform_phonebook(engine, SETTINGS, key, now)
+            planned = cpipe.plan_phonebook(engine, key)
+            applied = cpipe.apply_phonebook(engine, threecx, SETTINGS, key, now, dry_run=False,
+                                            allow_mass_removal=False)
+            return {**planned, **{f"applied_{k}": v for k, v in applied.items()}}
+
+        first = run("full/1")
+        ours = [c for c in m365_default_pbx.admin("GET", "state").json()["contacts"]
+                if str(c.get("Tag") or "").startswith("m365-sync:")]
+        assert first["applied_created"] == len(ours) > 0
+        assert {c["ContactType"] for c in ours} == {"3CX"}  # sent explicitly, not the PBX's default
+        # whatever the PBX stamps on our entries later, they stay ours: nothing re-created or duplicated
+        for contact in ours[:5]:
+            m365_default_pbx.admin("PATCH", f"contacts/{contact['Id']}", json={"ContactType": "M365"})
+        second = run("full/2")
+        assert (second["create"], second["update"], second["delete"]) == (0, 0, 0)
+        again = [c for c in m365_default_pbx.admin("GET", "state").json()["contacts"]
+                 if str(c.get("Tag") or "").startswith("m365-sync:")]
+        assert len(again) == len(ours)
+    finally:
+        graph.close()
+        threecx.close()
+        engine.dispose()
+        clear_token_cache()

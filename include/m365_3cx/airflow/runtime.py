@@ -130,6 +130,25 @@ def release_feature(engine: Any, feature: str, run_key: str, counts: Any) -> Non
     lease.release(engine, feature, run_key, wrote=wrote_anything(counts))
 
 
+#: Lease feature of each plan object type (``sync_plan.object_type``).
+FEATURE_OF = {"extension": "extensions", "contact": "phonebook", "presence": "presence"}
+
+
+def park_feature(engine: Any, object_type: str, run_key: str) -> bool:
+    """Free the run's lease of ``object_type``'s feature while it waits for an approval.
+
+    Call it from the approval task right before it defers: other runs (the 5-minute delta) go on
+    meanwhile, and the run's apply re-validates its plan when it resumes (a plan made stale by
+    another run's writes is refused; see :func:`m365_3cx.staging.lease.park`).
+
+    :param object_type: ``extension``, ``contact`` or ``presence``.
+    :return: whether the run held the lease.
+    """
+    from m365_3cx.staging import lease
+
+    return lease.park(engine, FEATURE_OF[object_type], run_key)
+
+
 @contextlib.contextmanager
 def fatal_errors_fail_the_task() -> Iterator[None]:
     """Turn :class:`~m365_3cx.errors.FatalError` into ``AirflowFailException`` (no retries).
