@@ -133,10 +133,25 @@ def test_200_users_are_read_in_batches_with_at_most_4_per_mailbox(env: dict[str,
           f"rounds, batches per round {[c['batches'] for c in rounds]}, items {[c['items'] for c in rounds]}, "
           f"peak per mailbox {max(concurrency['peak'].values())}")
 
+    # the default folder is read per folder id (documented route): its id came from the subfolders'
+    # parentFolderId, else one batched contacts?$top=1 lookup per user without subfolders
+    lookups = rounds[1]["items"]
+    delta_items = rounds[2]["items"]
+    assert lookups < counts["users"] and delta_items <= counts["streams"]
+
     env["graph"].admin("DELETE", "counters")
     again = _run(env, "delta", client)[0]
     assert again["inserted"] == again["updated"] == again["deleted"] == again["expired"] == 0
     assert _batch_posts(env) <= 2 * math.ceil(again["streams"] / 20) + math.ceil(again["users"] / 20)
+
+    # a later full run takes the default folder's id from its stored link: lookups only where the
+    # default folder was empty (no link), each replacing the delta request such a stream would make
+    rounds.clear()
+    _run(env, "full", client)
+    empty = counts["streams"] - delta_items
+    assert [r["items"] for r in rounds] == [counts["users"], empty, delta_items]
+    routes = env["graph"].admin("GET", "counters").json()["requests"]
+    assert "GET /v1.0/users/{id}/contacts/delta" not in routes
 
 
 def test_expired_delta_link_of_one_user_falls_back_to_a_full_round_for_that_user_only(

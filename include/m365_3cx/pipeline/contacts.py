@@ -10,10 +10,11 @@ Only documented Graph routes are used. Contact delta is documented per folder on
 (``/users/{id}/contactFolders/{id}/contacts/delta``), so the default Contacts folder is read
 through its folder id: the ``parentFolderId`` of the folders ``GET /users/{id}/contactFolders``
 lists (documented as the folders *in* the default Contacts folder), else — for a user without
-subfolders — the ``parentFolderId`` of one contact from ``GET /users/{id}/contacts?$top=1``
-(documented as the default folder's contacts). That lookup costs one more inner request only for
-such users and only when their default stream starts an initial round (a delta run follows the
-stored link); an empty default folder has nothing to read.
+subfolders — the folder its stored delta link was issued for, or the ``parentFolderId`` of one
+contact from ``GET /users/{id}/contacts?$top=1`` (documented as the default folder's contacts).
+That lookup costs one more inner request only for a user with no subfolder and no stored link
+(the first run, or a default folder that was empty: the lookup then replaces the delta request);
+an empty default folder has nothing to read.
 
 The contacts plan lives in ``sync_plan`` under :func:`contact_plan_key` (the run key
 plus ``#contacts``), so it never races with the extensions plan of the same run;
