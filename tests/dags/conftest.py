@@ -39,7 +39,6 @@ def dag_env(monkeypatch: pytest.MonkeyPatch, airflow_db: str, graph_emulator: An
     yield {"graph": graph_emulator, "pbx": threecx_emulator, "engine": engine}
     engine.dispose()
     graph_routes = graph_emulator.admin("GET", "routes").json()["routes"]
-    assert graph_routes, "the Graph emulator logged no route"
     assert undocumented_graph(graph_routes) == [], "product requests to Graph routes Microsoft does not document"
     if swagger_path().is_file():
         pbx_routes = threecx_emulator.admin("GET", "routes").json()["routes"]
