@@ -52,11 +52,20 @@ def env(graph_emulator: Any, threecx_emulator: Any, pg_database: str) -> Iterato
                                                ca_bundle=pbx["ca_bundle"]), FAST)
     engine = make_engine(pg_database)
     create_schema(engine)
+    _go_live(engine)
     yield {"graph": graph, "threecx": threecx, "engine": engine, "pbx": threecx_emulator}
     graph.close()
     threecx.close()
     engine.dispose()
     clear_token_cache()
+
+
+def _go_live(engine: Any) -> None:
+    """Writes on, through the audited call the ``m365_3cx_go_live`` DAG makes (off on a fresh install)."""
+    from m365_3cx.staging.control import set_writes_enabled
+
+    with engine.begin() as conn:
+        set_writes_enabled(conn, True, changed_by="tests/integration", now=datetime.now(UTC), note="tests write")
 
 
 def _reads(env: dict[str, Any], route: str) -> int:
@@ -136,6 +145,7 @@ def test_phonebook_ownership_does_not_depend_on_the_pbx_default_contact_type(
                                                ca_bundle=pbx["ca_bundle"]), FAST)
     engine = make_engine(pg_database)
     create_schema(engine)
+    _go_live(engine)
     try:
         assert m365_default_pbx.backend.create_contact({"FirstName": "Probe"})["ContactType"] == "M365"
 

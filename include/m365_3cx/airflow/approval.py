@@ -24,7 +24,7 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOper
 from airflow.sdk.exceptions import AirflowSkipException
 
 from m365_3cx.airflow.alerts import ApprovalRequestNotifier
-from m365_3cx.airflow.runtime import load_settings, run_info, staging_engine, utcnow
+from m365_3cx.airflow.runtime import load_settings, park_feature, run_info, staging_engine, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,8 @@ class RemovalApprovalOperator(ApprovalOperator):
             with engine.begin() as conn:
                 request_approval(conn, **common)
             body = removal_body([review], _labels(engine, review), dag_id=run.dag_id, run_id=run.run_id)
+            # waiting may take hours: free the feature meanwhile; apply re-validates the plan on resume
+            park_feature(engine, self.object_type, run.run_key)
         dag = context.get("dag")
         dag_run = context.get("dag_run")
         self.response_timeout = response_timeout(
