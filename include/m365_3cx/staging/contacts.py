@@ -16,6 +16,7 @@ from typing import Any, Final
 from sqlalchemy import and_, bindparam, delete, func, select, tuple_, update
 from sqlalchemy.engine import Connection
 
+from m365_3cx.staging.boundary import CONTACT_PROPERTY_COLUMNS
 from m365_3cx.staging.repo import MergeCounts, upsert
 from m365_3cx.staging.schema import delta_state, phonebook_map, stg_contacts, stg_users, tgt_phonebook
 
@@ -55,17 +56,7 @@ GRAPH_CONTACT_SELECT: Final[tuple[str, ...]] = (
     "changeKey", "parentFolderId",
 )
 
-_CONTACT_FIELDS: Final[Mapping[str, str]] = {
-    "displayName": "display_name",
-    "givenName": "given_name",
-    "middleName": "middle_name",
-    "surname": "surname",
-    "fileAs": "file_as",
-    "companyName": "company_name",
-    "department": "department",
-    "jobTitle": "job_title",
-    "mobilePhone": "mobile_phone",
-}
+_CONTACT_FIELDS: Final[Mapping[str, str]] = CONTACT_PROPERTY_COLUMNS
 
 #: stg_contacts columns that come from Graph (and feed ``row_hash``).
 CONTACT_SOURCE_COLUMNS: Final[tuple[str, ...]] = (
