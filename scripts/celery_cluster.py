@@ -578,6 +578,10 @@ class CeleryCluster:
             params["run_type"] = [run_type]
         return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns", params=params).json()["dag_runs"]
 
+    def backfills(self, dag_id: str) -> list[dict[str, Any]]:
+        """The DAG's backfills (``GET /api/v2/backfills``); ``completed_at`` is set by the scheduler every 30 s."""
+        return self._request("GET", "/api/v2/backfills", params={"dag_id": dag_id, "limit": 100}).json()["backfills"]
+
     def hitl_details(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         """The run's Human-in-the-loop requests (``GET .../hitlDetails``)."""
         return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/hitlDetails").json()["hitl_details"]

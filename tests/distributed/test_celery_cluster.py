@@ -156,11 +156,13 @@ def pbx_writes(cluster: Any) -> int:
 
 
 def wait_backfill(cluster: Any, dag_id: str, known: set[str], expected: int) -> list[dict[str, Any]]:
-    """Wait for ``expected`` new backfill runs of ``dag_id`` to finish; return them."""
+    """Wait for ``expected`` new backfill runs of ``dag_id`` to finish and their backfill to complete; return them."""
     deadline = time.monotonic() + RUN_TIMEOUT * expected
     while time.monotonic() < deadline:
         runs = [r for r in cluster.runs(dag_id, "backfill") if r["dag_run_id"] not in known]
-        if len(runs) >= expected and all(r["state"] in ("success", "failed") for r in runs):
+        done = len(runs) >= expected and all(r["state"] in ("success", "failed") for r in runs)
+        # Airflow allows one running backfill per DAG; the scheduler marks it complete (every 30 s) after its runs
+        if done and all(b["completed_at"] for b in cluster.backfills(dag_id)):
             return runs
         time.sleep(2)
     pytest.fail(f"backfill runs of {dag_id} did not finish: {cluster.runs(dag_id, 'backfill')}")
