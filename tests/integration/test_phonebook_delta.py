@@ -110,7 +110,9 @@ def test_delta_reads_only_the_entries_it_updates_and_writes_only_real_changes(en
     assert delta["snapshot"]["read"] == 0  # the phonebook was not paged through
     counters = p.admin("GET", "counters").json()["requests"]
     reads = {k: v for k, v in counters.items() if k.startswith("GET ")}
-    assert sum(reads.values()) == 1, reads  # one filtered read verified every planned update
+    # one filtered read by id verified every planned update; the entry deleted by hand became a create,
+    # and creates first look for our own tag (one filtered read per 20 creates: idempotent creates)
+    assert sum(reads.values()) == 2, reads
     assert delta["applied"]["created"] == 1 and delta["applied"]["verified"] == 1
     assert delta["applied"]["updated"] == delta["plan"]["update"] - 2
     writes = sum(v for k, v in counters.items()
