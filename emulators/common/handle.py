@@ -42,3 +42,6 @@ class EmulatorHandle:
     def stop(self) -> None:
         self._session.close()
         self.server.stop()
+        close = getattr(self.backend, "close", None)
+        if callable(close):
+            close()

@@ -7,6 +7,7 @@ it in the foreground and prints one JSON line describing how to reach it.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,17 @@ __all__ = ["build", "describe", "start"]
 def build(tls_dir: str | Path, *, seed: int = 42, users: int = 40, delta_token_max_age: float = 7 * 24 * 3600,
           token_lifetime: int = 3599, domain: str | None = None, fault_seed: int | None = None,
           contacts_per_user: int = 5, events_per_user: int = 8, now: str | dt.datetime | None = None,
-          outlook_token_max_age: float = 7 * 24 * 3600) -> tuple[Any, Any, Any]:
+          outlook_token_max_age: float = 7 * 24 * 3600,
+          outgoing_ca_bundle: str | Path | Sequence[str | Path] | None = None,
+          delivery: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
     """Create TLS files, the app certificate, the backend and the ASGI app.
 
     ``now`` (ISO 8601 string or datetime; naive = UTC) anchors the seeded calendars; default is the
-    current time rounded down to the hour.
+    current time rounded down to the hour. Outgoing HTTPS (subscription handshakes and change
+    notifications) trusts the emulator's own CA plus ``outgoing_ca_bundle`` (one PEM path or several)
+    plus the files named in ``GRAPH_EMULATOR_OUTGOING_CA_BUNDLE`` (``os.pathsep``-separated).
+    ``delivery`` overrides :class:`~emulators.graph.subscriptions.DeliveryConfig` fields (e.g.
+    ``{"retry_base": 0.1}``).
 
     :return: ``(asgi_app, backend, tls_files)``.
     """
@@ -44,8 +51,26 @@ def build(tls_dir: str | Path, *, seed: int = 42, users: int = 40, delta_token_m
                             delta_token_max_age=delta_token_max_age, token_lifetime=token_lifetime,
                             mailbox_options=options)
     backend.register_certificate(identity.certificate_der(cert_path))
+    for bundle in outgoing_trust(tls.ca_cert, outgoing_ca_bundle):
+        backend.subscriptions.trust(path=bundle)
+    if delivery:
+        backend.subscriptions.config.update(delivery)
     app = create_app(backend, faults=FaultPlan(seed if fault_seed is None else fault_seed))
     return app, backend, tls
+
+
+def outgoing_trust(own_ca: str | Path, extra: str | Path | Sequence[str | Path] | None) -> list[Path]:
+    """CA files outgoing HTTPS trusts: the emulator's CA, ``extra`` and ``GRAPH_EMULATOR_OUTGOING_CA_BUNDLE``."""
+    import os
+
+    paths = [Path(own_ca)]
+    if isinstance(extra, (str, Path)):
+        paths.append(Path(extra))
+    elif extra:
+        paths += [Path(p) for p in extra]
+    env = os.environ.get("GRAPH_EMULATOR_OUTGOING_CA_BUNDLE", "")
+    paths += [Path(p) for p in env.split(os.pathsep) if p]
+    return paths
 
 
 def describe(base_url: str, backend: Any, tls_dir: str | Path, tls: Any) -> dict[str, Any]:
@@ -76,7 +101,9 @@ def start(tls_dir: str | Path, *, seed: int = 42, users: int = 40, host: str = "
     :param delta_token_max_age: seconds a delta token stays valid (Graph: 7 days).
     :param opts: ``token_lifetime`` (access token seconds, default 3599), ``domain``, ``fault_seed``,
         ``contacts_per_user`` (5), ``events_per_user`` (8), ``now`` (ISO string; seeded calendars are
-        relative to it), ``outlook_token_max_age`` (seconds an Outlook delta token lives, 7 days).
+        relative to it), ``outlook_token_max_age`` (seconds an Outlook delta token lives, 7 days),
+        ``outgoing_ca_bundle`` (CA PEM path(s) trusted for webhook calls, besides the emulator's own CA),
+        ``delivery`` (DeliveryConfig overrides, e.g. ``{"retry_base": 0.1, "batch_window": 0.1}``).
     :return: handle with ``info`` (the CLI start line), ``backend`` and ``admin()``.
     :raises RuntimeError: when the server does not start.
     """

@@ -18,13 +18,23 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emulators.common.faults import FaultMiddleware, FaultPlan, RequestCounters
-from emulators.graph import admin, batch, errors, identity, mailbox_admin, mailbox_routes, routes
+from emulators.graph import (
+    admin,
+    batch,
+    errors,
+    identity,
+    mailbox_admin,
+    mailbox_routes,
+    routes,
+    subscription_admin,
+    subscription_routes,
+)
 from emulators.graph.errors import JSONResponse
 from emulators.graph.state import TenantBackend
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _ID_PARENTS = frozenset({"users", "groups", "members", "transitiveMembers", "contacts", "contactFolders",
-                         "childFolders", "events", "calendars", "messages", "mailFolders"})
+                         "childFolders", "events", "calendars", "messages", "mailFolders", "subscriptions"})
 
 
 def route_key(method: str, path: str) -> str:
@@ -115,9 +125,11 @@ def create_app(backend: TenantBackend, *, faults: FaultPlan | None = None,
     _install_handlers(api)
     api.include_router(admin.router)
     api.include_router(mailbox_admin.router)
+    api.include_router(subscription_admin.router)
     api.include_router(identity.router)
     api.include_router(batch.router)
     api.include_router(mailbox_routes.router)
+    api.include_router(subscription_routes.router)
     api.include_router(routes.router)
     wrapped = RequestIdMiddleware(FaultMiddleware(
         api, plan=api.state.faults, counters=api.state.counters, route_key=route_key,

@@ -22,6 +22,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,8 @@ EVENT_PROPERTIES: tuple[str, ...] = (
 AUTO_REPLY_STATUS = ("disabled", "alwaysEnabled", "scheduled")
 EXTERNAL_AUDIENCE = ("none", "contactsOnly", "all")
 MAX_SYNC_STATES = 30
+ChangeListener = Callable[[str, str, str, str, "str | None"], None]
+"""``(kind "contacts"/"events", user id, change created/updated/deleted, REST id, immutable id)``."""
 MAILBOX_CONCURRENCY = 4
 
 
@@ -281,6 +284,12 @@ class MailboxStore:
         self._rng = random.Random(f"{seed}/mailbox-runtime")
         self._seq = 0
         self.now = self._resolve_now()
+        self.on_change: ChangeListener | None = None
+
+    def _changed(self, kind: str, mbx: Mailbox, change: str, rest_id: str, immutable_id: str | None = None) -> None:
+        """Tell the change-notification hub (it only queues; delivery runs on its own thread)."""
+        if self.on_change is not None:
+            self.on_change(kind, mbx.user_id, change, rest_id, immutable_id)
 
     def _resolve_now(self) -> dt.datetime:
         if self.options.now is not None:
@@ -407,6 +416,7 @@ class MailboxStore:
             contact = Contact(self.new_id("AAkALgAA"), self.new_id("AAMkA"), target.id, props, stamp, stamp,
                               self._change_key(), self._next_seq())
             mbx.contacts[contact.immutable_id] = contact
+            self._changed("contacts", mbx, "created", contact.rest_id, contact.immutable_id)
             return contact
 
     def update_contact(self, mbx: Mailbox, contact_id: str, changes: dict[str, Any]) -> Contact:
@@ -416,12 +426,15 @@ class MailboxStore:
             contact.props = _contact_props(changes, contact.props)
             contact.modified = _now_iso()
             contact.change_key = self._change_key()
+            self._changed("contacts", mbx, "updated", contact.rest_id, contact.immutable_id)
             return copy.deepcopy(contact)
 
     def delete_contact(self, mbx: Mailbox, contact_id: str) -> None:
         """:raises ItemNotFound:"""
         with self._lock:
-            del mbx.contacts[self.find_contact(mbx, contact_id).immutable_id]
+            contact = self.find_contact(mbx, contact_id)
+            del mbx.contacts[contact.immutable_id]
+            self._changed("contacts", mbx, "deleted", contact.rest_id, contact.immutable_id)
 
     def move_contact(self, mbx: Mailbox, contact_id: str, folder: str | None) -> Contact:
         """Move to the folder named ``folder`` (created if missing): new REST id, same immutable id."""
@@ -433,6 +446,7 @@ class MailboxStore:
                 contact.rest_id = self.new_id("AAMkA")
                 contact.change_key = self._change_key()
                 contact.modified = _now_iso()
+                self._changed("contacts", mbx, "updated", contact.rest_id, contact.immutable_id)
             return copy.deepcopy(contact)
 
     # ------------------------------------------------------------ events
@@ -459,6 +473,7 @@ class MailboxStore:
                 int=self._rng.getrandbits(128)).hex.upper(), props, start, end, start_zone, end_zone,
                 stamp, stamp, self._change_key(), self._next_seq(), recurrence)
             mbx.events[event.id] = event
+            self._changed("events", mbx, "created", event.id)
             return event
 
     def _event_or_occurrence(self, mbx: Mailbox, event_id: str) -> tuple[Event, dt.date | None]:
@@ -503,6 +518,7 @@ class MailboxStore:
                         else None
             event.change_key = self._change_key()
             event.modified = _now_iso()
+            self._changed("events", mbx, "updated", event_id)
             return self.render_event_master(event)
 
     def delete_event(self, mbx: Mailbox, event_id: str) -> None:
@@ -511,9 +527,11 @@ class MailboxStore:
             event, day = self._event_or_occurrence(mbx, event_id)
             if day is None:
                 del mbx.events[event.id]
+                self._changed("events", mbx, "deleted", event.id)
             else:
                 event.cancelled.add(day)
                 event.change_key = self._change_key()
+                self._changed("events", mbx, "deleted", event_id)
 
     def cancel_occurrence(self, mbx: Mailbox, series_id: str, day: dt.date) -> dict[str, Any]:
         """:raises ItemNotFound: for an unknown series or a date without an occurrence."""
@@ -528,6 +546,7 @@ class MailboxStore:
             event.cancelled.add(day)
             event.change_key = self._change_key()
             event.modified = _now_iso()
+            self._changed("events", mbx, "deleted", occurrence_id(series_id, day))
             return self.render_event_master(event)
 
     def _occurrences(self, event: Event, until: dt.datetime) -> list[cal.Occurrence]:

@@ -25,6 +25,7 @@ from typing import Any
 from emulators.graph import query
 from emulators.graph import seed as seeding
 from emulators.graph.mailbox import Mailbox, MailboxNotEnabled, MailboxOptions, MailboxStore, UnknownUser
+from emulators.graph.subscriptions import SubscriptionHub
 
 CHANGE_KINDS = ("created", "updated", "soft_deleted", "hard_deleted", "restored")
 READ_ONLY = frozenset({"id", "createdDateTime"})
@@ -216,6 +217,9 @@ class TenantBackend:
         tenant = seeding.build_tenant(seed, users, domain)
         self.app = AppRegistration(tenant.app.tenant_id, domain, tenant.app.client_id,
                                    tenant.app.client_secret, tenant.app.display_name)
+        self.subscriptions = SubscriptionHub(self.app.tenant_id, self.app.client_id, self._subscription_target,
+                                             seed=seed)
+        self.mailboxes.on_change = self.subscriptions.item_changed
         self._serial = 0
         self._expired_before = 0
         self._load(tenant)
@@ -246,6 +250,19 @@ class TenantBackend:
             if users is not None:
                 self.user_count = users
             self._load(seeding.build_tenant(self.seed, self.user_count, self.domain))
+            self.subscriptions.clear()
+
+    def _subscription_target(self, key: str) -> tuple[str, bool]:
+        """``(user id, has a mailbox)`` for a subscription resource's user. :raises NotFound:"""
+        from emulators.graph.mailbox import has_mailbox
+
+        with self._lock:
+            props = self._find(key).props
+            return props["id"], has_mailbox(props)
+
+    def close(self) -> None:
+        """Stop background work (the change-notification delivery thread)."""
+        self.subscriptions.close()
 
     def register_certificate(self, der: bytes) -> None:
         """Register the app's certificate (DER) for client assertions."""
@@ -344,6 +361,9 @@ class TenantBackend:
     def _record(self, user_id: str, props: set[str] | frozenset[str], kind: str) -> None:
         self.generation += 1
         self._log.append(ChangeEntry(self.generation, user_id, frozenset(props), kind))
+        self.subscriptions.user_changed(user_id, kind)
+        if kind in ("soft_deleted", "hard_deleted"):
+            self.subscriptions.mailbox_gone(user_id)
 
     def create_user(self, data: dict[str, Any]) -> dict[str, Any]:
         """Create a user from Graph JSON (``id`` optional); unset properties default sensibly.

@@ -41,6 +41,13 @@ GRAPH_ROUTES: dict[str, str] = {
     "GET /v1.0/users/{id}/calendarView/delta": "api/event-delta",
     "GET /v1.0/users/{id}/mailboxSettings": "api/user-get-mailboxsettings",
     "GET /v1.0/users/{id}/mailboxSettings/automaticRepliesSetting": "api/user-get-mailboxsettings",
+    # change notifications (webhooks): concepts/change-notifications-delivery-webhooks
+    "POST /v1.0/subscriptions": "api/subscription-post-subscriptions",
+    "GET /v1.0/subscriptions": "api/subscription-list",
+    "GET /v1.0/subscriptions/{id}": "api/subscription-get",
+    "PATCH /v1.0/subscriptions/{id}": "api/subscription-update",
+    "DELETE /v1.0/subscriptions/{id}": "api/subscription-delete",
+    "POST /v1.0/subscriptions/{id}/reauthorize": "api/subscription-reauthorize",
 }
 """Documented Graph route keys (as the emulator's ``route_key`` spells them) and their sources."""
 
