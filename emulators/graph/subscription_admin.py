@@ -126,11 +126,22 @@ async def trust(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True})
 
 
+@router.put("/permissions")
+@_guard
+async def set_permissions(request: Request) -> JSONResponse:
+    granted = (await _object(request)).get("granted")
+    if not isinstance(granted, list):
+        raise ValueError('body must be {"granted": [permission names]}')
+    blocked = _hub(request).set_granted(granted)
+    return JSONResponse({"granted": sorted(_hub(request).granted), "blocked": blocked})
+
+
 @router.post("/{sub_id}/lifecycle")
 @_guard
 async def lifecycle(sub_id: str, request: Request) -> JSONResponse:
     body = await _object(request)
-    return JSONResponse(_hub(request).fire_lifecycle(sub_id, str(body.get("event"))))
+    return JSONResponse(_hub(request).fire_lifecycle(sub_id, str(body.get("event")),
+                                                     block=bool(body.get("block", False))))
 
 
 @router.post("/{sub_id}/expire")

@@ -111,4 +111,6 @@ def reauthorize_subscription(sub_id: str, request: Request) -> Response:
         _hub(request).reauthorize(sub_id)
     except UnknownSubscription:
         raise _not_found(sub_id) from None
+    except SubscriptionError as exc:
+        raise _graph_error(exc) from None
     return Response(status_code=204)

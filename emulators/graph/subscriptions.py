@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 USERS_MAX_MINUTES = 41_760
 """user, group, other directory resources: 41,760 minutes (under 29 days)."""
@@ -45,6 +45,17 @@ CHANGE_TYPES = ("created", "updated", "deleted")
 LIFECYCLE_EVENTS = ("reauthorizationRequired", "subscriptionRemoved", "missed")
 OUTLOOK_ONLY_EVENTS = frozenset({"subscriptionRemoved", "missed"})
 """subscriptionRemoved and missed are sent for Outlook message/event/contact only."""
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "users": frozenset({"User.Read.All", "User.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"}),
+    "contacts": frozenset({"Contacts.Read", "Contacts.ReadWrite"}),
+    "events": frozenset({"Calendars.Read", "Calendars.ReadWrite"}),
+}
+"""Application permissions that allow a subscription per resource kind (least privileged first), from
+the permissions tables of api/subscription-post-subscriptions."""
+DEFAULT_GRANTED = frozenset({"User.Read.All", "Contacts.Read", "Calendars.Read", "MailboxSettings.Read",
+                             "GroupMember.Read.All"})
+"""What the emulated app registration is consented to (the product's documented least privileges)."""
+DELIVERY_WORKERS = 4
 VALIDATION_TOKEN_TEXT = "Validation: Testing client application reachability for subscription Request-Id: {}"
 
 _RESOURCE = re.compile(r"^/?users(?:/(?P<user>[^/()]+)(?:/(?P<coll>contacts|events))?)?/?$", re.IGNORECASE)
@@ -154,6 +165,7 @@ class Stats:
     queued: int = 0
     delivered: int = 0
     dropped: int = 0
+    lost_while_blocked: int = 0
     discarded: int = 0
     failed_attempts: int = 0
     lifecycle_sent: int = 0
@@ -175,6 +187,8 @@ class Subscription:
     immutable_ids: bool
     tls_version: str
     reauthorization_required: bool = False
+    blocked: bool = False
+    """Delivery paused until reauthorized (notifications meanwhile are lost, as Graph documents)."""
     stats: Stats = field(default_factory=Stats)
 
     def public(self) -> dict[str, Any]:
@@ -258,6 +272,8 @@ class SubscriptionHub:
         self._pending_since: float | None = None
         self._outbox: list[_Post] = []
         self._in_flight = 0
+        self._busy_urls: set[str] = set()
+        self.granted: set[str] = set(DEFAULT_GRANTED)
         self._paused = False
         self._seq = itertools.count(1)
         self._log: list[dict[str, Any]] = []
@@ -266,7 +282,7 @@ class SubscriptionHub:
         self._trusted: list[str] = []
         self._bundle_dir = tempfile.TemporaryDirectory(prefix="graph-emu-ca-")
         self._bundle: str | bool = True
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._closed = False
 
     # ------------------------------------------------------------ outgoing TLS trust
@@ -376,6 +392,7 @@ class SubscriptionHub:
         tls = body.get("latestSupportedTlsVersion") or "v1_2"
         if tls not in ("v1_0", "v1_1", "v1_2", "v1_3"):
             raise _bad(f"Invalid latestSupportedTlsVersion '{tls}'.")
+        self._check_permission(target, "Create")
         self._check_quota(target)
         self.validate_url(notification_url)
         if lifecycle_url is not None:
@@ -388,6 +405,31 @@ class SubscriptionHub:
             self._subs[sub.id] = sub
             self._ensure_thread()
             return sub.public()
+
+    def _allowed(self, target: Target) -> bool:
+        with self._cond:
+            return bool(PERMISSIONS[target.kind] & self.granted)
+
+    def _check_permission(self, target: Target, operation: str) -> None:
+        """403 as Graph answered apps without the resource's permission (msgraph-sdk-dotnet #365)."""
+        if not self._allowed(target):
+            raise SubscriptionError(403, "ExtensionError", f"Operation: {operation}; Exception: [Status Code: "
+                                    "Forbidden; Reason: Forbidden]")
+
+    def set_granted(self, permissions: Iterable[str]) -> list[str]:
+        """Replace the app's consented application permissions. Subscriptions that lose their permission
+        get ``reauthorizationRequired`` (if they have a lifecycle URL) and stop delivering until they are
+        reauthorized with the permission back; returns their ids."""
+        with self._cond:
+            self.granted = {str(p) for p in permissions}
+            hit = []
+            for sub in self._subs.values():
+                if not self._allowed(sub.target) and not sub.blocked:
+                    sub.blocked = sub.reauthorization_required = True
+                    hit.append(sub.id)
+                    if sub.lifecycle_url is not None:
+                        self._lifecycle(sub, "reauthorizationRequired")
+            return hit
 
     def _check_quota(self, target: Target) -> None:
         with self._cond:
@@ -414,7 +456,8 @@ class SubscriptionHub:
         started = time.monotonic()
         entry: dict[str, Any] = {"kind": "validation", "url": url, "attempt": 1, "subscriptions": [], "count": 0}
         try:
-            response = requests.post(url, params={"validationToken": token}, data=b"",
+            separator = "&" if urlsplit(url).query else "?"
+            response = requests.post(f"{url}{separator}validationToken={quote(token, safe='')}", data=b"",
                                      headers={"Content-Type": "text/plain; charset=utf-8"},
                                      timeout=self.config.validation_timeout, verify=self._bundle,
                                      allow_redirects=False)
@@ -465,6 +508,7 @@ class SubscriptionHub:
             raise _bad(f"Property '{extra[0]}' cannot be updated on a subscription.", "BadRequest")
         with self._cond:
             target = self._find(sub_id).target
+        self._check_permission(target, "Update")
         expires = self._expiry(body.get("expirationDateTime"), target, creating=False) \
             if "expirationDateTime" in body or "notificationUrl" not in body else None
         url = None
@@ -477,13 +521,19 @@ class SubscriptionHub:
                 sub.expires = expires
             if url is not None:
                 sub.notification_url = url
-            sub.reauthorization_required = False
+            sub.reauthorization_required = sub.blocked = False
             return sub.public()
 
     def reauthorize(self, sub_id: str) -> None:
-        """``POST /subscriptions/{id}/reauthorize``: clear a pending reauthorization, keep the expiry."""
+        """``POST /subscriptions/{id}/reauthorize``: clear a pending reauthorization, keep the expiry.
+
+        :raises UnknownSubscription: :raises SubscriptionError: 403 while the permission is missing.
+        """
         with self._cond:
-            self._find(sub_id).reauthorization_required = False
+            sub = self._find(sub_id)
+        self._check_permission(sub.target, "Reauthorize")
+        with self._cond:
+            sub.reauthorization_required = sub.blocked = False
 
     def delete(self, sub_id: str) -> None:
         """:raises UnknownSubscription:"""
@@ -527,6 +577,9 @@ class SubscriptionHub:
         return (s for s in self._subs.values() if s.expires > now)
 
     def _queue(self, sub: Subscription, change: str, resource: str, odata_type: str, item_id: str) -> None:
+        if sub.blocked:
+            sub.stats.lost_while_blocked += 1
+            return
         item = {"subscriptionId": sub.id, "subscriptionExpirationDateTime": graph_time(sub.expires),
                 "changeType": change, "resource": resource,
                 "resourceData": {"@odata.type": odata_type, "@odata.id": resource, "id": item_id},
@@ -539,8 +592,11 @@ class SubscriptionHub:
         self._cond.notify_all()
 
     # ------------------------------------------------------------ lifecycle
-    def fire_lifecycle(self, sub_id: str, event: str) -> dict[str, Any]:
+    def fire_lifecycle(self, sub_id: str, event: str, *, block: bool = False) -> dict[str, Any]:
         """Send a lifecycle notification now; ``subscriptionRemoved`` also deletes the subscription.
+
+        ``block`` (``reauthorizationRequired`` only): delivery pauses until ``/reauthorize`` or a PATCH;
+        changes meanwhile are lost ("eventually change notification delivery pauses").
 
         :raises UnknownSubscription: :raises ValueError: unknown event, no lifecycle URL, or an Outlook-only
             event for a directory subscription (Graph sends those for Outlook resources only).
@@ -558,6 +614,9 @@ class SubscriptionHub:
             else:
                 if event == "reauthorizationRequired":
                     sub.reauthorization_required = True
+                    sub.blocked = sub.blocked or block
+                elif block:
+                    raise ValueError("block applies to reauthorizationRequired only")
                 self._lifecycle(sub, event)
             return {"ok": True, "id": sub_id, "event": event}
 
@@ -616,7 +675,7 @@ class SubscriptionHub:
             return True
 
     def clear(self) -> None:
-        """Forget subscriptions, queued notifications, the log and faults (tenant reset)."""
+        """Forget subscriptions, queued notifications, the log and faults; default permissions (tenant reset)."""
         with self._cond:
             self._subs.clear()
             self._pending.clear()
@@ -624,6 +683,7 @@ class SubscriptionHub:
             self._outbox.clear()
             self._log.clear()
             self.faults = DeliveryFaults()
+            self.granted = set(DEFAULT_GRANTED)
             self._paused = False
             self._cond.notify_all()
 
@@ -633,7 +693,9 @@ class SubscriptionHub:
             self._sweep_expired()
             return {
                 "subscriptions": [{**s.public(), "reauthorizationRequired": s.reauthorization_required,
-                                   "stats": asdict(s.stats)} for s in self._subs.values()],
+                                   "deliveryBlocked": s.blocked, "stats": asdict(s.stats)}
+                                  for s in self._subs.values()],
+                "granted": sorted(self.granted),
                 "paused": self._paused, "pending": len(self._pending), "queued_posts": len(self._outbox),
                 "in_flight": self._in_flight, "faults": asdict(self.faults), "config": asdict(self.config),
             }
@@ -657,18 +719,23 @@ class SubscriptionHub:
 
     # ------------------------------------------------------------ delivery thread
     def _ensure_thread(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._closed = False
-            self._thread = threading.Thread(target=self._run, name="graph-emulator-delivery", daemon=True)
-            self._thread.start()
+        """Start the delivery workers (once): POSTs to different URLs go out in parallel, one URL in order."""
+        if self._threads:
+            return
+        self._closed = False
+        for number in range(DELIVERY_WORKERS):
+            thread = threading.Thread(target=self._run, name=f"graph-emulator-delivery-{number}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def close(self) -> None:
         """Stop the delivery thread (queued notifications are dropped)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(5)
+        for thread in self._threads:
+            thread.join(5)
+        self._threads = []
         self._bundle_dir.cleanup()
 
     def _run(self) -> None:
@@ -683,11 +750,13 @@ class SubscriptionHub:
                         return
                     continue
                 self._in_flight += 1
+                self._busy_urls.add(post.url)
             try:
                 self._send(session, post)
             finally:
                 with self._cond:
                     self._in_flight -= 1
+                    self._busy_urls.discard(post.url)
                     self._cond.notify_all()
 
     def _next_post(self) -> _Post | None:
@@ -698,13 +767,17 @@ class SubscriptionHub:
             self._flush_pending(now)
         if self._closed:
             return None
-        if self._outbox and not self._paused and self._outbox[0].due <= now:
-            return heapq.heappop(self._outbox)
+        ready = None if self._paused else next(
+            (p for p in sorted(self._outbox) if p.url not in self._busy_urls), None)
+        if ready is not None and ready.due <= now:
+            self._outbox.remove(ready)
+            heapq.heapify(self._outbox)
+            return ready
         waits = [1.0]
         if self._pending_since is not None:
             waits.append(self._pending_since + self.config.batch_window - now)
-        if self._outbox and not self._paused:
-            waits.append(self._outbox[0].due - now)
+        if ready is not None:
+            waits.append(ready.due - now)
         self._cond.wait(max(0.005, min(waits)))
         return None
 

@@ -300,3 +300,245 @@ def test_gives_up_after_max_attempts(graph: EmulatorHandle, hook: WebhookReceive
     time.sleep(0.3)
     _drain(graph)
     assert [e["status"] for e in _log(graph)] == [500, 500, "discarded"]
+
+
+def test_slow_receiver_does_not_hold_other_urls(graph: EmulatorHandle, hook: WebhookReceiver, api: Api) -> None:
+    user = _user(graph)
+    api.create("users", hook.url("slow"))
+    api.create(f"users/{user['id']}/contacts", hook.url("fast?tag=1"), change="created")
+    hook.behaviour.delays = [2.0]
+    graph.admin("PATCH", f"/users/{user['id']}", json={"jobTitle": "Slow path"})
+    time.sleep(0.3)  # the users POST is in flight, answering slowly
+    started = time.monotonic()
+    graph.admin("POST", f"/users/{user['id']}/contacts", json={"displayName": "Fast path"})
+    assert len(hook.wait_for(1, path="/fast")) == 1
+    assert time.monotonic() - started < 1.5
+    assert [p["query"] for p in hook.posts if p["path"] == "/fast"] == ["tag=1"]  # the URL's query is kept
+    _drain(graph)
+
+
+# ------------------------------------------------------------------ renew, reauthorize, permissions, quotas
+
+def test_renew_with_patch(graph: EmulatorHandle, hook: WebhookReceiver, api: Api) -> None:
+    user = _user(graph)
+    sub = api.create(f"users/{user['id']}/events", hook.url(), change="created", minutes=30).json()
+    renewed = api.call("PATCH", f"subscriptions/{sub['id']}", json={"expirationDateTime": _in(4_000)})
+    assert renewed.status_code == 200, renewed.text
+    assert renewed.json()["expirationDateTime"] > sub["expirationDateTime"]
+    assert api.call("GET", f"subscriptions/{sub['id']}").json()["expirationDateTime"] == \
+        renewed.json()["expirationDateTime"]
+    too_far = api.call("PATCH", f"subscriptions/{sub['id']}", json={"expirationDateTime": _in(4_300)})
+    assert too_far.status_code == 400 and "4230 minutes" in too_far.json()["error"]["message"]
+    assert api.call("PATCH", f"subscriptions/{sub['id']}", json={"resource": "users"}).status_code == 400
+    moved = api.call("PATCH", f"subscriptions/{sub['id']}", json={"notificationUrl": hook.url("moved")})
+    assert moved.status_code == 200 and moved.json()["notificationUrl"] == hook.url("moved")
+    assert hook.validations[-1]["path"] == "/moved"
+    assert api.call("PATCH", "subscriptions/nope", json={"expirationDateTime": _in(60)}).status_code == 404
+
+
+def test_reauthorization_required_blocks_until_reauthorized(graph: EmulatorHandle, hook: WebhookReceiver,
+                                                            api: Api) -> None:
+    sub = api.create("users", hook.url(), lifecycleNotificationUrl=hook.url("lifecycle")).json()
+    fired = graph.admin("POST", f"/subscriptions/{sub['id']}/lifecycle",
+                        json={"event": "reauthorizationRequired", "block": True})
+    assert fired.json()["event"] == "reauthorizationRequired"
+    [notice] = hook.wait_for(1, path="/lifecycle")
+    assert notice == {"subscriptionId": sub["id"], "subscriptionExpirationDateTime": sub["expirationDateTime"],
+                      "tenantId": graph.info["tenant_id"], "clientState": "s3cret-state",
+                      "lifecycleEvent": "reauthorizationRequired"}
+    user = _user(graph)
+    graph.admin("PATCH", f"/users/{user['id']}", json={"jobTitle": "While blocked"})
+    time.sleep(0.3)
+    _drain(graph)
+    assert hook.notifications() == []  # lost, as Graph documents: the app catches up by delta
+    assert api.call("POST", f"subscriptions/{sub['id']}/reauthorize").status_code == 204
+    graph.admin("PATCH", f"/users/{user['id']}", json={"jobTitle": "After reauthorize"})
+    assert len(hook.wait_for(1)) == 1
+    [listed] = graph.admin("GET", "/subscriptions").json()["subscriptions"]
+    assert listed["stats"]["lost_while_blocked"] == 1 and listed["reauthorizationRequired"] is False
+
+
+def test_missing_permission(graph: EmulatorHandle, hook: WebhookReceiver, api: Api) -> None:
+    user = _user(graph)
+    sub = api.create(f"users/{user['id']}/contacts", hook.url(), change="created",
+                     lifecycleNotificationUrl=hook.url("lifecycle")).json()
+    revoked = graph.admin("PUT", "/subscriptions/permissions", json={"granted": ["User.Read.All"]}).json()
+    assert revoked["blocked"] == [sub["id"]]
+    assert hook.wait_for(1, path="/lifecycle")[0]["lifecycleEvent"] == "reauthorizationRequired"
+    denied = api.create(f"users/{user['id']}/events", hook.url(), change="created")
+    assert denied.status_code == 403 and denied.json()["error"]["code"] == "ExtensionError"
+    assert api.call("POST", f"subscriptions/{sub['id']}/reauthorize").status_code == 403
+    graph.admin("PUT", "/subscriptions/permissions", json={"granted": ["User.Read.All", "Contacts.ReadWrite"]})
+    assert api.call("POST", f"subscriptions/{sub['id']}/reauthorize").status_code == 204
+    assert api.create("users", hook.url()).status_code == 201
+
+
+def test_users_quota_is_100_per_app_and_tenant(graph: EmulatorHandle, hook: WebhookReceiver, api: Api) -> None:
+    user = _user(graph)
+    for _ in range(100):
+        assert api.create("users", hook.url()).status_code == 201
+    refused = api.create(f"users/{user['id']}", hook.url())
+    assert refused.status_code == 403
+    assert "100" in refused.json()["error"]["message"] and refused.json()["error"]["code"] == "ExtensionError"
+    assert api.create(f"users/{user['id']}/events", hook.url(), change="created").status_code == 201  # Outlook
+
+
+def test_outlook_quota_is_per_mailbox(graph: EmulatorHandle, hook: WebhookReceiver, api: Api) -> None:
+    graph.admin("PUT", "/subscriptions/config", json={"quota_mailbox": 2})  # Graph: 1,000
+    first, second = _user(graph), _user(graph, 1)
+    assert api.create(f"users/{first['id']}/events", hook.url(), change="created").status_code == 201
+    assert api.create(f"users/{first['id']}/contacts", hook.url(), change="created").status_code == 201
+    assert api.create(f"users/{first['id']}/events", hook.url(), change="deleted").status_code == 403
+    assert api.create(f"users/{second['id']}/events", hook.url(), change="created").status_code == 201
+
+
+# ------------------------------------------------------------------ lifecycle and expiry
+
+def test_missed_and_subscription_removed(graph: EmulatorHandle, hook: WebhookReceiver, api: Api) -> None:
+    user = _user(graph)
+    events = api.create(f"users/{user['id']}/events", hook.url(), change="created",
+                        lifecycleNotificationUrl=hook.url("lifecycle")).json()
+    users = api.create("users", hook.url(), lifecycleNotificationUrl=hook.url("lifecycle")).json()
+    graph.admin("POST", f"/subscriptions/{events['id']}/lifecycle", json={"event": "missed"})
+    graph.admin("POST", f"/subscriptions/{events['id']}/lifecycle", json={"event": "subscriptionRemoved"})
+    notices = hook.wait_for(2, path="/lifecycle")
+    assert [(n["subscriptionId"], n["lifecycleEvent"]) for n in notices] == [(events["id"], "missed"),
+                                                                              (events["id"], "subscriptionRemoved")]
+    assert api.call("GET", f"subscriptions/{events['id']}").status_code == 404
+    for event in ("missed", "subscriptionRemoved"):  # documented for Outlook resources only
+        response = requests.post(f"{graph.base_url}/_emulator/subscriptions/{users['id']}/lifecycle",
+                                 json={"event": event}, verify=graph.ca_bundle, timeout=10)
+        assert response.status_code == 400
+    no_url = api.create("users", hook.url()).json()
+    response = requests.post(f"{graph.base_url}/_emulator/subscriptions/{no_url['id']}/lifecycle",
+                             json={"event": "reauthorizationRequired"}, verify=graph.ca_bundle, timeout=10)
+    assert response.status_code == 400
+
+
+def test_deleted_user_loses_mailbox_subscriptions(graph: EmulatorHandle, hook: WebhookReceiver, api: Api) -> None:
+    user = _user(graph, 2)
+    sub = api.create(f"users/{user['id']}/contacts", hook.url(), change="created",
+                     lifecycleNotificationUrl=hook.url("lifecycle")).json()
+    users_sub = api.create("users", hook.url()).json()
+    graph.admin("DELETE", f"/users/{user['id']}")  # soft delete
+    [notice] = hook.wait_for(1, path="/lifecycle")
+    assert notice["lifecycleEvent"] == "subscriptionRemoved" and notice["subscriptionId"] == sub["id"]
+    [item] = hook.wait_for(1)
+    assert item["subscriptionId"] == users_sub["id"] and item["changeType"] == "updated"  # soft delete = updated
+    assert [s["id"] for s in api.call("GET", "subscriptions").json()["value"]] == [users_sub["id"]]
+
+
+def test_discarded_outlook_notifications_raise_missed(graph: EmulatorHandle, hook: WebhookReceiver,
+                                                      api: Api) -> None:
+    graph.admin("PUT", "/subscriptions/config", json={"max_attempts": 1})
+    user = _user(graph)
+    sub = api.create(f"users/{user['id']}/contacts", hook.url(), change="created",
+                     lifecycleNotificationUrl=hook.url("lifecycle")).json()
+    hook.behaviour.statuses = [500]
+    graph.admin("POST", f"/users/{user['id']}/contacts", json={"displayName": "Lost"})
+    [notice] = hook.wait_for(1, path="/lifecycle")
+    assert notice["lifecycleEvent"] == "missed" and notice["subscriptionId"] == sub["id"]
+
+
+def test_expired_subscriptions_disappear_and_stop(graph: EmulatorHandle, hook: WebhookReceiver, api: Api) -> None:
+    expiring = api.create("users", hook.url(), minutes=1.5 / 60).json()  # 1.5 seconds
+    expired_by_admin = api.create("users", hook.url()).json()
+    graph.admin("POST", f"/subscriptions/{expired_by_admin['id']}/expire")
+    assert api.call("GET", f"subscriptions/{expired_by_admin['id']}").status_code == 404
+    time.sleep(1.6)
+    assert api.call("GET", f"subscriptions/{expiring['id']}").status_code == 404
+    assert api.call("GET", "subscriptions").json()["value"] == []
+    graph.admin("PATCH", f"/users/{_user(graph)['id']}", json={"jobTitle": "Nobody listens"})
+    time.sleep(0.3)
+    _drain(graph)
+    assert hook.notifications() == []
+
+
+# ------------------------------------------------------------------ delivery faults
+
+def _bump(graph: EmulatorHandle, count: int) -> list[str]:
+    ids = []
+    for index in range(count):
+        user = _user(graph, index)
+        graph.admin("PATCH", f"/users/{user['id']}", json={"jobTitle": f"Fault {index} {time.monotonic()}"})
+        ids.append(user["id"])
+    return ids
+
+
+def test_fault_delay(graph: EmulatorHandle, hook: WebhookReceiver, api: Api) -> None:
+    api.create("users", hook.url())
+    graph.admin("PUT", "/subscriptions/faults", json={"delay": 1.0})
+    started = time.monotonic()
+    _bump(graph, 1)
+    assert len(hook.wait_for(1)) == 1
+    assert time.monotonic() - started >= 1.0
+
+
+def test_fault_drop_next(graph: EmulatorHandle, hook: WebhookReceiver, api: Api) -> None:
+    api.create("users", hook.url())
+    graph.admin("PUT", "/subscriptions/faults", json={"drop": 1})
+    ids = _bump(graph, 3)
+    _drain(graph)
+    time.sleep(0.3)
+    _drain(graph)
+    assert [i["resourceData"]["id"] for i in hook.notifications()] == ids[1:]
+    assert [e["status"] for e in _log(graph)] == ["dropped", 202]
+    assert graph.admin("GET", "/subscriptions/faults").json()["drop"] == 0  # used up
+
+
+def test_fault_drop_fraction(graph: EmulatorHandle, hook: WebhookReceiver, api: Api) -> None:
+    api.create("users", hook.url())
+    graph.admin("PUT", "/subscriptions/faults", json={"drop_fraction": 1.0})
+    _bump(graph, 2)
+    time.sleep(0.3)
+    _drain(graph)
+    assert hook.notifications() == []
+    assert graph.admin("GET", "/subscriptions").json()["subscriptions"][0]["stats"]["dropped"] == 2
+
+
+def test_fault_duplicate(graph: EmulatorHandle, hook: WebhookReceiver, api: Api) -> None:
+    api.create("users", hook.url())
+    graph.admin("PUT", "/subscriptions/faults", json={"duplicate": 1})
+    ids = _bump(graph, 1)
+    hook.wait_for(2)
+    _drain(graph)
+    assert [i["resourceData"]["id"] for i in hook.notifications()] == ids * 2
+    assert len(hook.posts) == 2
+
+
+def test_fault_reorder(graph: EmulatorHandle, hook: WebhookReceiver, api: Api) -> None:
+    graph.admin("PUT", "/subscriptions/config", json={"batch_window": 0.5})
+    api.create("users", hook.url())
+    graph.admin("PUT", "/subscriptions/faults", json={"reorder": True})
+    ids = _bump(graph, 3)
+    hook.wait_for(3)
+    assert [i["resourceData"]["id"] for i in hook.notifications()] == list(reversed(ids))
+    graph.admin("DELETE", "/subscriptions/faults")
+    assert graph.admin("GET", "/subscriptions/faults").json()["reorder"] is False
+
+
+def test_pause_holds_then_resume_flushes(graph: EmulatorHandle, hook: WebhookReceiver, api: Api) -> None:
+    api.create("users", hook.url())
+    graph.admin("POST", "/subscriptions/pause")
+    ids = _bump(graph, 2)
+    time.sleep(0.5)
+    assert hook.notifications() == []
+    assert graph.admin("POST", "/subscriptions/drain", json={"timeout": 0.2}).json()["ok"] is False
+    assert graph.admin("GET", "/subscriptions").json()["queued_posts"] == 1
+    graph.admin("POST", "/subscriptions/resume")
+    assert [i["resourceData"]["id"] for i in hook.wait_for(2)] == ids
+
+
+def test_admin_rejects_bad_knobs(graph: EmulatorHandle, hook: WebhookReceiver) -> None:
+    def put(path: str, body: dict[str, Any]) -> int:
+        return requests.put(f"{graph.base_url}/_emulator/subscriptions/{path}", json=body,
+                            verify=graph.ca_bundle, timeout=10).status_code
+
+    assert put("faults", {"drop_fraction": 2}) == 400
+    assert put("faults", {"explode": True}) == 400
+    assert put("config", {"batch_window": -1}) == 400
+    assert put("config", {"nope": 1}) == 400
+    assert put("permissions", {"granted": "User.Read.All"}) == 400
+    missing = requests.post(f"{graph.base_url}/_emulator/subscriptions/nope/expire", verify=graph.ca_bundle,
+                            timeout=10)
+    assert missing.status_code == 404
