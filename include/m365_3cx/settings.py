@@ -56,6 +56,11 @@ PRESENCE_MAPPING_DEFAULTS: Final[Mapping[str, str | None]] = MappingProxyType(
 
 _EXTENSION_ATTRIBUTES: Final = tuple(f"extensionAttribute{i}" for i in range(1, 16))
 
+#: Keys of ``extensions.clear_on_empty``: the managed 3CX fields a Graph value can empty.
+CLEAR_ON_EMPTY_DEFAULTS: Final[Mapping[str, bool]] = MappingProxyType(
+    {"FirstName": True, "LastName": True, "EmailAddress": True, "Mobile": True, "OutboundCallerID": True}
+)
+
 
 # --------------------------------------------------------------------------- sections
 
@@ -67,11 +72,21 @@ class ScopeSettings:
     :param group_id: only (transitive) members of this group; ``None`` = all users.
     :param include_guests: include ``userType == "Guest"`` users.
     :param user_filter: a Graph ``$filter`` fragment ANDed to the user query.
+    :param protected_upns: users (UPNs, case-insensitive) whose extensions the sync never creates,
+        changes or removes.
+    :param protected_group_id: the same for the (transitive) members of this group; ``None`` = none.
+    :param opt_out_attribute: the ``onPremisesExtensionAttributes`` key a user opts out with;
+        ``None`` = no opt-out. An opted-out user's extension is left alone like a protected one.
+    :param opt_out_value: the value of ``opt_out_attribute`` that opts out (trimmed, case-insensitive).
     """
 
     group_id: str | None = None
     include_guests: bool = False
     user_filter: str | None = None
+    protected_upns: tuple[str, ...] = ()
+    protected_group_id: str | None = None
+    opt_out_attribute: str | None = None
+    opt_out_value: str = "no-3cx-sync"
 
 
 @dataclass(frozen=True)
@@ -114,6 +129,11 @@ class ExtensionsSettings:
         or ``email``: an unmanaged extension whose e-mail address is an in-scope user's own (and
         that no other extension shares, and 3CX's own M365 sync does not own) becomes that
         user's managed extension, keeping its number.
+    :param delete_after_days: with ``removal_policy = "disable_then_delete"``: days an extension
+        stays disabled (the user may come back and gets it back, enabled, same number) before it is
+        deleted (a guarded, audited removal).
+    :param clear_on_empty: managed 3CX field -> whether an empty Graph value clears the 3CX value
+        (``true``, the default for every field) or leaves what 3CX holds. Read-only mapping.
     """
 
     removal_policy: str = "disable"
@@ -121,6 +141,8 @@ class ExtensionsSettings:
     default_region: str = "US"
     group_name: str | None = None
     adopt_existing: str = "off"
+    delete_after_days: int = 30
+    clear_on_empty: Mapping[str, bool] = field(default_factory=lambda: MappingProxyType(dict(CLEAR_ON_EMPTY_DEFAULTS)))
 
 
 @dataclass(frozen=True)
@@ -330,6 +352,25 @@ def _addresses(value: object) -> tuple[str, ...]:
     return tuple(v.strip() for v in value)
 
 
+def _upns(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and "@" in v.strip()[1:-1] for v in value):
+        raise _Invalid(f"must be a list of user principal names (name@domain), got {str(value)[:60]!r}")
+    return tuple(sorted({v.strip().lower() for v in value}))
+
+
+def _clear_on_empty(value: object) -> Mapping[str, bool]:
+    if not isinstance(value, Mapping):
+        raise _Invalid(f"must be an object of field -> true/false, got {_type_name(value)}")
+    merged = dict(CLEAR_ON_EMPTY_DEFAULTS)
+    for key, flag in value.items():
+        if key not in CLEAR_ON_EMPTY_DEFAULTS:
+            raise _Invalid(f"unknown field {key!r} (known: {', '.join(CLEAR_ON_EMPTY_DEFAULTS)})")
+        if not isinstance(flag, bool):
+            raise _Invalid(f"{key} must be true or false, got {_type_name(flag)}")
+        merged[key] = flag
+    return MappingProxyType(merged)
+
+
 def _digits(value: object) -> str:
     if not isinstance(value, str):
         raise _Invalid(f"must be a string of digits, got {_type_name(value)}")
@@ -370,7 +411,9 @@ def _profile(value: object) -> str | None:
 _SECTIONS: Final[dict[str, tuple[type, dict[str, Callable[[object], Any]]]]] = {
     "scope": (
         ScopeSettings,
-        {"group_id": _optional(_str), "include_guests": _bool, "user_filter": _optional(_str)},
+        {"group_id": _optional(_str), "include_guests": _bool, "user_filter": _optional(_str),
+         "protected_upns": _upns, "protected_group_id": _optional(_str),
+         "opt_out_attribute": _optional(_choice(*_EXTENSION_ATTRIBUTES)), "opt_out_value": _str},
     ),
     "numbering": (
         NumberingSettings,
@@ -390,11 +433,13 @@ _SECTIONS: Final[dict[str, tuple[type, dict[str, Callable[[object], Any]]]]] = {
     "extensions": (
         ExtensionsSettings,
         {
-            "removal_policy": _choice("disable", "delete", "ignore"),
+            "removal_policy": _choice("disable", "delete", "disable_then_delete", "ignore"),
             "manage_outbound_caller_id": _bool,
             "default_region": _region,
             "group_name": _optional(_str),
             "adopt_existing": _choice("off", "email"),
+            "delete_after_days": _int(1, 3650),
+            "clear_on_empty": _clear_on_empty,
         },
     ),
     "guards": (
@@ -574,6 +619,12 @@ class Settings:
             problems.append(f"alerts.to: channel {alerts.channel!r} needs at least one recipient")
         if not any(p.startswith("numbering.") for p in problems):  # cross-checks need valid keys
             _check_numbering(sections["numbering"], problems)
+        scope: ScopeSettings = sections["scope"]
+        numbering: NumberingSettings = sections["numbering"]
+        if scope.opt_out_attribute is not None and numbering.policy == "attribute" \
+                and scope.opt_out_attribute == numbering.attribute:
+            problems.append(f"scope.opt_out_attribute: must differ from numbering.attribute "
+                            f"({numbering.attribute} holds the extension numbers)")
         presence: PresenceSettings = sections["presence"]
         if presence.window_days_back + presence.window_days_ahead == 0:
             problems.append("presence.window_days_ahead: the calendar window must not be empty")
@@ -620,6 +671,10 @@ class Settings:
             section = {key: getattr(value, key) for key in _SECTIONS[name][1]}
             if "mapping" in section:
                 section["mapping"] = dict(section["mapping"])
+            if "clear_on_empty" in section:
+                section["clear_on_empty"] = dict(section["clear_on_empty"])
+            if "protected_upns" in section:
+                section["protected_upns"] = list(section["protected_upns"])
             if "to" in section:
                 section["to"] = list(section["to"])
             result[name] = section

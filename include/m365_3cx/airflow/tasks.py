@@ -61,8 +61,9 @@ def extract_users(mode: str) -> dict[str, Any]:
 
 
 def has_pending_users(mode: str) -> bool:
-    """True when a delta run has user changes to plan (else the downstream steps are skipped)."""
-    from m365_3cx.pipeline.users import pending_user_keys
+    """True when a delta run has user changes to plan, or a removal grace period ran out (else the
+    downstream steps are skipped)."""
+    from m365_3cx.pipeline.users import grace_due_user_keys, pending_user_keys
 
     context = get_current_context()
     params = context.get("params") or {}
@@ -70,7 +71,8 @@ def has_pending_users(mode: str) -> bool:
         return True
     run = run_info(context, mode)
     with staging_engine() as engine:
-        return bool(pending_user_keys(engine, run.run_key))
+        return bool(pending_user_keys(engine, run.run_key)) or bool(
+            grace_due_user_keys(engine, load_settings(), utcnow()))
 
 
 def snapshot_threecx(mode: str) -> dict[str, int]:
@@ -99,7 +101,7 @@ def transform_extensions(mode: str) -> dict[str, int]:
 def plan_extensions(mode: str) -> dict[str, int]:
     """Desired vs current -> ``sync_plan``; a delta run plans only the users that changed."""
     from m365_3cx.pipeline.ondemand import on_demand_users, trace_plan
-    from m365_3cx.pipeline.users import pending_user_keys, plan_users
+    from m365_3cx.pipeline.users import grace_due_user_keys, pending_user_keys, plan_users
 
     context = get_current_context()
     params = context.get("params") or {}
@@ -112,7 +114,7 @@ def plan_extensions(mode: str) -> dict[str, int]:
         if on_demand:
             only_keys = set(on_demand_users(engine, run.run_key))
         elif mode == "delta" and not params.get("full_resync"):
-            only_keys = pending_user_keys(engine, run.run_key)
+            only_keys = pending_user_keys(engine, run.run_key) | grace_due_user_keys(engine, settings, utcnow())
         counts = plan_users(engine, settings, run.run_key, only_keys, utcnow())
         if on_demand:
             trace_plan(engine, settings, run.run_key, utcnow())

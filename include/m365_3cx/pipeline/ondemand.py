@@ -185,16 +185,16 @@ def on_demand_users(engine: Engine, run_key: str) -> dict[str, str]:
         return tr.on_demand_users(conn, run_key)
 
 
-def _scope_detail(row: Mapping[str, Any], settings: Settings) -> tuple[str, str]:
-    if row["deleted"]:
-        return "removed", "deleted"
-    if not row["in_scope"]:
-        return "removed", "not in the scope group or filter"
-    if (row["user_type"] or "").lower() == "guest" and not settings.scope.include_guests:
-        return "removed", "guest (scope.include_guests is off)"
-    if row["account_enabled"] is False:
-        return "removed", "disabled"
-    return "in_scope", "in scope"
+def _scope_detail(row: Mapping[str, Any], settings: Settings) -> tuple[str, dict[str, Any]]:
+    """The ``scope`` trace outcome (``in_scope`` / ``removed`` / ``protected``) and its detail: the
+    first reason, every reason (:func:`~m365_3cx.transform.scope.explain_scope`) and the settings."""
+    from m365_3cx.transform.scope import IN_SCOPE, PROTECTED, ScopeParams, explain_scope
+
+    why = explain_scope(row, ScopeParams.from_settings(settings))
+    outcome = {IN_SCOPE: "in_scope", PROTECTED: "protected"}.get(why.verdict, "removed")
+    first = next((m for c, m in why.reasons if c != "no_mail"), "in scope")
+    return outcome, {"reason": first, **why.as_dict(), "group_id": settings.scope.group_id,
+                     "filter": settings.scope.user_filter}
 
 
 def trace_plan(engine: Engine, settings: Settings, run_key: str, now: datetime) -> int:
@@ -205,8 +205,7 @@ def trace_plan(engine: Engine, settings: Settings, run_key: str, now: datetime) 
             return 0
         ids = sorted(users)
         staged = {r["user_id"]: dict(r) for r in conn.execute(
-            sa.select(stg_users.c.user_id, stg_users.c.deleted, stg_users.c.in_scope, stg_users.c.user_type,
-                      stg_users.c.account_enabled).where(stg_users.c.user_id.in_(ids))).mappings()}
+            sa.select(stg_users).where(stg_users.c.user_id.in_(ids))).mappings()}
         mapped = {r["user_id"]: dict(r) for r in conn.execute(
             sa.select(extension_map).where(extension_map.c.user_id.in_(ids))).mappings()}
         desired = {r["user_id"]: dict(r) for r in conn.execute(
@@ -221,9 +220,8 @@ def trace_plan(engine: Engine, settings: Settings, run_key: str, now: datetime) 
         upn = users[uid]
         row = staged.get(uid)
         if row is not None:
-            outcome, reason = _scope_detail(row, settings)
-            scope_rows.append({"user_id": uid, "upn": upn, "outcome": outcome, "detail": {
-                "reason": reason, "group_id": settings.scope.group_id, "filter": settings.scope.user_filter}})
+            outcome, detail = _scope_detail(row, settings)
+            scope_rows.append({"user_id": uid, "upn": upn, "outcome": outcome, "detail": detail})
         target = desired.get(uid) or {}
         existing = mapped.get(uid)
         if existing is not None and started is not None and existing["assigned_at"] >= started \
@@ -239,7 +237,8 @@ def trace_plan(engine: Engine, settings: Settings, run_key: str, now: datetime) 
                 "number": target["number"], "policy": policy,
                 "fallback_to_pool": settings.numbering.fallback_to_pool}})
         else:
-            reason = "user is not active" if target.get("state") != "active" else "no number could be assigned"
+            reason = ("the user is protected or opted out" if target.get("protection")
+                      else "user is not active" if target.get("state") != "active" else "no number could be assigned")
             match_rows.append({"user_id": uid, "upn": upn, "outcome": "none", "detail": {
                 "reason": f"{reason} (see sync_notes)", "policy": policy}})
         mine = [p for p in plans if p["object_key"] == uid]
@@ -247,8 +246,9 @@ def trace_plan(engine: Engine, settings: Settings, run_key: str, now: datetime) 
             plan_rows.append({"user_id": uid, "upn": upn, "outcome": p["action"], "detail": {
                 "number": p["number"], "fields": sorted((p["changes"] or {}).keys()), "reason": p["reason"]}})
         if not mine:
-            plan_rows.append({"user_id": uid, "upn": upn, "outcome": "none",
-                              "detail": {"reason": "3CX already matches (or the user is not managed)"}})
+            why = ("protected or opted out: the sync leaves the extension alone" if target.get("protection")
+                   else "3CX already matches (or the user is not managed)")
+            plan_rows.append({"user_id": uid, "upn": upn, "outcome": "none", "detail": {"reason": why}})
     with engine.begin() as conn:
         for step, rows in (("scope", scope_rows), ("match", match_rows), ("plan", plan_rows)):
             tr.replace_trace(conn, run_key, step, tr.trace_rows(run_key, step, rows, now))

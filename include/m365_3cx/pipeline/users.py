@@ -81,16 +81,17 @@ def finish_run(engine: Engine, run_key: str, status: str, counts: dict[str, Any]
         repo.finish_run(conn, run_key, status, counts, now)
 
 
-def _scope_ids(graph: GraphClient, settings: Settings) -> set[str] | None:
-    """Ids of in-scope users (group membership and/or filter), or None when everyone is in scope."""
+def _scope_ids(graph: GraphClient, settings: Settings) -> tuple[set[str] | None, set[str] | None, set[str] | None]:
+    """Ids of the scope group's members, of the users matching the filter and of the protected
+    group's members (each ``None`` when that setting is not set)."""
     scope = settings.scope
-    ids: set[str] | None = None
-    if scope.group_id:
-        ids = graph.group_member_ids(scope.group_id)
+    group = graph.group_member_ids(scope.group_id) if scope.group_id else None
+    matching = None
     if scope.user_filter:
         matching = {u["id"] for page in graph.list_users(select=("id",), filter=scope.user_filter) for u in page}
-        ids = matching if ids is None else ids & matching
-    return ids
+    protected_group = getattr(scope, "protected_group_id", None)
+    protected = graph.group_member_ids(protected_group) if protected_group else None
+    return group, matching, protected
 
 
 def extract_users(
@@ -230,10 +231,12 @@ def stage_users_page(conn: Any, items: list[dict[str, Any]], run_key: str,
 
 
 def _apply_scope(engine: Engine, graph: GraphClient, settings: Settings, run_key: str, now: datetime) -> dict[str, int]:
-    ids = _scope_ids(graph, settings)
+    group, matching, protected = _scope_ids(graph, settings)
+    ids = group if matching is None else matching if group is None else group & matching
     with engine.begin() as conn:
         flipped = repo.set_scope(conn, ids, run_key, now)
-    return {"scope_changed": flipped}
+        protection = repo.set_scope_details(conn, group, matching, protected, run_key, now)
+    return {"scope_changed": flipped, "protection_changed": protection}
 
 
 def _applied_runs() -> Any:
@@ -275,6 +278,18 @@ def pending_user_keys(engine: Engine, run_key: str) -> set[str]:
         return {row[0] for row in conn.execute(query)}
 
 
+def grace_due_user_keys(engine: Engine, settings: Settings, now: datetime) -> set[str]:
+    """Users whose ``disable_then_delete`` grace period ran out since the last applied run (one
+    indexed range query; empty under any other removal policy). A delta run plans these too."""
+    if settings.extensions.removal_policy != "disable_then_delete":
+        return set()
+    with engine.connect() as conn:
+        last_ok = conn.execute(
+            sa.select(sa.func.max(sync_runs.c.started_at)).where(sync_runs.c.run_key.in_(_applied_runs()))
+        ).scalar()
+        return repo.grace_expired_user_ids(conn, settings.extensions.delete_after_days, now, since=last_ok)
+
+
 def snapshot_threecx(
     engine: Engine, threecx: ThreeCXClient, run_key: str, now: datetime, settings: Settings | None = None
 ) -> dict[str, int]:
@@ -301,7 +316,7 @@ def _adopt_existing(conn: Any, settings: Settings, now: datetime) -> int:
 
     Only with ``extensions.adopt_existing = "email"``; never an extension tagged ``MS`` (3CX's
     own M365 sync owns it), never when two extensions or two users share the address, never
-    for a user who already has a number.
+    for a user who already has a number, never for a protected or opted-out user.
     """
     if settings.extensions.adopt_existing != "email":
         return 0
@@ -315,14 +330,20 @@ def _adopt_existing(conn: Any, settings: Settings, now: datetime) -> int:
         if not email or threecx_id in mapped_ids or number in mapped_numbers or "MS" in (tags or []):
             continue
         by_mail.setdefault(email.strip().lower(), []).append((threecx_id, number))
+    from m365_3cx.transform.scope import ProtectionParams, protection_of
+
+    protection = ProtectionParams.from_settings(settings)
     users_by_mail: dict[str, list[str]] = {}
-    query = sa.select(stg_users.c.user_id, stg_users.c.mail, stg_users.c.user_type).where(
+    query = sa.select(stg_users.c.user_id, stg_users.c.mail, stg_users.c.user_type, stg_users.c.user_principal_name,
+                      stg_users.c.extension_attributes, stg_users.c.protected_group).where(
         stg_users.c.in_scope.is_(True), stg_users.c.deleted.is_(False), stg_users.c.mail.is_not(None),
         sa.or_(stg_users.c.account_enabled.is_(None), stg_users.c.account_enabled.is_(True)),
     )
-    for user_id, mail, user_type in conn.execute(query):
+    for user_id, mail, user_type, upn, attributes, protected_group in conn.execute(query):
         if user_id in mapped_users or (user_type == "Guest" and not settings.scope.include_guests):
             continue
+        if protection_of(upn, attributes, protected_group, protection) is not None:
+            continue  # a protected user's extension is never taken over
         users_by_mail.setdefault(mail.strip().lower(), []).append(user_id)
     adoptions = [
         {"user_id": users[0], "number": extensions[0][1], "threecx_id": extensions[0][0], "adopted": True}
@@ -359,7 +380,8 @@ def transform_users(
     """Staging users -> desired extensions (``tgt_extensions``), new numbers and per-record notes.
 
     A dry run plans with the numbers it would assign but does not record them in
-    ``extension_map``, so changing the numbering settings after a dry run still takes effect.
+    ``extension_map``, so changing the numbering settings after a dry run still takes effect; nor
+    does it start or stop a removal grace period (``extension_map.removal_since``).
     """
     from m365_3cx.pipeline.safety import write_gate
     from m365_3cx.transform.extensions import ExtensionParams, desired_extensions
@@ -382,6 +404,9 @@ def transform_users(
             repo.assign_numbers(
                 conn, [{"user_id": a["user_id"], "number": a["number"]} for a in result.new_assignments], now
             )
+            started, cleared = repo.sync_removal_clock(conn, now)
+            if started or cleared:
+                log.info("removal grace periods: %d started (extension already disabled), %d ended", started, cleared)
         repo.add_notes(conn, run_key, note_rows(result.notes, run_key, now), step="transform", now=now)
     active = int((result.frame["state"] == "active").sum()) if len(result.frame) else 0
     log.info(
@@ -405,7 +430,7 @@ def plan_users(
         pbx = repo.load_frame(conn, "cur_extensions")
         labels = dict(conn.execute(sa.select(stg_users.c.user_id, stg_users.c.user_principal_name)).all())
     result = plan_extensions(
-        desired, mapping, pbx, PlanParams.from_settings(settings), only_keys=only_keys, labels=labels
+        desired, mapping, pbx, PlanParams.from_settings(settings), only_keys=only_keys, labels=labels, now=now
     )
     with engine.begin() as conn:
         repo.save_plan(conn, run_key, plan_rows(result.changes, run_key))
@@ -472,7 +497,12 @@ def apply_users(
             done = [o for o, ok in zip(outcomes, reached, strict=True) if ok]
             repo.set_threecx_ids(conn, {o.change.object_key: o.threecx_id for o in done
                                         if o.change.action == "create" and o.threecx_id is not None})
-            repo.release_numbers(conn, [o.change.object_key for o in done if o.change.action == "delete"], now)
+            deleted = [o.change.object_key for o in done if o.change.action == "delete"]
+            repo.release_numbers(conn, deleted, now)
+            repo.start_removal_clock(conn, [o.change.object_key for o in done if o.change.action == "disable"], now)
+            repo.stop_removal_clock(conn, [*deleted, *(o.change.object_key for o in done if o.change.action == "update"
+                                                       and o.change.fields.get("Enabled") == (False, True))])
+            repo.reactivate_numbers(conn, [o.change.object_key for o in done if o.change.action == "create"])
 
     relinked = {} if dry_run else existing_extensions(threecx, changes)
     done_before = [Outcome(c, OK, RELINKED_NOTE, relinked[id(c)]) for c in changes if id(c) in relinked]

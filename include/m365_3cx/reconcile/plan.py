@@ -6,13 +6,21 @@ extension that is not managed is never touched, and a new user whose number
 is held by such an extension is skipped with a note. For a managed extension
 only the managed fields are compared (``FirstName``, ``LastName``,
 ``EmailAddress``, ``Mobile``, ``Enabled`` and, when configured,
-``OutboundCallerID``); empty string and null are equal.
+``OutboundCallerID``); empty string and null are equal. A field whose Graph value is
+empty clears the 3CX value unless ``extensions.clear_on_empty`` says otherwise for it.
+
+Removal policies: ``disable`` (the default), ``delete``, ``ignore`` and
+``disable_then_delete``: disable at once, delete once the extension has been disabled
+for ``delete_after_days`` (``extension_map.removal_since``) and the user is still gone; a
+user back before that is simply re-enabled (same extension, same number). Users whose
+desired row carries a ``protection`` (protected or opted out) are never planned.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -20,9 +28,12 @@ import pandas as pd
 from m365_3cx.errors import ConfigError
 from m365_3cx.transform.notes import ERROR, Note, user_note
 from m365_3cx.transform.numbering import number_sort_key
-from m365_3cx.transform.values import as_bool, as_int, ensure_columns, text
+from m365_3cx.transform.values import as_bool, as_int, ensure_columns, is_missing, text
 
-REMOVAL_POLICIES = ("disable", "delete", "ignore")
+REMOVAL_POLICIES = ("disable", "delete", "disable_then_delete", "ignore")
+DISABLE_THEN_DELETE = "disable_then_delete"
+#: Managed fields an empty Graph value may clear (``extensions.clear_on_empty``); ``Enabled`` never is empty.
+CLEARABLE_FIELDS = ("FirstName", "LastName", "EmailAddress", "Mobile", "OutboundCallerID")
 
 CREATE = "create"
 UPDATE = "update"
@@ -65,19 +76,28 @@ class Change:
 class PlanParams:
     """What :func:`plan_extensions` needs from the settings.
 
-    :param removal_policy: ``"disable"``, ``"delete"`` or ``"ignore"``.
+    :param removal_policy: ``"disable"``, ``"delete"``, ``"disable_then_delete"`` or ``"ignore"``.
     :param manage_outbound_caller_id: ``OutboundCallerID`` is a managed field.
-    :raises ConfigError: for an unknown removal policy.
+    :param delete_after_days: grace period of ``disable_then_delete``.
+    :param keep_on_empty: managed fields an empty Graph value does not clear.
+    :raises ConfigError: for an unknown removal policy or a grace period below one day.
     """
 
     removal_policy: str = "disable"
     manage_outbound_caller_id: bool = False
+    delete_after_days: int = 30
+    keep_on_empty: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.removal_policy not in REMOVAL_POLICIES:
             raise ConfigError(
                 f"extensions.removal_policy must be one of {', '.join(REMOVAL_POLICIES)}, not {self.removal_policy!r}"
             )
+        if self.delete_after_days < 1:
+            raise ConfigError("extensions.delete_after_days must be at least 1")
+        unknown = set(self.keep_on_empty) - set(CLEARABLE_FIELDS)
+        if unknown:
+            raise ConfigError(f"extensions.clear_on_empty: unknown fields {', '.join(sorted(unknown))}")
 
     @classmethod
     def from_settings(cls, settings: Any) -> PlanParams:
@@ -88,10 +108,18 @@ class PlanParams:
         :raises ConfigError: for an unknown removal policy.
         """
         ext = settings.extensions
+        clear = dict(getattr(ext, "clear_on_empty", {}) or {})
         return cls(
             removal_policy=str(ext.removal_policy),
             manage_outbound_caller_id=bool(ext.manage_outbound_caller_id),
+            delete_after_days=int(getattr(ext, "delete_after_days", 30)),
+            keep_on_empty=frozenset(f for f, flag in clear.items() if not flag),
         )
+
+    @property
+    def grace(self) -> timedelta:
+        """How long ``disable_then_delete`` keeps a disabled extension before deleting it."""
+        return timedelta(days=self.delete_after_days)
 
     @property
     def managed_fields(self) -> tuple[str, ...]:
@@ -135,6 +163,7 @@ def plan_extensions(
     only_keys: Collection[str] | None = None,
     *,
     labels: Mapping[str, str] | None = None,
+    now: datetime | None = None,
 ) -> PlanResult:
     """Diff the desired extensions against the 3CX snapshot.
 
@@ -144,12 +173,14 @@ def plan_extensions(
     :param params: removal policy and managed fields.
     :param only_keys: plan only these user ids (``None``: everyone).
     :param labels: user id -> UPN for notes and :attr:`Change.label`.
+    :param now: current UTC time; ``disable_then_delete`` deletes only with it (grace expiry).
     :return: the change set, notes and the managed-extension count.
     """
     labels = labels or {}
     fields = params.managed_fields
-    d = ensure_columns(desired, ["user_id", "number", "state", "removal_reason", *FIELD_COLUMNS.values()])
-    m = ensure_columns(mapping, ["user_id", "number", "threecx_id"])
+    d = ensure_columns(desired, ["user_id", "number", "state", "removal_reason", "protection",
+                                 *FIELD_COLUMNS.values()])
+    m = ensure_columns(mapping, ["user_id", "number", "threecx_id", "removal_since"])
     p = ensure_columns(pbx, ["threecx_id", "number", *FIELD_COLUMNS.values()])
 
     pbx_by_id: dict[int, dict[str, Any]] = {}
@@ -166,11 +197,15 @@ def plan_extensions(
     # user id -> (mapped number, threecx id or None)
     mapped: dict[str, tuple[str, int | None]] = {}
     managed: dict[str, int] = {}
-    for uid_raw, num_raw, tid_raw in zip(m["user_id"], m["number"], m["threecx_id"], strict=True):
+    removal_since: dict[str, pd.Timestamp] = {}
+    for uid_raw, num_raw, tid_raw, since in zip(m["user_id"], m["number"], m["threecx_id"], m["removal_since"],
+                                                strict=True):
         uid, num, tid = text(uid_raw), text(num_raw), as_int(tid_raw)
         if uid is None or num is None:
             continue
         mapped[uid] = (num, tid)
+        if not is_missing(since):
+            removal_since[uid] = pd.Timestamp(since)
         if tid is not None and tid in pbx_by_id and text(pbx_by_id[tid]["number"]) == num:
             managed[uid] = tid
     managed_ids = set(managed.values())
@@ -180,8 +215,8 @@ def plan_extensions(
     notes: list[Note] = []
     for row in d.to_dict("records"):
         uid = text(row["user_id"])
-        if uid is None or (keys is not None and uid not in keys):
-            continue
+        if uid is None or (keys is not None and uid not in keys) or text(row["protection"]):
+            continue  # a protected or opted-out user's extension is never touched (transform notes it)
         label = labels.get(uid, "")
         number = text(row["number"])
         state = text(row["state"])
@@ -193,12 +228,21 @@ def plan_extensions(
                 continue
             current = pbx_by_id[tid]
             reason = _REMOVAL_REASONS.get(text(row["removal_reason"]) or "", "user removed")
+            enabled = as_bool(current["enabled"], True)
             if params.removal_policy == "delete":
                 changes.append(Change(DELETE, uid, mapped[uid][0], tid, {}, reason, label=label))
-            elif as_bool(current["enabled"], True):
+            elif enabled:
+                if params.removal_policy == DISABLE_THEN_DELETE:
+                    reason = f"{reason}; deleted after {params.delete_after_days} days unless the user is back"
                 changes.append(
                     Change(DISABLE, uid, mapped[uid][0], tid, {"Enabled": (True, False)}, reason, label=label)
                 )
+            elif params.removal_policy == DISABLE_THEN_DELETE and now is not None and uid in removal_since \
+                    and removal_since[uid] + params.grace <= pd.Timestamp(now):
+                since = removal_since[uid]
+                changes.append(Change(DELETE, uid, mapped[uid][0], tid, {},
+                                      f"{reason}; disabled since {since:%Y-%m-%d}, grace period of "
+                                      f"{params.delete_after_days} days over", label=label))
             continue
 
         if uid in managed:
@@ -207,11 +251,16 @@ def plan_extensions(
             diff: dict[str, tuple[object, object]] = {}
             for f in fields:
                 before = _norm(f, current[FIELD_COLUMNS[f]])
+                if want[f] is None and f in params.keep_on_empty:
+                    continue  # extensions.clear_on_empty: an emptied Graph value leaves 3CX's value
                 if before != want[f]:
                     diff[f] = (before, want[f])
             if diff:
                 reenable = diff.get("Enabled") == (False, True)
-                reason = "user re-enabled" if reenable else "fields changed"
+                reason = "fields changed"
+                if reenable:
+                    back = uid in removal_since and params.removal_policy == DISABLE_THEN_DELETE
+                    reason = "user back within the grace period, re-enabled" if back else "user re-enabled"
                 changes.append(Change(UPDATE, uid, mapped[uid][0], tid, diff, reason, label=label))
             continue
 

@@ -38,7 +38,10 @@ from sqlalchemy import (
     case,
     delete,
     exists,
+    false,
     func,
+    literal,
+    null,
     select,
     update,
 )
@@ -71,6 +74,7 @@ __all__ = [
     "assign_numbers",
     "changed_user_ids",
     "finish_run",
+    "grace_expired_user_ids",
     "load_frame",
     "load_plan",
     "mark_missing_deleted",
@@ -78,6 +82,7 @@ __all__ = [
     "merge_users",
     "pbx_row_from_xapi",
     "purge_expired_quarantine",
+    "reactivate_numbers",
     "release_number",
     "release_numbers",
     "replace_snapshot",
@@ -86,9 +91,13 @@ __all__ = [
     "set_plan_status",
     "set_plan_statuses",
     "set_scope",
+    "set_scope_details",
     "set_threecx_id",
     "set_threecx_ids",
+    "start_removal_clock",
     "start_run",
+    "stop_removal_clock",
+    "sync_removal_clock",
     "upsert",
     "user_row_from_graph",
 ]
@@ -251,10 +260,10 @@ def _insert_many(conn: Connection, table: Table, rows: Iterable[Mapping[str, Any
 
 
 @contextmanager
-def _temp_ids(conn: Connection, ids: Iterable[str]) -> Iterator[Table]:
+def _temp_ids(conn: Connection, ids: Iterable[str], name: str = "tmp_m365_3cx_ids") -> Iterator[Table]:
     """A temporary one-column table holding ``ids`` (dropped again on exit)."""
     tmp = Table(
-        "tmp_m365_3cx_ids",
+        name,
         MetaData(),
         Column("id", String(256), primary_key=True),
         prefixes=["TEMPORARY"],
@@ -499,6 +508,36 @@ def set_scope(conn: Connection, in_scope_ids: Collection[str] | None, run_key: s
     return entered + left
 
 
+def set_scope_details(conn: Connection, group_ids: Collection[str] | None, filter_ids: Collection[str] | None,
+                      protected_ids: Collection[str] | None, run_key: str, now: dt.datetime) -> int:
+    """Store why users are out of scope (``scope_miss``) and who is in the protected group.
+
+    ``scope_miss`` is ``"group"``, ``"filter"``, ``"group,filter"`` or NULL; only rows whose value
+    changes are written (no ``last_run_key``: ``in_scope`` itself is :func:`set_scope`'s). A user
+    whose ``protected_group`` flips gets ``last_run_key=run_key`` so the next plan looks at them.
+
+    :param group_ids: members of ``scope.group_id`` (``None``: no scope group).
+    :param filter_ids: users matching ``scope.user_filter`` (``None``: no filter).
+    :param protected_ids: members of ``scope.protected_group_id`` (``None``: no protected group).
+    :returns: rows whose protected-group membership flipped.
+    """
+    _require_aware(now)
+    with _temp_ids(conn, group_ids or (), "tmp_m365_3cx_scope_group") as g, \
+            _temp_ids(conn, filter_ids or (), "tmp_m365_3cx_scope_filter") as f, \
+            _temp_ids(conn, protected_ids or (), "tmp_m365_3cx_protected") as p:
+        g_miss = ~exists().where(g.c.id == stg_users.c.user_id) if group_ids is not None else false()
+        f_miss = ~exists().where(f.c.id == stg_users.c.user_id) if filter_ids is not None else false()
+        miss = case((and_(g_miss, f_miss), literal("group,filter")), (g_miss, literal("group")),
+                    (f_miss, literal("filter")), else_=null())
+        conn.execute(update(stg_users).where(stg_users.c.scope_miss.is_distinct_from(miss)).values(scope_miss=miss))
+        member = exists().where(p.c.id == stg_users.c.user_id) if protected_ids is not None else null()
+        flipped = conn.execute(
+            update(stg_users).where(stg_users.c.protected_group.is_distinct_from(member))
+            .values(protected_group=member, updated_at=now, last_run_key=run_key)
+        ).rowcount
+    return flipped
+
+
 def changed_user_ids(conn: Connection, run_key: str) -> set[str]:
     """Ids of the users written by ``run_key`` (merged, deleted or scope flipped)."""
     query = select(stg_users.c.user_id).where(stg_users.c.last_run_key == run_key)
@@ -710,6 +749,101 @@ def release_number(conn: Connection, user_id: str, now: dt.datetime) -> bool:
         .values(status="released", released_at=now)
     )
     return result.rowcount > 0
+
+
+def start_removal_clock(conn: Connection, user_ids: Iterable[str], now: dt.datetime) -> int:
+    """Record ``removal_since = now`` for mapped users whose extension was just disabled (kept when set).
+
+    :returns: rows written.
+    """
+    _require_aware(now)
+    count = 0
+    for batch in _chunks(sorted(set(user_ids))):
+        count += conn.execute(
+            update(extension_map)
+            .where(extension_map.c.user_id.in_(list(batch)), extension_map.c.removal_since.is_(None))
+            .values(removal_since=now)
+        ).rowcount
+    return count
+
+
+def stop_removal_clock(conn: Connection, user_ids: Iterable[str]) -> int:
+    """Clear ``removal_since`` (the user's extension was re-enabled or deleted).
+
+    :returns: rows written.
+    """
+    count = 0
+    for batch in _chunks(sorted(set(user_ids))):
+        count += conn.execute(
+            update(extension_map)
+            .where(extension_map.c.user_id.in_(list(batch)), extension_map.c.removal_since.is_not(None))
+            .values(removal_since=None)
+        ).rowcount
+    return count
+
+
+def sync_removal_clock(conn: Connection, now: dt.datetime) -> tuple[int, int]:
+    """Align ``removal_since`` with ``tgt_extensions`` and the 3CX snapshot (two set-based updates).
+
+    Started (``now``) for an active mapping of a removed, unprotected user whose extension 3CX
+    holds disabled (e.g. disabled before ``disable_then_delete`` was chosen, or by hand); cleared
+    for a user who is active again or protected, or whose extension 3CX holds enabled (the plan
+    re-disables it, and the clock starts again then).
+
+    :returns: ``(started, cleared)``.
+    """
+    _require_aware(now)
+    target = select(tgt_extensions.c.user_id).where(tgt_extensions.c.user_id == extension_map.c.user_id)
+    pbx = select(cur_extensions.c.threecx_id).where(cur_extensions.c.threecx_id == extension_map.c.threecx_id)
+    started = conn.execute(
+        update(extension_map)
+        .where(extension_map.c.status == "active", extension_map.c.removal_since.is_(None),
+               exists(target.where(tgt_extensions.c.state != "active", tgt_extensions.c.protection.is_(None))),
+               exists(pbx.where(cur_extensions.c.enabled.is_(False))))
+        .values(removal_since=now)
+    ).rowcount
+    cleared = conn.execute(
+        update(extension_map)
+        .where(extension_map.c.removal_since.is_not(None),
+               exists(target.where((tgt_extensions.c.state == "active") | tgt_extensions.c.protection.is_not(None)))
+               | exists(pbx.where(cur_extensions.c.enabled.is_(True))))
+        .values(removal_since=None)
+    ).rowcount
+    return started, cleared
+
+
+def grace_expired_user_ids(conn: Connection, delete_after_days: int, now: dt.datetime,
+                           since: dt.datetime | None = None) -> set[str]:
+    """Users whose extension has been disabled for ``delete_after_days`` or more (a range scan of
+    the ``removal_since`` index: the cheap check a delta run makes for ``disable_then_delete``).
+
+    :param since: only grace periods that ran out after this instant (a delta run passes the start
+        of the last applied run, so a delete that was already planned, e.g. rejected at approval,
+        is not asked for again every few minutes; the full sync passes ``None``).
+    """
+    _require_aware(now)
+    grace = dt.timedelta(days=delete_after_days)
+    query = select(extension_map.c.user_id).where(extension_map.c.removal_since <= now - grace,
+                                                  extension_map.c.status == "active")
+    if since is not None:
+        query = query.where(extension_map.c.removal_since > since - grace)
+    return set(conn.execute(query).scalars())
+
+
+def reactivate_numbers(conn: Connection, user_ids: Iterable[str]) -> int:
+    """Mark released mappings active again: their user's extension was re-created with the kept
+    number (the user came back within the quarantine).
+
+    :returns: rows written.
+    """
+    count = 0
+    for batch in _chunks(sorted(set(user_ids))):
+        count += conn.execute(
+            update(extension_map)
+            .where(extension_map.c.user_id.in_(list(batch)), extension_map.c.status == "released")
+            .values(status="active", released_at=None, removal_since=None)
+        ).rowcount
+    return count
 
 
 def purge_expired_quarantine(conn: Connection, quarantine_days: int, now: dt.datetime) -> int:

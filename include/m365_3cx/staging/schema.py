@@ -120,6 +120,10 @@ stg_users: Final = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("last_run_key", RUN_KEY),
     Column("row_hash", String(64), nullable=False),
+    # Scope detail, set with in_scope by repo.set_scope(): the scope settings that leave the user out
+    # ("group", "filter" or "group,filter"; NULL = none), and membership of scope.protected_group_id.
+    Column("scope_miss", String(32)),
+    Column("protected_group", Boolean),
     Index("ix_stg_users_last_run_key", "last_run_key"),
 )
 
@@ -142,7 +146,11 @@ extension_map: Final = Table(
     Column("assigned_at", UTCDateTime(), nullable=False),
     Column("released_at", UTCDateTime()),
     Column("adopted", Boolean, nullable=False, default=False),
+    # When the sync found the extension disabled for a removed user (removal_policy
+    # disable_then_delete deletes it delete_after_days later); NULL while the user is active.
+    Column("removal_since", UTCDateTime()),
     Index("ix_extension_map_threecx_id", "threecx_id"),
+    Index("ix_extension_map_removal_since", "removal_since"),
     Index("ix_extension_map_status", "status"),
 )
 
@@ -180,6 +188,8 @@ tgt_extensions: Final = Table(
     Column("removal_reason", String(32)),
     Column("run_key", RUN_KEY),
     Column("computed_at", UTCDateTime()),
+    # protected_upn | protected_group | opted_out: the sync never creates, changes or removes it.
+    Column("protection", String(32)),
 )
 
 sync_runs: Final = Table(

@@ -5,7 +5,9 @@ One row per staged user: the extension number (see
 them, and the user's ``state``: ``active``, or ``removed`` with a
 ``removal_reason`` (``deleted``, ``out_of_scope`` or ``disabled``). Removed
 rows keep their values with ``enabled`` false; the plan decides what removal
-means under the removal policy.
+means under the removal policy. A protected or opted-out user's row carries its
+``protection``: no number is allocated for it, the plan never touches its extension and
+an info note says so once per run.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from typing import Any
 import pandas as pd
 
 from m365_3cx.sanitize import Cleaned, clean_name, utf16_length
-from m365_3cx.transform.notes import WARNING, Note, user_note
+from m365_3cx.transform.notes import INFO, WARNING, Note, user_note
 from m365_3cx.transform.numbering import NumberingPolicy, allocate_numbers
 from m365_3cx.transform.phones import to_e164
-from m365_3cx.transform.scope import ACTIVE, user_states
+from m365_3cx.transform.scope import ACTIVE, ProtectionParams, protection_message, protections, user_states
 from m365_3cx.transform.values import as_list, ensure_columns, text
 
 # 3CX field limits. The XAPI swagger (3CX V20 Update 10, ``Pbx.User``) declares no ``maxLength`` for
@@ -44,6 +46,7 @@ DESIRED_COLUMNS = [
     "enabled",
     "state",
     "removal_reason",
+    "protection",
 ]
 """Columns of the desired frame (``tgt_extensions`` without ``run_key``/``computed_at``)."""
 
@@ -63,6 +66,7 @@ USER_COLUMNS = [
     "in_scope",
     "deleted",
     "first_seen_at",
+    "protected_group",
 ]
 
 
@@ -74,12 +78,14 @@ class ExtensionParams:
     :param default_region: region for phone numbers of users without ``usageLocation``.
     :param manage_outbound_caller_id: derive ``outbound_caller_id`` from ``businessPhones[0]``.
     :param include_guests: guests (``userType == "Guest"``) are in scope.
+    :param protection: protected users and the opt-out attribute.
     """
 
     numbering: NumberingPolicy = field(default_factory=NumberingPolicy)
     default_region: str = "US"
     manage_outbound_caller_id: bool = False
     include_guests: bool = False
+    protection: ProtectionParams = field(default_factory=ProtectionParams)
 
     @classmethod
     def from_settings(cls, settings: Any) -> ExtensionParams:
@@ -94,6 +100,7 @@ class ExtensionParams:
             default_region=str(settings.extensions.default_region),
             manage_outbound_caller_id=bool(settings.extensions.manage_outbound_caller_id),
             include_guests=bool(settings.scope.include_guests),
+            protection=ProtectionParams.from_settings(settings),
         )
 
 
@@ -188,7 +195,9 @@ def desired_extensions(
     """
     u = ensure_columns(users, USER_COLUMNS).reset_index(drop=True)
     states = user_states(u, include_guests=params.include_guests)
-    is_active = (states["state"] == ACTIVE).to_numpy()
+    protection = protections(u, params.protection)
+    # a protected user's extension is left alone: no number, no name/phone notes
+    is_active = ((states["state"] == ACTIVE) & protection.isna()).to_numpy()
     user_ids: list[str] = [text(v) or "" for v in u["user_id"]]
     active_ids = {uid for uid, act in zip(user_ids, is_active, strict=True) if act and uid}
 
@@ -196,6 +205,10 @@ def desired_extensions(
     notes: list[Note] = list(allocation.notes)
 
     labels = [text(upn) or uid for upn, uid in zip(u["user_principal_name"], user_ids, strict=True)]
+    for i, reason in enumerate(protection):
+        if reason is not None and user_ids[i]:
+            notes.append(user_note(user_ids[i], labels[i], "scope", protection_message(reason, params.protection)
+                                   + "; its extension is not created, changed or removed", INFO))
     first: list[str | None] = []
     last: list[str | None] = []
     sources = zip(u["given_name"], u["surname"], u["display_name"], u["user_principal_name"], strict=True)
@@ -264,9 +277,10 @@ def desired_extensions(
             "email": pd.Series(email, dtype=object),
             "mobile": pd.Series(mobiles, dtype=object),
             "outbound_caller_id": pd.Series(callers, dtype=object),
-            "enabled": pd.Series(is_active, dtype=bool),
+            "enabled": pd.Series((states["state"] == ACTIVE).to_numpy(), dtype=bool),
             "state": pd.Series(states["state"].to_list(), dtype=object),
             "removal_reason": pd.Series(states["removal_reason"].to_list(), dtype=object),
+            "protection": pd.Series(protection.to_list(), dtype=object),
         },
         columns=DESIRED_COLUMNS,
     )

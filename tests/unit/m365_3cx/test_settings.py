@@ -122,6 +122,18 @@ def test_all_problems_reported_at_once() -> None:
         ({"presence": {"window_days_back": 0, "window_days_ahead": 0}}, "the calendar window must not be empty"),
         ({"presence": {"store_subjects": "yes"}}, "presence.store_subjects: must be true or false"),
         ({"presence": {"shard_size": 0}}, "presence.shard_size: must be >= 1"),
+        ({"extensions": {"delete_after_days": 0}}, "extensions.delete_after_days: must be >= 1"),
+        ({"extensions": {"delete_after_days": "30"}}, "extensions.delete_after_days: must be an integer"),
+        ({"extensions": {"clear_on_empty": {"Enabled": False}}}, "extensions.clear_on_empty: unknown field 'Enabled'"),
+        ({"extensions": {"clear_on_empty": {"Mobile": "no"}}}, "extensions.clear_on_empty: Mobile must be true or"),
+        ({"extensions": {"clear_on_empty": ["Mobile"]}}, "extensions.clear_on_empty: must be an object"),
+        ({"scope": {"protected_upns": "boss@contoso.com"}}, "scope.protected_upns: must be a list of user principal"),
+        ({"scope": {"protected_upns": ["boss"]}}, "scope.protected_upns: must be a list of user principal"),
+        ({"scope": {"protected_group_id": ""}}, "scope.protected_group_id: must not be empty"),
+        ({"scope": {"opt_out_attribute": "department"}}, "scope.opt_out_attribute: must be one of"),
+        ({"scope": {"opt_out_value": " "}}, "scope.opt_out_value: must not be empty"),
+        ({"scope": {"opt_out_attribute": "extensionAttribute1"}, "numbering": {"policy": "attribute"}},
+         "scope.opt_out_attribute: must differ from numbering.attribute"),
     ],
 )
 def test_validation_rules(data: dict[str, Any], expected: str) -> None:
@@ -149,3 +161,21 @@ def test_adopt_existing_is_off_by_default_and_validated() -> None:
     assert Settings.from_mapping({"extensions": {"adopt_existing": "email"}}).extensions.adopt_existing == "email"
     with pytest.raises(ConfigError, match=r"extensions\.adopt_existing"):
         Settings.from_mapping({"extensions": {"adopt_existing": "name"}})
+
+
+def test_removal_protection_and_clear_on_empty_defaults_and_round_trip() -> None:
+    default = Settings()
+    assert default.extensions.delete_after_days == 30
+    assert dict(default.extensions.clear_on_empty) == {"FirstName": True, "LastName": True, "EmailAddress": True,
+                                                       "Mobile": True, "OutboundCallerID": True}
+    assert (default.scope.protected_upns, default.scope.protected_group_id, default.scope.opt_out_attribute) == (
+        (), None, None)
+    custom = Settings.from_mapping({
+        "extensions": {"removal_policy": "disable_then_delete", "delete_after_days": 14,
+                       "clear_on_empty": {"Mobile": False}},
+        "scope": {"protected_upns": [" CEO@Contoso.com", "ceo@contoso.com"], "protected_group_id": "g1",
+                  "opt_out_attribute": "extensionAttribute9", "opt_out_value": "skip"},
+    })
+    assert custom.extensions.clear_on_empty["Mobile"] is False and custom.extensions.clear_on_empty["FirstName"]
+    assert custom.scope.protected_upns == ("ceo@contoso.com",)
+    assert Settings.from_json(json.dumps(custom.to_dict())) == custom

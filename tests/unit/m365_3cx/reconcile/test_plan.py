@@ -273,3 +273,108 @@ def test_plan_rows() -> None:
             "status": "planned",
         }
     ]
+
+
+# ------------------------------------------------------------------ clear on empty (extensions.clear_on_empty)
+
+CLEARABLE = {"FirstName": "first_name", "LastName": "last_name", "EmailAddress": "email", "Mobile": "mobile",
+             "OutboundCallerID": "outbound_caller_id"}
+
+
+@pytest.mark.parametrize("fld", sorted(CLEARABLE))
+@pytest.mark.parametrize("clear", [True, False])
+def test_an_emptied_field_clears_3cx_only_when_clear_on_empty(fld: str, clear: bool) -> None:
+    column = CLEARABLE[fld]
+    params = PlanParams(manage_outbound_caller_id=True, keep_on_empty=frozenset() if clear else frozenset({fld}))
+    current = ext(1, "200", "a", outbound_caller_id="+16502530001")
+    result = plan([want("a", "200", **{"outbound_caller_id": "+16502530001", column: None})],
+                  [("a", "200", 1)], [current], params)
+    if clear:
+        assert [(c.action, c.fields) for c in result.changes] == [("update", {fld: (current[column], None)})]
+    else:
+        assert result.changes == []
+
+
+@pytest.mark.parametrize("fld", sorted(CLEARABLE))
+def test_keep_on_empty_still_writes_a_new_value(fld: str) -> None:
+    column = CLEARABLE[fld]
+    params = PlanParams(manage_outbound_caller_id=True, keep_on_empty=frozenset(CLEARABLE))
+    value = "+16502539999" if fld in ("Mobile", "OutboundCallerID") else "new@contoso.example" \
+        if fld == "EmailAddress" else "New"
+    result = plan([want("a", "200", **{"outbound_caller_id": "+16502530001", column: value})],
+                  [("a", "200", 1)], [ext(1, "200", "a", outbound_caller_id="+16502530001")], params)
+    assert [c.fields for c in result.changes] == [{fld: (ext(1, "200", "a", outbound_caller_id="+16502530001")
+                                                         [column], value)}]
+
+
+def test_clear_on_empty_settings_become_keep_on_empty() -> None:
+    from m365_3cx.settings import Settings
+
+    settings = Settings.from_mapping({"extensions": {"clear_on_empty": {"Mobile": False, "LastName": False}}})
+    assert PlanParams.from_settings(settings).keep_on_empty == frozenset({"Mobile", "LastName"})
+    assert PlanParams.from_settings(Settings()).keep_on_empty == frozenset()
+    with pytest.raises(ConfigError, match="clear_on_empty"):
+        PlanParams(keep_on_empty=frozenset({"Enabled"}))
+
+
+# ------------------------------------------------------------------ disable_then_delete
+
+GRACE = PlanParams(removal_policy="disable_then_delete", delete_after_days=30)
+NOW = pd.Timestamp("2026-03-01T12:00:00Z")
+
+
+def grace_frames(since: pd.Timestamp | None, enabled: bool, desired: dict[str, Any]):
+    d, m, p = frames([desired], [("a", "200", 1)], [ext(1, "200", "a", enabled=enabled)])
+    m["removal_since"] = [since]
+    return d, m, p
+
+
+def test_disable_then_delete_disables_at_once_and_says_when_it_deletes() -> None:
+    result = plan_extensions(*grace_frames(None, True, gone("a", "200", "deleted")), GRACE, now=NOW)
+    assert [(c.action, c.fields, c.reason) for c in result.changes] == [
+        ("disable", {"Enabled": (True, False)}, "user deleted; deleted after 30 days unless the user is back")]
+
+
+@pytest.mark.parametrize(("days_ago", "action"), [(29, None), (30, "delete"), (45, "delete")])
+def test_disable_then_delete_deletes_once_the_grace_period_is_over(days_ago: int, action: str | None) -> None:
+    since = NOW - pd.Timedelta(days=days_ago)
+    result = plan_extensions(*grace_frames(since, False, gone("a", "200", "out_of_scope")), GRACE, now=NOW)
+    assert [c.action for c in result.changes] == ([action] if action else [])
+    if action:
+        change = result.changes[0]
+        assert (change.threecx_id, change.number, change.fields) == (1, "200", {})
+        assert "grace period of 30 days over" in change.reason and since.strftime("%Y-%m-%d") in change.reason
+
+
+def test_disable_then_delete_without_now_or_clock_never_deletes() -> None:
+    old = NOW - pd.Timedelta(days=90)
+    assert plan_extensions(*grace_frames(old, False, gone("a", "200")), GRACE).changes == []
+    assert plan_extensions(*grace_frames(None, False, gone("a", "200")), GRACE, now=NOW).changes == []
+    # the plain disable policy never deletes, however long the extension has been disabled
+    assert plan_extensions(*grace_frames(old, False, gone("a", "200")), DISABLE, now=NOW).changes == []
+
+
+def test_a_user_back_within_the_grace_period_is_re_enabled_with_the_same_extension() -> None:
+    since = NOW - pd.Timedelta(days=10)
+    result = plan_extensions(*grace_frames(since, False, want("a", "200")), GRACE, now=NOW)
+    assert [(c.action, c.threecx_id, c.number, c.fields, c.reason) for c in result.changes] == [
+        ("update", 1, "200", {"Enabled": (False, True)}, "user back within the grace period, re-enabled")]
+
+
+def test_delete_after_days_is_validated() -> None:
+    with pytest.raises(ConfigError, match="delete_after_days"):
+        PlanParams(removal_policy="disable_then_delete", delete_after_days=0)
+
+
+# ------------------------------------------------------------------ protected users
+
+
+@pytest.mark.parametrize("protection", ["protected_upn", "protected_group", "opted_out"])
+def test_a_protected_user_is_never_created_changed_or_removed(protection: str) -> None:
+    desired = [want("new", "201", protection=protection),
+               want("changed", "202", first_name="Other", protection=protection),
+               gone("removed", "203", "deleted") | {"protection": protection}]
+    maps = [("changed", "202", 2), ("removed", "203", 3)]
+    exts = [ext(2, "202", "changed"), ext(3, "203", "removed")]
+    for params in (DISABLE, DELETE, GRACE):
+        assert plan(desired, maps, exts, params, now=NOW).changes == []

@@ -473,3 +473,74 @@ def test_load_plan(engine: Engine) -> None:
         assert plan[1]["changes"] == {"Mobile": [None, "+1"]} and plan[1]["object_key"] == "u2"
         assert [p["seq"] for p in repo.load_plan(conn, "k", {"planned"})] == [2]
         assert repo.load_plan(conn, "other") == []
+
+
+# ------------------------------------------------------------------ scope details and the removal clock
+
+
+def test_set_scope_details_records_why_and_protected_group_flips(engine: Engine) -> None:
+    with engine.begin() as conn:
+        repo.merge_users(conn, rows(1, 2, 3, 4), "r1", T0)
+        flipped = repo.set_scope_details(conn, {uid(1), uid(2)}, {uid(1), uid(3)}, {uid(4)}, "r2", T1)
+        got = {r.user_id: (r.scope_miss, r.protected_group, r.last_run_key) for r in conn.execute(
+            select(stg_users.c.user_id, stg_users.c.scope_miss, stg_users.c.protected_group,
+                   stg_users.c.last_run_key))}
+    assert flipped == 4  # NULL -> true/false for everyone
+    assert got == {uid(1): (None, False, "r2"), uid(2): ("filter", False, "r2"), uid(3): ("group", False, "r2"),
+                   uid(4): ("group,filter", True, "r2")}
+    with engine.begin() as conn:
+        # unchanged membership writes nothing; no group or filter set clears the detail
+        assert repo.set_scope_details(conn, {uid(1), uid(2)}, {uid(1), uid(3)}, {uid(4)}, "r3", T1) == 0
+        assert repo.set_scope_details(conn, None, None, None, "r4", T1) == 4
+        got = {r.user_id: (r.scope_miss, r.protected_group) for r in conn.execute(
+            select(stg_users.c.user_id, stg_users.c.scope_miss, stg_users.c.protected_group))}
+    assert set(got.values()) == {(None, None)}
+
+
+def _clock_setup(conn: Any) -> None:
+    repo.merge_users(conn, rows(1, 2, 3, 4), "r1", T0)
+    repo.assign_numbers(conn, [{"user_id": uid(i), "number": str(200 + i), "threecx_id": i} for i in (1, 2, 3, 4)],
+                        T0)
+    repo.replace_snapshot(conn, [{"threecx_id": i, "number": str(200 + i), "enabled": i != 1} for i in (1, 2, 3, 4)]
+                          + [{"threecx_id": 9, "number": "209", "enabled": False}], "r1", T0)
+    repo.replace_targets(conn, [
+        {"user_id": uid(1), "number": "201", "state": "removed", "removal_reason": "deleted", "protection": None},
+        {"user_id": uid(2), "number": "202", "state": "removed", "removal_reason": "deleted", "protection": None},
+        {"user_id": uid(3), "number": "203", "state": "active", "removal_reason": None, "protection": None},
+        {"user_id": uid(4), "number": "204", "state": "removed", "removal_reason": None, "protection": "opted_out"},
+    ], "r1", T0)
+
+
+def _since(conn: Any) -> dict[str, Any]:
+    return dict(conn.execute(select(extension_map.c.user_id, extension_map.c.removal_since)).all())
+
+
+def test_removal_clock_starts_on_disable_and_stops_on_return(engine: Engine) -> None:
+    with engine.begin() as conn:
+        _clock_setup(conn)
+        # user 1: removed, extension already disabled -> clock starts; user 2 still enabled in 3CX,
+        # user 3 active, user 4 protected -> no clock
+        assert repo.sync_removal_clock(conn, T1) == (1, 0)
+        assert _since(conn) == {uid(1): T1, uid(2): None, uid(3): None, uid(4): None}
+        assert repo.start_removal_clock(conn, [uid(1), uid(2)], T1 + dt.timedelta(hours=1)) == 1  # 1 is kept
+        assert repo.grace_expired_user_ids(conn, 30, T1 + dt.timedelta(days=30)) == {uid(1)}
+        assert repo.grace_expired_user_ids(conn, 30, T1 + dt.timedelta(days=30, hours=1)) == {uid(1), uid(2)}
+        assert repo.grace_expired_user_ids(conn, 30, T1 + dt.timedelta(days=29)) == set()
+        # since: only periods that ran out after the last applied run started
+        later = T1 + dt.timedelta(days=31)
+        assert repo.grace_expired_user_ids(conn, 30, later, since=T1 + dt.timedelta(days=30, minutes=30)) \
+            == {uid(2)}
+        assert repo.stop_removal_clock(conn, [uid(2)]) == 1
+        conn.execute(extension_map.update().values(removal_since=T1))
+        # user 2's extension is enabled in 3CX, user 3 active, user 4 protected -> cleared; user 1 stays
+        assert repo.sync_removal_clock(conn, T1) == (0, 3)
+        assert _since(conn)[uid(1)] == T1
+
+
+def test_reactivate_numbers_brings_a_released_mapping_back(engine: Engine) -> None:
+    with engine.begin() as conn:
+        _clock_setup(conn)
+        repo.release_numbers(conn, [uid(1)], T1)
+        assert repo.reactivate_numbers(conn, [uid(1), uid(2)]) == 1
+        row = conn.execute(select(extension_map).where(extension_map.c.user_id == uid(1))).mappings().one()
+    assert (row["status"], row["released_at"], row["number"]) == ("active", None, "201")

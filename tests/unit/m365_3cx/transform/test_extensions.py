@@ -62,6 +62,7 @@ def test_columns_and_active_row() -> None:
         "enabled": True,
         "state": "active",
         "removal_reason": None,
+        "protection": None,
     }
     assert result.new_assignments[0]["number"] == "200"
     assert result.notes == []
@@ -274,3 +275,21 @@ def test_overlong_mail_is_left_out_with_a_note() -> None:
     result = run(user("a", mail="a" * 250 + "@x.example"))
     assert _emails(result) == {"a": None}
     assert [n.field for n in result.notes] == ["mail"] and "254" in result.notes[0].message
+
+
+def test_protected_users_get_no_number_and_one_info_note_each() -> None:
+    from m365_3cx.transform.scope import ProtectionParams
+
+    params = ExtensionParams(protection=ProtectionParams(upns=frozenset({"p@contoso.example"}),
+                                                         opt_out_attribute="extensionAttribute5"))
+    result = run(user("p", user_principal_name="P@contoso.example"),
+                 user("o", extension_attributes={"extensionAttribute5": "No-3CX-Sync"}),
+                 user("n"), params=params)
+    rows = {r["user_id"]: r for r in result.frame.to_dict("records")}
+    assert (rows["p"]["protection"], rows["o"]["protection"], rows["n"]["protection"]) == \
+        ("protected_upn", "opted_out", None)
+    assert rows["p"]["number"] is None and rows["o"]["number"] is None and rows["n"]["number"] == "200"
+    assert [a["user_id"] for a in result.new_assignments] == ["n"]
+    info = [(n.object_key, n.severity) for n in result.notes]
+    assert info == [("p", "info"), ("o", "info")]
+    assert "scope.protected_upns" in result.notes[0].message
