@@ -33,6 +33,7 @@ __all__ = [
     "LogSettings",
     "NumberingSettings",
     "PresenceSettings",
+    "PushSettings",
     "RetentionSettings",
     "ScopeSettings",
     "Settings",
@@ -271,6 +272,23 @@ class PresenceSettings:
     shard_size: int = 200
 
 
+@dataclass(frozen=True)
+class PushSettings:
+    """Graph change notifications (push): seconds instead of the delta interval.
+
+    :param enabled: keep Graph subscriptions and let notifications trigger the ``m365_3cx_push`` DAG.
+    :param notification_url: public HTTPS URL of the receiver's ``/notifications`` route (through
+        the reverse proxy in front of the Airflow api-server).
+    :param lifecycle_url: public HTTPS URL of the receiver's ``/lifecycle`` route.
+    :param renew_margin_minutes: renew a subscription when it expires within this many minutes.
+    """
+
+    enabled: bool = False
+    notification_url: str | None = None
+    lifecycle_url: str | None = None
+    renew_margin_minutes: int = 360
+
+
 # --------------------------------------------------------------------------- validators
 
 
@@ -342,6 +360,13 @@ def _float(minimum: float, maximum: float) -> Callable[[object], float]:
         return float(value)
 
     return _check
+
+
+def _https_url(value: object) -> str:
+    text = _str(value).strip()
+    if not text.lower().startswith("https://") or len(text) > 2000 or any(c.isspace() for c in text):
+        raise _Invalid(f"must be an https:// URL, got {text[:80]!r}")
+    return text
 
 
 def _addresses(value: object) -> tuple[str, ...]:
@@ -485,6 +510,15 @@ _SECTIONS: Final[dict[str, tuple[type, dict[str, Callable[[object], Any]]]]] = {
             "shard_size": _int(1, 5000),
         },
     ),
+    "push": (
+        PushSettings,
+        {
+            "enabled": _bool,
+            "notification_url": _optional(_https_url),
+            "lifecycle_url": _optional(_https_url),
+            "renew_margin_minutes": _int(15, 2880),
+        },
+    ),
 }
 
 
@@ -574,6 +608,7 @@ class Settings:
     :param retention: :class:`RetentionSettings`.
     :param logs: :class:`LogSettings`.
     :param threecx: :class:`ThreeCXSettings`.
+    :param push: :class:`PushSettings`.
     """
 
     scope: ScopeSettings = field(default_factory=ScopeSettings)
@@ -587,6 +622,7 @@ class Settings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     logs: LogSettings = field(default_factory=LogSettings)
     threecx: ThreeCXSettings = field(default_factory=ThreeCXSettings)
+    push: PushSettings = field(default_factory=PushSettings)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> Settings:
@@ -626,6 +662,9 @@ class Settings:
             problems.append(f"scope.opt_out_attribute: must differ from numbering.attribute "
                             f"({numbering.attribute} holds the extension numbers)")
         presence: PresenceSettings = sections["presence"]
+        push: PushSettings = sections["push"]
+        if push.enabled and not (push.notification_url and push.lifecycle_url):
+            problems.append("push.enabled: needs push.notification_url and push.lifecycle_url")
         if presence.window_days_back + presence.window_days_ahead == 0:
             problems.append("presence.window_days_ahead: the calendar window must not be empty")
 
@@ -663,7 +702,7 @@ class Settings:
         """Return the settings as a JSON-serialisable dict (round-trips through :meth:`from_mapping`)."""
         result: dict[str, Any] = {}
         for name in ("scope", "numbering", "extensions", "guards", "alerts", "timezone", "contacts", "presence",
-                     "retention", "logs", "threecx"):
+                     "retention", "logs", "threecx", "push"):
             value = getattr(self, name)
             if isinstance(value, str):
                 result[name] = value

@@ -9,11 +9,13 @@ import pytest
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 EXPECTED = {"m365_3cx_full_sync", "m365_3cx_delta", "m365_3cx_hourly", "m365_3cx_watchdog", "m365_3cx_maintenance",
-            "m365_3cx_go_live"}
+            "m365_3cx_go_live", "m365_3cx_push", "m365_3cx_subscriptions"}
 #: Housekeeping DAGs: no trigger form, no Graph or 3CX calls.
 MAINTENANCE = {"m365_3cx_watchdog", "m365_3cx_maintenance"}
 #: DAGs that are not syncs (no trigger form of the sync, no extension tasks), manual only.
 CONTROL_DAGS = {"m365_3cx_go_live"}
+#: DAGs that keep Graph subscriptions (Graph calls only, no trigger form of the sync).
+SUBSCRIPTION_DAGS = {"m365_3cx_subscriptions"}
 #: DAGs without the users -> extensions tasks (checked by test_presence_tasks_run_in_pools).
 PRESENCE_ONLY = {"m365_3cx_hourly"}
 
@@ -48,7 +50,7 @@ def test_dag_level_policy(dagbag) -> None:
         if dag.dag_id in CONTROL_DAGS:
             assert type(dag.timetable).__name__ == "NullTimetable", dag.dag_id  # manual only
             continue
-        if dag.dag_id not in MAINTENANCE:
+        if dag.dag_id not in MAINTENANCE | SUBSCRIPTION_DAGS:
             assert {"dry_run", "full_resync", "only_users", "allow_mass_removal"} <= set(dag.params.keys()), dag.dag_id
 
 
@@ -64,6 +66,9 @@ def test_task_level_policy(dagbag) -> None:
 def test_external_calls_run_in_pools(dagbag) -> None:
     for dag in _dags(dagbag):
         pools = {task.task_id: task.pool for task in dag.tasks}
+        if dag.dag_id in SUBSCRIPTION_DAGS:
+            assert pools["reconcile_subscriptions"] == "graph_api", dag.dag_id
+            continue
         if dag.dag_id in PRESENCE_ONLY | MAINTENANCE | CONTROL_DAGS:
             continue
         assert pools["extract_users"] == "graph_api", dag.dag_id
@@ -72,7 +77,7 @@ def test_external_calls_run_in_pools(dagbag) -> None:
 
 
 def test_presence_tasks_run_in_pools(dagbag) -> None:
-    for dag_id in ("m365_3cx_hourly", "m365_3cx_delta"):
+    for dag_id in ("m365_3cx_hourly", "m365_3cx_delta", "m365_3cx_push"):
         dag = dagbag.dags[dag_id]
         pools = {task.task_id: task.pool for task in dag.tasks}
         assert pools["presence_refresh.extract_calendars"] == "graph_api", dag_id
@@ -90,7 +95,7 @@ def test_pipeline_order(dagbag) -> None:
 
 def test_apply_steps_run_after_an_approval_or_its_skip(dagbag) -> None:
     """Each apply step follows its plan and its approval task, and still runs when the approval is skipped."""
-    for dag_id in ("m365_3cx_full_sync", "m365_3cx_delta"):
+    for dag_id in ("m365_3cx_full_sync", "m365_3cx_delta", "m365_3cx_push"):
         dag = dagbag.dags[dag_id]
         for plan, approve, apply in (
             ("plan_extensions", "approve_extension_removals", "apply_extensions"),

@@ -51,14 +51,17 @@ def _effective_mode(context: Any, mode: str) -> str:
     return "full" if params.get("full_resync") else mode
 
 
-def run_contact_shards(mode: str) -> list[dict[str, Any]]:
-    """Shard descriptors of the eligible users (at least one, so cleanup still runs)."""
+def run_contact_shards(mode: str, push: bool = False) -> list[dict[str, Any]]:
+    """Shard descriptors of the eligible users (at least one, so cleanup still runs).
+
+    :param push: a push run: one shard of the mailboxes its notifications name.
+    """
     from m365_3cx.pipeline.contacts import contact_shards
 
     settings = load_settings()
     on_demand = bool(on_demand_entries(get_current_context()))
     with fatal_errors_fail_the_task(), staging_engine() as engine:
-        return contact_shards(engine, settings, on_demand=on_demand)
+        return contact_shards(engine, settings, on_demand=on_demand, push=push and not on_demand)
 
 
 def run_extract_contacts(mode: str, shard: dict[str, Any]) -> dict[str, Any]:
@@ -157,17 +160,18 @@ def run_apply_phonebook(mode: str) -> dict[str, int]:
 
 
 @task_group(group_id="contacts", tooltip="Outlook contacts -> 3CX company phonebook")
-def contacts_sync(mode: str) -> None:
+def contacts_sync(mode: str, push: bool = False) -> None:
     """Build the contacts task group for a DAG running in ``mode`` (``full`` or ``delta``).
 
     Use as ``extracted >> contacts_sync(MODE) >> finished``.
 
     :param mode: ``full`` (initial delta rounds, set-difference deletes) or ``delta``.
+    :param push: the event-driven DAG: read only the mailboxes its change notifications name.
     """
 
     @task
     def contact_shards() -> list[dict[str, Any]]:
-        return run_contact_shards(mode)
+        return run_contact_shards(mode, push)
 
     @task(pool=GRAPH_POOL, outlets=[STG_CONTACTS], map_index_template="{{ shard_label }}")
     def extract_contacts(shard: dict[str, Any]) -> dict[str, Any]:

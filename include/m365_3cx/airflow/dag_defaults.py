@@ -10,7 +10,7 @@ import os
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import Asset, Param
+from airflow.sdk import Asset, AssetWatcher, Param
 
 from m365_3cx.airflow.alerts import record_task_failure
 
@@ -24,6 +24,9 @@ HOURLY_CRON = os.environ.get("M365_3CX_HOURLY_CRON", "5 * * * *")
 DELTA_INTERVAL = timedelta(minutes=max(1, int(os.environ.get("M365_3CX_DELTA_MINUTES", "5"))))
 WATCHDOG_INTERVAL = timedelta(minutes=max(1, int(os.environ.get("M365_3CX_WATCHDOG_MINUTES", "10"))))
 MAINTENANCE_CRON = os.environ.get("M365_3CX_MAINTENANCE_CRON", "45 3 * * *")
+SUBSCRIPTIONS_INTERVAL = timedelta(minutes=max(5, int(os.environ.get("M365_3CX_SUBSCRIPTIONS_MINUTES", "15"))))
+#: How often the triggerer polls the push queue (seconds).
+PUSH_POLL_SECONDS = max(0.2, float(os.environ.get("M365_3CX_PUSH_POLL_SECONDS", "1")))
 
 STG_USERS = Asset(name="stg_users", uri="m365-3cx-staging://stg_users", group="m365_3cx_staging")
 TGT_EXTENSIONS = Asset(name="tgt_extensions", uri="m365-3cx-staging://tgt_extensions", group="m365_3cx_staging")
@@ -35,6 +38,19 @@ STG_EVENTS = Asset(name="stg_events", uri="m365-3cx-staging://stg_events", group
 STG_AUTO_REPLIES = Asset(name="stg_auto_replies", uri="m365-3cx-staging://stg_auto_replies", group="m365_3cx_staging")
 TGT_PRESENCE = Asset(name="tgt_presence", uri="m365-3cx-staging://tgt_presence", group="m365_3cx_staging")
 THREECX_PRESENCE = Asset(name="threecx_presence", uri="m365-3cx-threecx://Users/CurrentProfileName", group="threecx")
+
+
+
+def _graph_changes() -> Asset:
+    from m365_3cx.airflow.push_trigger import PushQueueTrigger
+
+    watcher = AssetWatcher(name="push_queue_watcher", trigger=PushQueueTrigger(poll_seconds=PUSH_POLL_SECONDS))
+    return Asset(name="graph_change_notifications", uri="m365-3cx-staging://push_queue", group="m365_3cx_staging",
+                 watchers=[watcher])
+
+
+#: Graph change notifications queued by the receiver; the push DAG's schedule.
+GRAPH_CHANGES = _graph_changes()
 
 
 def default_args(execution_timeout: timedelta = timedelta(minutes=30)) -> dict[str, Any]:

@@ -47,15 +47,20 @@ _APPLY_MODE = "delta"
 
 
 
-def plan_calendar_shards_body() -> list[dict[str, Any]]:
-    """Shard descriptors of the managed users (empty when presence is disabled)."""
+def plan_calendar_shards_body(push: bool = False) -> list[dict[str, Any]]:
+    """Shard descriptors of the managed users (empty when presence is disabled).
+
+    :param push: a push run: one shard of the mailboxes its calendar notifications name.
+    """
     from m365_3cx.pipeline.presence import plan_shards
 
     context = get_current_context()
     settings = load_settings()
-    on_demand = run_info(context, _APPLY_MODE).run_key if on_demand_entries(context) else None
+    run_key = run_info(context, _APPLY_MODE).run_key
+    on_demand = run_key if on_demand_entries(context) else None
+    push_run = run_key if push and on_demand is None else None
     with fatal_errors_fail_the_task(), staging_engine() as engine:
-        return plan_shards(engine, settings, on_demand_run=on_demand)
+        return plan_shards(engine, settings, on_demand_run=on_demand, push_run=push_run)
 
 
 def extract_calendars_body(mode: str, shard: dict[str, Any]) -> dict[str, Any]:
@@ -111,16 +116,17 @@ def apply_presence_body() -> dict[str, Any]:
                               utcnow())
 
 
-def presence_refresh(mode: str) -> TaskGroup:
+def presence_refresh(mode: str, push: bool = False) -> TaskGroup:
     """TaskGroup ``presence_refresh``: shard the users, extract calendars per shard (mapped).
 
     :param mode: ``full`` (hourly window refresh + automatic replies) or ``delta`` (delta links).
+    :param push: the event-driven DAG: read only the calendars its change notifications name.
     """
     with TaskGroup(group_id="presence_refresh", tooltip="calendars and automatic replies -> staging") as group:
 
         @task(task_id="plan_calendar_shards", trigger_rule="none_failed")
         def plan_calendar_shards() -> list[dict[str, Any]]:
-            return plan_calendar_shards_body()
+            return plan_calendar_shards_body(push)
 
         @task(task_id="extract_calendars", pool=GRAPH_POOL, trigger_rule="none_failed",
               map_index_template="{{ shard_label }}", outlets=[STG_EVENTS, STG_AUTO_REPLIES])

@@ -77,6 +77,7 @@ class BatchRequest:
     :param headers: inner request headers (e.g. ``Prefer``).
     :param mailbox: the mailbox the request touches (a user id), for the per-mailbox limit;
         ``None`` for directory requests.
+    :param body: a JSON body (POST/PATCH); sent with ``Content-Type: application/json``.
     """
 
     id: str
@@ -84,12 +85,17 @@ class BatchRequest:
     method: str = "GET"
     headers: Mapping[str, str] = field(default_factory=dict)
     mailbox: str | None = None
+    body: Any = None
 
     def as_json(self) -> dict[str, Any]:
         """The request as the ``$batch`` body lists it."""
         item: dict[str, Any] = {"id": self.id, "method": self.method.upper(), "url": self.url}
-        if self.headers:
-            item["headers"] = dict(self.headers)
+        headers = dict(self.headers)
+        if self.body is not None:
+            item["body"] = self.body
+            headers.setdefault("Content-Type", "application/json")
+        if headers:
+            item["headers"] = headers
         return item
 
 

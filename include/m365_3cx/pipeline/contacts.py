@@ -43,6 +43,7 @@ from m365_3cx.pipeline.preview import log_plan_preview
 from m365_3cx.pipeline.users import SANITIZE_STEP
 from m365_3cx.staging import boundary, repo, trace
 from m365_3cx.staging import contacts as crepo
+from m365_3cx.staging import push as push_queue
 from m365_3cx.staging.schema import stg_contacts
 from m365_3cx.staging.state import DeltaStateStore
 from m365_3cx.transform.notes import ERROR, INFO, WARNING, Note, note_rows, user_note
@@ -277,6 +278,9 @@ def extract_contacts(
             on_demand = trace.on_demand_users(conn, run_key)
             users = crepo.users_by_ids(conn, on_demand, settings.scope.include_guests)
             mode = "full"
+        elif shard.get("push"):  # a push run: the delta of just the mailboxes Graph notified
+            users = crepo.users_by_ids(conn, push_queue.claimed_users(conn, run_key, "contacts"),
+                                       settings.scope.include_guests)
         else:
             users = crepo.shard_users(conn, shard.get("first"), shard.get("last"), settings.scope.include_guests)
     totals.counts["users"] = len(users)
@@ -539,15 +543,19 @@ class _RoundPage:
 # ----------------------------------------------------------------------------------- shards
 
 
-def contact_shards(engine: Engine, settings: Settings, *, on_demand: bool = False) -> list[dict[str, Any]]:
+def contact_shards(engine: Engine, settings: Settings, *, on_demand: bool = False,
+                   push: bool = False) -> list[dict[str, Any]]:
     """Shard descriptors for the mapped extract task (``settings.contacts.shard_size`` users each).
 
     :param on_demand: a provision-on-demand run: one shard of the run's own users.
+    :param push: a push run: one shard of the mailboxes its claimed notifications name.
     :return: ``[{"shard", "of", "first", "last"}]``; at least one (an empty shard when nobody is
         eligible or contacts are off, so downstream steps still clean up).
     """
     if on_demand:
         return [{"shard": 1, "of": 1, "first": None, "last": None, "on_demand": True}]
+    if push:
+        return [{"shard": 1, "of": 1, "first": None, "last": None, "push": True}]
     if settings.contacts.org_contacts:
         log.warning("contacts: org_contacts is not supported yet; organisational contacts are not read")
     with engine.connect() as conn:
@@ -560,6 +568,8 @@ def shard_label(shard: Mapping[str, Any]) -> str:
     """A readable name for a mapped task instance: ``3/10 a@x .. m@x``."""
     if shard.get("on_demand"):
         return "on demand (only_users)"
+    if shard.get("push"):
+        return "notified mailboxes"
     if shard.get("first") is None:
         return f"{shard.get('shard', 1)}/{shard.get('of', 1)} (no users)"
     return f"{shard.get('shard')}/{shard.get('of')} {shard.get('first')} .. {shard.get('last')}"

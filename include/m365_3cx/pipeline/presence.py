@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from m365_3cx.pipeline.outcomes import OPEN_STATUSES, record_outcomes
 from m365_3cx.pipeline.preview import log_plan_preview
 from m365_3cx.staging import presence as stage
+from m365_3cx.staging import push as push_queue
 from m365_3cx.staging import repo, trace
 from m365_3cx.staging.state import DeltaStateStore
 
@@ -37,11 +38,14 @@ EVENT_CHUNK = 1000
 STEP_COMPUTE = "presence_compute"
 
 
-def plan_shards(engine: Engine, settings: Settings, *, on_demand_run: str | None = None) -> list[dict[str, Any]]:
+def plan_shards(engine: Engine, settings: Settings, *, on_demand_run: str | None = None,
+                push_run: str | None = None) -> list[dict[str, Any]]:
     """Shard descriptors ``{"shard", "of", "first", "last"}`` (user-id ranges) of the managed users.
 
     :param on_demand_run: the run key of a provision-on-demand run: one shard of its managed users
         (``{"on_demand": true}``; the extract reads the users from the run's trace).
+    :param push_run: the run key of a push run: one shard of the managed mailboxes its claimed
+        calendar notifications name (``{"push": true}``), none when there are none.
     :return: no shards when presence is disabled or nobody is managed.
     """
     if not settings.presence.enabled:
@@ -54,6 +58,11 @@ def plan_shards(engine: Engine, settings: Settings, *, on_demand_run: str | None
             ids = [uid for uid in ids if uid in wanted]
             log.info("presence (on demand): %d of %d named users are managed", len(ids), len(wanted))
             return [{"shard": 1, "of": 1, "first": ids[0], "last": ids[-1], "on_demand": True}] if ids else []
+        if push_run is not None:
+            notified = push_queue.claimed_users(conn, push_run, "events")
+            ids = [uid for uid in ids if uid in notified]
+            log.info("presence (push): %d of %d notified mailboxes are managed", len(ids), len(notified))
+            return [{"shard": 1, "of": 1, "first": ids[0], "last": ids[-1], "push": True}] if ids else []
     size = settings.presence.shard_size
     chunks = [ids[i : i + size] for i in range(0, len(ids), size)]
     shards = [{"shard": n, "of": len(chunks), "first": chunk[0], "last": chunk[-1]}
@@ -66,6 +75,8 @@ def shard_label(shard: dict[str, Any]) -> str:
     """A short UI name of a shard: ``shard 2/5 (users 3fa8..-91c2..)``."""
     if shard.get("on_demand"):
         return "on demand (only_users)"
+    if shard.get("push"):
+        return "notified mailboxes"
     return f"shard {shard['shard']}/{shard['of']} (users {str(shard['first'])[:8]}..-{str(shard['last'])[:8]}..)"
 
 
@@ -104,6 +115,11 @@ def extract_calendars(
             wanted = trace.on_demand_users(conn, run_key)
             users = [u for u in stage.presence_users(conn, first=shard["first"], last=shard["last"])
                      if u.user_id in wanted]
+        elif shard.get("push"):  # a push run: the calendar delta of just the notified mailboxes
+            notified = push_queue.claimed_users(conn, run_key, "events")
+            users = [u for u in stage.presence_users(conn, first=shard["first"], last=shard["last"],
+                                                     with_mailbox_only=(mode == "delta"))
+                     if u.user_id in notified]
         else:
             users = stage.presence_users(conn, first=shard["first"], last=shard["last"],
                                          with_mailbox_only=(mode == "delta"))

@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 USERS_RESOURCE = "users"
 #: ``sync_notes.step`` of the sanitising boundary's notes (all extracts; replaced per record).
 SANITIZE_STEP = "sanitize"
-#: DAGs whose successful runs applied the users plan (the hourly presence DAG does not).
-USER_SYNC_DAGS = ("m365_3cx_full_sync", "m365_3cx_delta")
+#: DAGs whose successful runs applied the users plan (the hourly presence DAG does not). The push DAG
+#: runs the users delta and plan on every run, like the delta DAG.
+USER_SYNC_DAGS = ("m365_3cx_full_sync", "m365_3cx_delta", "m365_3cx_push")
 
 
 @dataclass(frozen=True)

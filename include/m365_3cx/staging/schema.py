@@ -526,6 +526,56 @@ feature_claim: Final = Table(
 )
 
 
+# ---------------------------------------------------------------- change notifications (m365_3cx/push)
+
+push_subscriptions: Final = Table(
+    "push_subscriptions",
+    metadata,
+    Column("subscription_id", String(64), primary_key=True),  # Graph's subscription id
+    Column("purpose", String(16), nullable=False),  # users | contacts | events
+    Column("user_id", USER_ID),  # the mailbox of a contacts/events subscription; NULL for users
+    Column("resource", String(400), nullable=False),
+    # SHA-256 (hex) of the random clientState sent at creation; the secret itself is never stored.
+    Column("client_state_sha256", String(64), nullable=False),
+    Column("tenant_id", String(64), nullable=False),
+    Column("status", String(24), nullable=False),  # active | reauthorize | removed | missing
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("renewed_at", UTCDateTime()),
+    Column("last_notification_at", UTCDateTime()),
+    Column("last_lifecycle_event", String(32)),
+    Column("last_lifecycle_at", UTCDateTime()),
+    Column("last_error", Text),  # the latest create/renew failure (no secret in it)
+    Index("ix_push_subscriptions_purpose_user", "purpose", "user_id"),
+)
+
+push_queue: Final = Table(
+    "push_queue",
+    metadata,
+    Column("id", _id(), primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),  # users | contacts | events: the delta to run
+    Column("user_id", USER_ID),  # the mailbox (contacts/events) or the changed user (users)
+    Column("subscription_id", String(64)),
+    Column("source", String(32), nullable=False),  # notification | missed | subscriptionRemoved | gap
+    Column("notification_id", String(200)),  # Graph's changeNotification.id (replay detection)
+    Column("received_at", UTCDateTime(), nullable=False),
+    Column("signalled_at", UTCDateTime()),  # when the AssetWatcher's trigger fired for it
+    Column("claimed_by", RUN_KEY),  # the push run working on it
+    Column("claimed_at", UTCDateTime()),
+    Column("done_at", UTCDateTime()),
+    Index("ix_push_queue_open", "done_at", "claimed_by"),
+    Index("ix_push_queue_notification", "notification_id"),
+)
+
+push_rejections: Final = Table(
+    "push_rejections",
+    metadata,
+    Column("reason", String(32), primary_key=True),  # bad_request | client_state | tenant | unknown | replay
+    Column("count", Integer, nullable=False),
+    Column("last_at", UTCDateTime(), nullable=False),
+)
+
+
 def current_schema_version(conn: Connection) -> int | None:
     """Return the highest recorded schema version, or ``None`` before :func:`create_schema`.
 

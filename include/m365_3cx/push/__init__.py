@@ -1,0 +1,1 @@
+"""Graph change notifications: the receiver's checks and the subscription lifecycle (no Airflow here)."""
