@@ -79,6 +79,8 @@ def get_subscription(sub_id: str, request: Request) -> JSONResponse:
         sub = _hub(request).get(sub_id)
     except UnknownSubscription:
         raise _not_found(sub_id) from None
+    except SubscriptionError as exc:
+        raise _graph_error(exc) from None
     return graph_json({"@odata.context": _context(request, True), **sub})
 
 
@@ -102,6 +104,8 @@ def delete_subscription(sub_id: str, request: Request) -> Response:
         _hub(request).delete(sub_id)
     except UnknownSubscription:
         raise _not_found(sub_id) from None
+    except SubscriptionError as exc:
+        raise _graph_error(exc) from None
     return Response(status_code=204)
 
 

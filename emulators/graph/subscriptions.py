@@ -46,12 +46,14 @@ LIFECYCLE_EVENTS = ("reauthorizationRequired", "subscriptionRemoved", "missed")
 OUTLOOK_ONLY_EVENTS = frozenset({"subscriptionRemoved", "missed"})
 """subscriptionRemoved and missed are sent for Outlook message/event/contact only."""
 PERMISSIONS: dict[str, frozenset[str]] = {
-    "users": frozenset({"User.Read.All", "User.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"}),
-    "contacts": frozenset({"Contacts.Read", "Contacts.ReadWrite"}),
-    "events": frozenset({"Calendars.Read", "Calendars.ReadWrite"}),
+    "users": frozenset({"User.Read.All", "Directory.Read.All"}),
+    "contacts": frozenset({"Contacts.Read"}),
+    "events": frozenset({"Calendars.Read"}),
 }
-"""Application permissions that allow a subscription per resource kind (least privileged first), from
-the permissions tables of api/subscription-post-subscriptions."""
+"""Application permissions that allow a subscription per resource kind: the permissions tables of
+api/subscription-post-subscriptions (User.Read.All, Contacts.Read, Calendars.Read; the page adds that
+"MS Graph Subscriptions will not be able to support write access permissions where only read access
+privileges are needed", so ReadWrite grants do not count). Directory.Read.All reads every user too."""
 DEFAULT_GRANTED = frozenset({"User.Read.All", "Contacts.Read", "Calendars.Read", "MailboxSettings.Read",
                              "GroupMember.Read.All"})
 """What the emulated app registration is consented to (the product's documented least privileges)."""
@@ -191,11 +193,13 @@ class Subscription:
     """Delivery paused until reauthorized (notifications meanwhile are lost, as Graph documents)."""
     stats: Stats = field(default_factory=Stats)
 
-    def public(self) -> dict[str, Any]:
-        """The ``microsoft.graph.subscription`` JSON."""
+    def public(self, *, with_client_state: bool = True) -> dict[str, Any]:
+        """The ``microsoft.graph.subscription`` JSON (List subscriptions leaves ``clientState`` null:
+        "the clientState property value is not returned for security purposes")."""
         return {
             "id": self.id, "resource": self.resource, "applicationId": self.application_id,
-            "changeType": ",".join(self.change_types), "clientState": self.client_state,
+            "changeType": ",".join(self.change_types),
+            "clientState": self.client_state if with_client_state else None,
             "notificationUrl": self.notification_url, "notificationQueryOptions": None,
             "lifecycleNotificationUrl": self.lifecycle_url, "expirationDateTime": graph_time(self.expires),
             "creatorId": self.creator_id, "includeResourceData": False,
@@ -480,9 +484,11 @@ class SubscriptionHub:
                        "query parameter.", "ValidationError")
 
     def get(self, sub_id: str) -> dict[str, Any]:
-        """:raises UnknownSubscription:"""
+        """:raises UnknownSubscription: :raises SubscriptionError: 403 without the resource's permission."""
         with self._cond:
-            return self._find(sub_id).public()
+            sub = self._find(sub_id)
+            self._check_permission(sub.target, "Get")
+            return sub.public()
 
     def _find(self, sub_id: str) -> Subscription:
         self._sweep_expired()
@@ -494,7 +500,7 @@ class SubscriptionHub:
     def list(self) -> list[dict[str, Any]]:
         with self._cond:
             self._sweep_expired()
-            return [s.public() for s in self._subs.values()]
+            return [s.public(with_client_state=False) for s in self._subs.values()]
 
     def update(self, sub_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Renew (``expirationDateTime``) and/or move (``notificationUrl``, validated again); reauthorizes.
@@ -536,9 +542,9 @@ class SubscriptionHub:
             sub.reauthorization_required = sub.blocked = False
 
     def delete(self, sub_id: str) -> None:
-        """:raises UnknownSubscription:"""
+        """:raises UnknownSubscription: :raises SubscriptionError: 403 without the resource's permission."""
         with self._cond:
-            self._find(sub_id)
+            self._check_permission(self._find(sub_id).target, "Delete")
             del self._subs[sub_id]
 
     # ------------------------------------------------------------ change feed (called by the tenant)

@@ -93,6 +93,7 @@ def test_create_runs_the_handshake_and_returns_the_subscription(graph: EmulatorH
     assert validation["content_type"].startswith("text/plain")
     listed = api.call("GET", "subscriptions").json()["value"]
     assert [s["id"] for s in listed] == [sub["id"]]
+    assert listed[0]["clientState"] is None  # "not returned for security purposes"
     assert api.call("GET", f"subscriptions/{sub['id']}").json()["expirationDateTime"] == sub["expirationDateTime"]
 
 
@@ -368,7 +369,10 @@ def test_missing_permission(graph: EmulatorHandle, hook: WebhookReceiver, api: A
     denied = api.create(f"users/{user['id']}/events", hook.url(), change="created")
     assert denied.status_code == 403 and denied.json()["error"]["code"] == "ExtensionError"
     assert api.call("POST", f"subscriptions/{sub['id']}/reauthorize").status_code == 403
+    assert api.call("GET", f"subscriptions/{sub['id']}").status_code == 403
     graph.admin("PUT", "/subscriptions/permissions", json={"granted": ["User.Read.All", "Contacts.ReadWrite"]})
+    assert api.call("POST", f"subscriptions/{sub['id']}/reauthorize").status_code == 403  # write != read
+    graph.admin("PUT", "/subscriptions/permissions", json={"granted": ["User.Read.All", "Contacts.Read"]})
     assert api.call("POST", f"subscriptions/{sub['id']}/reauthorize").status_code == 204
     assert api.create("users", hook.url()).status_code == 201
 
