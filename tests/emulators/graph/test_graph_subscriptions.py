@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +18,7 @@ from emulators.common.handle import EmulatorHandle
 from tests.emulators.graph.conftest import GraphCaller
 from tests.emulators.graph.webhook import WebhookReceiver
 
+ROOT = Path(__file__).resolve().parents[3]
 FAST = {"batch_window": 0.15, "retry_base": 0.1, "retry_max_backoff": 0.4, "max_attempts": 0,
         "retry_window": 4 * 3600, "delivery_timeout": 3.0, "validation_timeout": 10.0,
         "quota_users": 100, "quota_mailbox": 1000, "max_batch": 100}
@@ -546,3 +550,59 @@ def test_admin_rejects_bad_knobs(graph: EmulatorHandle, hook: WebhookReceiver) -
     missing = requests.post(f"{graph.base_url}/_emulator/subscriptions/nope/expire", verify=graph.ca_bundle,
                             timeout=10)
     assert missing.status_code == 404
+
+
+# ------------------------------------------------------------------ how the product calls it; the CLI
+
+def test_create_through_batch(graph: EmulatorHandle, hook: WebhookReceiver, api: Api) -> None:
+    users = [_user(graph, i) for i in range(3)]
+    def create(index: int, user: dict[str, Any]) -> dict[str, Any]:
+        body = {"changeType": "created,updated,deleted", "notificationUrl": hook.url(),
+                "resource": f"users/{user['id']}/contacts", "expirationDateTime": _in(4_000),
+                "clientState": f"state-{index}"}
+        return {"id": f"c-{index}", "method": "POST", "url": "/subscriptions",
+                "headers": {"Content-Type": "application/json"}, "body": body}
+
+    requests_ = [create(i, u) for i, u in enumerate(users)]
+    answer = api.call("POST", "$batch", json={"requests": requests_})
+    assert answer.status_code == 200
+    assert sorted(r["status"] for r in answer.json()["responses"]) == [201, 201, 201]
+    assert len(hook.validations) == 3
+    graph.admin("POST", f"/users/{users[2]['id']}/contacts", json={"displayName": "Via batch"})
+    [item] = hook.wait_for(1)
+    assert item["clientState"] == "state-2"
+
+
+def test_guest_without_mailbox(graph: EmulatorHandle, hook: WebhookReceiver, api: Api) -> None:
+    guest = next(u for u in graph.admin("GET", "/state").json()["users"] if u.get("userType") == "Guest")
+    response = api.create(f"users/{guest['id']}/events", hook.url(), change="created")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "MailboxNotEnabledForRESTAPI"
+    assert api.create(f"users/{guest['id']}", hook.url()).status_code == 201  # the directory user exists
+
+
+def test_cli_trusts_the_given_ca_bundle(tmp_path: Path, receiver: WebhookReceiver) -> None:
+    receiver.reset()
+    ca = tmp_path / "receiver-ca.pem"
+    ca.write_text(receiver.ca_pem)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emulators.graph", "--port", "0", "--tls-dir", str(tmp_path / "tls"), "--users", "5",
+         "--outgoing-ca-bundle", str(ca), "--delivery-batch-window", "0.05", "--delivery-retry-base", "0.1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        token = requests.post(f"{info['authority']}/oauth2/v2.0/token", verify=info["ca_bundle"], timeout=10, data={
+            "grant_type": "client_credentials", "client_id": info["client_id"], "client_secret": info["client_secret"],
+            "scope": "https://graph.microsoft.com/.default"}).json()["access_token"]
+        created = requests.post(f"{info['graph_url']}/v1.0/subscriptions", verify=info["ca_bundle"], timeout=30,
+                                headers={"Authorization": f"Bearer {token}", "Connection": "close"},
+                                json={"changeType": "updated", "notificationUrl": receiver.url("cli"),
+                                      "resource": "users", "expirationDateTime": _in(60)})
+        assert created.status_code == 201, created.text
+        settings = requests.get(f"{info['graph_url']}/_emulator/subscriptions", verify=info["ca_bundle"],
+                                timeout=10, headers={"Connection": "close"}).json()["config"]
+        assert settings["batch_window"] == 0.05 and settings["retry_base"] == 0.1
+        assert [v["path"] for v in receiver.validations] == ["/cli"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
