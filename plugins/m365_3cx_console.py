@@ -78,8 +78,10 @@ def _context() -> Any:
     if not settings.presence.enabled:
         disabled.add("statuses")
     stale = {f.name: int(getattr(settings.alerts, f.stale_setting, f.default_stale_minutes)) for f in FEATURES}
+    from m365_3cx.transform.scope import ScopeParams
+
     return Context(now=dt.datetime.now(dt.UTC), stale_minutes=stale, disabled=frozenset(disabled),
-                   chart_cache=_chart_cache)
+                   chart_cache=_chart_cache, scope=ScopeParams.from_settings(settings))
 
 
 def _ui_base(request: Request) -> str:

@@ -272,6 +272,34 @@ def get_user(key: str, request: Request) -> JSONResponse:
                        **query.project(user, select)})
 
 
+# ------------------------------------------------------------------ deleted items (what an admin restores)
+# learn.microsoft.com/graph/api/directory-deleteditems-list ("GET /directory/deletedItems/microsoft.graph.user")
+# and .../directory-deleteditems-restore ("POST /directory/deletedItems/{id}/restore": 200 with the restored
+# object; a user comes back in the next /users/delta round as created). Permissions are not modelled here
+# (Microsoft: User.DeleteRestore.All for users), as for the other directory routes.
+
+@router.get("/v1.0/directory/deletedItems/microsoft.graph.user")
+def deleted_users(request: Request) -> JSONResponse:
+    opts = _options(request, {"$select", "$top", "$count", "$skiptoken"})
+    select = _select(opts)
+    count = _count_requested(request, opts)
+    names = [*(select or query.DEFAULT_USER_SELECT), "deletedDateTime"]
+    items = [{"@odata.type": "#microsoft.graph.user", **query.project(u, names)}
+             for u in _backend(request).deleted_users()]
+    return _paged(request, items, opts, f"{_base(request)}/v1.0/$metadata#directory/deletedItems/microsoft.graph.user",
+                  count)
+
+
+@router.post("/v1.0/directory/deletedItems/{object_id}/restore")
+def restore_deleted_item(object_id: str, request: Request) -> JSONResponse:
+    try:
+        user = _backend(request).restore_user(object_id)
+    except NotFound:
+        raise errors.not_found(object_id) from None
+    return graph_json({"@odata.context": f"{_base(request)}/v1.0/$metadata#directoryObjects/$entity",
+                       "@odata.type": "#microsoft.graph.user", **query.project(user, None)})
+
+
 # ------------------------------------------------------------------ groups
 
 @router.get("/v1.0/groups/{group_id}")

@@ -278,6 +278,12 @@ class TenantBackend:
         with self._lock:
             return [copy.deepcopy(r.props) for r in self._active() if predicate is None or predicate(r.props)]
 
+    def deleted_users(self) -> list[dict[str, Any]]:
+        """Soft-deleted users (deleted items), each with its ``deletedDateTime``; deep copies."""
+        with self._lock:
+            gone = sorted((r for r in self._users.values() if r.deleted is not None), key=lambda r: r.seq)
+            return [{**copy.deepcopy(r.props), "deletedDateTime": r.deleted} for r in gone]
+
     def _find(self, key: str, *, include_deleted: bool = False) -> UserRecord:
         record = self._users.get(key)
         if record is None:

@@ -32,6 +32,9 @@ GRAPH_ROUTES: dict[str, str] = {
     "GET /v1.0/groups/{id}/transitiveMembers": "api/group-list-transitivemembers",
     "GET /v1.0/groups/{id}/transitiveMembers/microsoft.graph.user": "api/group-list-transitivemembers (cast)",
     "POST /v1.0/$batch": "concepts/json-batching",
+    # deleted items: the tests restore a user the way an admin does (the product never calls these)
+    "GET /v1.0/directory/deletedItems/microsoft.graph.user": "api/directory-deleteditems-list",
+    "POST /v1.0/directory/deletedItems/{id}/restore": "api/directory-deleteditems-restore",
     # Outlook contacts: delta is documented per folder only
     "GET /v1.0/users/{id}/contactFolders": "api/user-list-contactfolders",
     "GET /v1.0/users/{id}/contacts": "api/user-list-contacts",

@@ -32,12 +32,15 @@ class Context:
     :param disabled: features switched off in the settings (never stale).
     :param chart_cache: write counts of complete days, kept between requests (see
         :func:`~m365_3cx.console.queries.changes_per_day`).
+    :param scope: the scope settings a scope explanation quotes
+        (:class:`~m365_3cx.transform.scope.ScopeParams`; ``None`` = the defaults).
     """
 
     now: dt.datetime
     stale_minutes: Mapping[str, int] = field(default_factory=dict)
     disabled: frozenset[str] = frozenset()
     chart_cache: dict[str, dict[str, int]] | None = None
+    scope: Any = None
 
 
 Params = Mapping[str, str]
@@ -94,12 +97,17 @@ def plan(conn: Connection, p: Params, ctx: Context) -> dict[str, Any]:
 
 
 def users(conn: Connection, p: Params, ctx: Context) -> dict[str, Any]:
+    from m365_3cx.transform.scope import ScopeParams
+
     text = (p.get("q") or "").strip()
     matches = q.find_users(conn, text) if text else None
     user_id = p.get("id") or (matches[0]["user_id"] if matches and len(matches) == 1 else None)
     unknown = q.trace(conn, q.Page(1, 50), upn=text) if text and not matches else None
-    return {"matches": matches, "history": q.user_history(conn, user_id, _page(p)) if user_id else None,
-            "unknown_trace": unknown}
+    history = q.user_history(conn, user_id, _page(p)) if user_id else None
+    if history is not None:
+        history["scope"] = q.user_scope(conn, user_id, ctx.scope or ScopeParams())
+    protected = q.protected_users(conn, _page(p)) if not text and not user_id else None
+    return {"matches": matches, "history": history, "unknown_trace": unknown, "protected": protected}
 
 
 def notes(conn: Connection, p: Params, ctx: Context) -> dict[str, Any]:

@@ -45,9 +45,11 @@ __all__ = [
     "health",
     "notes",
     "pending_plan",
+    "protected_users",
     "run_detail",
     "runs",
     "user_history",
+    "user_scope",
     "writes_switch",
 ]
 
@@ -507,6 +509,42 @@ def find_users(conn: Connection, q: str, limit: int = 20) -> list[dict[str, Any]
     return [{"user_id": r["user_id"], "upn": r["user_principal_name"], "display_name": r["display_name"],
              "in_scope": bool(r["in_scope"]), "deleted": bool(r["deleted"]), "number": r["number"],
              "number_status": r["status"]} for r in rows]
+
+
+def user_scope(conn: Connection, user_id: str, params: Any) -> dict[str, Any] | None:
+    """Why one user is in or out of scope, from the staged row and the scope settings
+    (:func:`~m365_3cx.transform.scope.explain_scope`); ``None`` for a user not in staging.
+
+    :param params: a :class:`~m365_3cx.transform.scope.ScopeParams`.
+    :returns: ``{"verdict", "reasons": [{"code", "message"}], "desired_state", "protection"}`` — the
+        last two as the latest transform computed them (``None`` before any).
+    """
+    from m365_3cx.transform.scope import explain_scope
+
+    row = conn.execute(sa.select(stg_users).where(stg_users.c.user_id == user_id)).mappings().first()
+    if row is None:
+        return None
+    target = conn.execute(sa.select(tgt_extensions.c.state, tgt_extensions.c.protection)
+                          .where(tgt_extensions.c.user_id == user_id)).first()
+    return {**explain_scope(row, params).as_dict(), "desired_state": target[0] if target else None,
+            "protection": target[1] if target else None}
+
+
+def protected_users(conn: Connection, page: Page) -> dict[str, Any]:
+    """Users whose extension the sync leaves alone (protected or opted out), as the latest transform
+    decided, by UPN: ``user_id``, ``upn``, ``display_name``, ``protection``, ``number`` (or ``None``)."""
+    query = (
+        sa.select(tgt_extensions.c.user_id, tgt_extensions.c.protection, stg_users.c.user_principal_name,
+                  stg_users.c.display_name, extension_map.c.number)
+        .select_from(tgt_extensions.join(stg_users, stg_users.c.user_id == tgt_extensions.c.user_id)
+                     .outerjoin(extension_map, extension_map.c.user_id == tgt_extensions.c.user_id))
+        .where(tgt_extensions.c.protection.is_not(None))
+        .order_by(stg_users.c.user_principal_name, tgt_extensions.c.user_id)
+    )
+    result = page.wrap(conn.execute(page.apply(query)).mappings().all())
+    result["items"] = [{"user_id": r["user_id"], "upn": r["user_principal_name"], "display_name": r["display_name"],
+                        "protection": r["protection"], "number": r["number"]} for r in result["items"]]
+    return result
 
 
 def _base_run_key(col: sa.ColumnElement[str]) -> sa.ColumnElement[str]:

@@ -161,3 +161,22 @@ def test_any_unicode_name_is_stored_and_served_as_json(caller: Any, graph: Any) 
     assert mine["givenName"] == "Zero\u200bWidth\u202e" and mine["surname"] == "Nul\u0000Byte"
     delta = caller.get("/v1.0/users/delta?$select=displayName")
     assert delta.status_code == 200
+
+
+def test_deleted_items_list_and_restore_as_graph_documents_them(caller: Any, graph: Any) -> None:
+    user = caller.get("/v1.0/users?$top=1").json()["value"][0]
+    graph.admin("DELETE", f"/users/{user['id']}")
+    assert caller.get(f"/v1.0/users/{user['id']}").status_code == 404
+    deleted = caller.get("/v1.0/directory/deletedItems/microsoft.graph.user?$select=id,userPrincipalName").json()
+    assert [(u["id"], u["userPrincipalName"]) for u in deleted["value"]] == [(user["id"], user["userPrincipalName"])]
+    assert deleted["value"][0]["deletedDateTime"] and deleted["value"][0]["@odata.type"] == "#microsoft.graph.user"
+
+    url = f"{caller.info['graph_url']}/v1.0/directory/deletedItems/{user['id']}/restore"
+    restored = caller.session.post(url, headers={"Authorization": f"Bearer {caller.token}"},
+                                   verify=caller.info["ca_bundle"], timeout=10)
+    assert restored.status_code == 200 and restored.json()["id"] == user["id"]
+    assert caller.get(f"/v1.0/users/{user['id']}").json()["userPrincipalName"] == user["userPrincipalName"]
+    assert caller.get("/v1.0/directory/deletedItems/microsoft.graph.user").json()["value"] == []
+    again = caller.session.post(url, headers={"Authorization": f"Bearer {caller.token}"},
+                                verify=caller.info["ca_bundle"], timeout=10)
+    assert again.status_code == 404 and again.json()["error"]["code"] == "Request_ResourceNotFound"

@@ -264,3 +264,34 @@ def test_not_live_means_no_stale_banner_but_the_last_dry_run(engine: Engine) -> 
     with engine.connect() as conn:
         off = q.health(conn, NOW, {"users": 60})
     assert not off["writes"]["enabled"] and not off["features"][0]["stale"]
+
+
+def test_scope_explanation_and_protected_users(engine: Engine) -> None:
+    from m365_3cx.console import pages
+    from m365_3cx.staging.schema import tgt_extensions
+    from m365_3cx.transform.scope import ProtectionParams, ScopeParams
+
+    _seed(engine)
+    with engine.begin() as conn:
+        repo.upsert(conn, stg_users, [
+            {"user_id": "u3", "user_principal_name": "cleo@contoso.example", "display_name": "Cleo", "row_hash": "h",
+             "first_seen_at": NOW, "updated_at": NOW, "in_scope": False, "scope_miss": "group", "deleted": False,
+             "account_enabled": False, "extension_attributes": {"extensionAttribute5": "no-3cx-sync"}}], ["user_id"])
+        repo.upsert(conn, tgt_extensions, [
+            {"user_id": "u1", "number": "201", "state": "active", "removal_reason": None, "protection": None},
+            {"user_id": "u3", "number": None, "state": "removed", "removal_reason": "out_of_scope",
+             "protection": "opted_out"}], ["user_id"])
+    params = ScopeParams(group_id="g-phones", protection=ProtectionParams(opt_out_attribute="extensionAttribute5"))
+    ctx = pages.Context(now=NOW, scope=params)
+    with engine.connect() as conn:
+        cleo = q.user_scope(conn, "u3", params)
+        ada = pages.build("users", conn, {"id": "u1"}, ctx)
+        listing = pages.build("users", conn, {}, ctx)
+        assert q.user_scope(conn, "nobody", params) is None
+    assert cleo is not None and cleo["verdict"] == "protected" and cleo["protection"] == "opted_out"
+    assert [r["code"] for r in cleo["reasons"]] == ["not_in_group", "disabled", "opted_out", "no_mail"]
+    assert "g-phones" in cleo["reasons"][0]["message"]
+    assert ada["history"]["scope"]["verdict"] == "in_scope" and ada["protected"] is None
+    assert ada["history"]["scope"]["desired_state"] == "active"
+    assert [(u["upn"], u["protection"]) for u in listing["protected"]["items"]] == [
+        ("cleo@contoso.example", "opted_out")]

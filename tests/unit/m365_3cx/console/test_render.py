@@ -90,3 +90,31 @@ def test_header_says_not_live_while_writes_are_off_and_lists_running_runs() -> N
     assert "NOT LIVE" not in on and "switched on by admin" in on
     assert "NOT LIVE" not in page(True, available=False)  # no switch in this install: nothing to say
     assert "no successful sync for 2 h 00 min" in on and "Running now" in on and "(dry)" in on
+
+
+def test_users_page_shows_the_scope_explanation_and_the_protected_users() -> None:
+    history = {"user": {"user_id": "u3", "upn": "cleo@contoso.example", "display_name": "Cleo",
+                        "account_enabled": False, "deleted": False, "user_type": "Member", "in_scope": False,
+                        "first_seen_at": None},
+               "extension": {"number": "203", "status": "active", "adopted": False, "threecx_id": 9,
+                             "assigned_at": None, "removal_since": "2026-12-01T10:00:00+00:00"},
+               "target": None, "presence": None,
+               "scope": {"verdict": "out_of_scope", "reasons": [
+                   {"code": "not_in_group", "message": "not a member of the scope group <g>"}]},
+               "plan": {"items": [], "page": 1, "size": 50, "has_next": False},
+               "writes": {"items": [], "page": 1, "size": 50, "has_next": False},
+               "notes": {"items": [], "page": 1, "size": 50, "has_next": False},
+               "trace": {"available": False, "items": []}}
+    common = {"title": "Users", "nav": "users", "base": "/m365-3cx", "ui": "", "refresh_seconds": 60, "health": None,
+              "matches": None, "unknown_trace": None}
+    html = render("users.html", params={"id": "u3"}, history=history, protected=None, **common)
+    assert "out of scope" in html and 'data-code="not_in_group"' in html and "&lt;g&gt;" in html
+    assert "disabled for a removed user since" in html
+    listing = render("users.html", params={}, history=None, protected={
+        "items": [{"user_id": "u9", "upn": "boss@contoso.example", "display_name": "Boss",
+                   "protection": "protected_upn", "number": "200"}], "page": 1, "size": 50, "has_next": False},
+        **common)
+    assert 'id="protected-users"' in listing and "protected upn" in listing and "boss@contoso.example" in listing
+    empty = render("users.html", params={}, history=None, protected={"items": [], "page": 1, "size": 50,
+                                                                    "has_next": False}, **common)
+    assert 'id="no-protected"' in empty
