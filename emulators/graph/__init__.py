@@ -54,7 +54,7 @@ def build(tls_dir: str | Path, *, seed: int = 42, users: int = 40, delta_token_m
     for bundle in outgoing_trust(tls.ca_cert, outgoing_ca_bundle):
         backend.subscriptions.trust(path=bundle)
     if delivery:
-        backend.subscriptions.config.update(delivery)
+        backend.subscriptions.set_defaults(delivery)
     app = create_app(backend, faults=FaultPlan(seed if fault_seed is None else fault_seed))
     return app, backend, tls
 

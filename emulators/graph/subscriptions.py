@@ -268,7 +268,8 @@ class SubscriptionHub:
         self.application_id = application_id
         self.service_principal_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sp/{application_id}"))
         self.resolve_user = resolve_user
-        self.config = config or DeliveryConfig()
+        self.defaults = config or DeliveryConfig()
+        self.config = copy.copy(self.defaults)
         self.faults = DeliveryFaults()
         self._cond = threading.Condition(threading.RLock())
         self._subs: dict[str, Subscription] = {}
@@ -680,9 +681,17 @@ class SubscriptionHub:
                 self._cond.wait(min(left, 0.05))
             return True
 
-    def clear(self) -> None:
-        """Forget subscriptions, queued notifications, the log and faults; default permissions (tenant reset)."""
+    def set_defaults(self, changes: dict[str, Any]) -> None:
+        """Change the start-up delivery settings (what a tenant reset returns to) and the current ones."""
         with self._cond:
+            self.defaults.update(changes)
+            self.config = copy.copy(self.defaults)
+
+    def clear(self) -> None:
+        """Tenant reset: forget subscriptions, queued notifications, the log and faults; default
+        permissions and delivery settings. Trusted CAs stay."""
+        with self._cond:
+            self.config = copy.copy(self.defaults)
             self._subs.clear()
             self._pending.clear()
             self._pending_since = None

@@ -550,6 +550,11 @@ def test_admin_rejects_bad_knobs(graph: EmulatorHandle, hook: WebhookReceiver) -
     missing = requests.post(f"{graph.base_url}/_emulator/subscriptions/nope/expire", verify=graph.ca_bundle,
                             timeout=10)
     assert missing.status_code == 404
+    graph.admin("PUT", "/subscriptions/permissions", json={"granted": []})
+    graph.admin("POST", "/reset")  # back to the start-up settings, faults and permissions
+    state = graph.admin("GET", "/subscriptions").json()
+    assert state["config"]["batch_window"] == 0.2 and state["config"]["retry_base"] == 1.0
+    assert "User.Read.All" in state["granted"] and state["faults"]["drop"] == 0
 
 
 # ------------------------------------------------------------------ how the product calls it; the CLI
