@@ -1,11 +1,12 @@
 """Change notifications: subscriptions, the validation handshake and webhook delivery (no routes).
 
-:class:`SubscriptionHub` holds the app's subscriptions and a background delivery thread. The
+:class:`SubscriptionHub` holds the app's subscriptions and background delivery workers. The
 tenant's mutations call :meth:`SubscriptionHub.user_changed` / :meth:`SubscriptionHub.item_changed`,
-which only match subscriptions and queue notifications; the thread batches what arrived within
-``batch_window`` seconds per notification URL into one ``{"value": [...]}`` POST, retries failures
-with exponential backoff and applies the admin delivery faults (delay, drop, duplicate, reorder,
-hold). Lifecycle notifications go to ``lifecycleNotificationUrl`` the same way.
+which only match subscriptions and queue notifications; the workers batch what arrived within
+``batch_window`` seconds per notification URL into one ``{"value": [...]}`` POST (different URLs in
+parallel, one URL in order), retry failures with exponential backoff and apply the admin delivery
+faults (delay, drop, duplicate, reorder, hold). Lifecycle notifications go to
+``lifecycleNotificationUrl`` the same way.
 
 Sources (Microsoft Graph docs, learn.microsoft.com/graph/...):
 ``api/resources/subscription`` (properties, max lifetimes), ``change-notifications-overview``
@@ -724,12 +725,14 @@ class SubscriptionHub:
         with self._cond:
             self._log.clear()
 
-    def _record(self, entry: dict[str, Any], status: int | str, started: float) -> None:
+    def _record(self, entry: dict[str, Any], status: int | str, started: float | None = None) -> None:
+        """Append to the delivery log (the last 10,000 entries are kept); ``started`` of an attempted POST."""
         with self._cond:
             self._log_seq += 1
             ok = isinstance(status, int) and 200 <= status < 300
+            duration = 0 if started is None else round((time.monotonic() - started) * 1000)
             self._log.append({**entry, "seq": self._log_seq, "status": status, "ok": ok,
-                              "time": graph_time(_now()), "duration_ms": round((time.monotonic() - started) * 1000)})
+                              "time": graph_time(_now()), "duration_ms": duration})
             del self._log[:-10_000]
 
     # ------------------------------------------------------------ delivery thread
@@ -744,7 +747,7 @@ class SubscriptionHub:
             self._threads.append(thread)
 
     def close(self) -> None:
-        """Stop the delivery thread (queued notifications are dropped)."""
+        """Stop the delivery workers (queued notifications are dropped)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -803,10 +806,8 @@ class SubscriptionHub:
                 sub = self._subs.get(item["subscriptionId"])
                 if sub is not None:
                     sub.stats.dropped += 1
-                self._log_seq += 1
-                self._log.append({"seq": self._log_seq, "kind": "notification", "url": url, "attempt": 0,
-                                  "status": "dropped", "ok": False, "time": graph_time(_now()), "duration_ms": 0,
-                                  "subscriptions": [item["subscriptionId"]], "count": 1})
+                self._record({"kind": "notification", "url": url, "attempt": 0,
+                              "subscriptions": [item["subscriptionId"]], "count": 1}, "dropped")
                 continue
             by_url.setdefault(url, []).append(item)
         self._pending.clear()
@@ -885,10 +886,8 @@ class SubscriptionHub:
             heapq.heappush(self._outbox, post)
             self._cond.notify_all()
             return
-        self._log_seq += 1
-        self._log.append({"seq": self._log_seq, "kind": post.kind, "url": post.url, "attempt": post.attempt,
-                          "status": "discarded", "ok": False, "time": graph_time(_now()), "duration_ms": 0,
-                          "subscriptions": [s.id for s in subs], "count": len(post.items)})
+        self._record({"kind": post.kind, "url": post.url, "attempt": post.attempt,
+                      "subscriptions": [s.id for s in subs], "count": len(post.items)}, "discarded")
         for sub in subs:
             sub.stats.discarded += sum(1 for i in post.items if i["subscriptionId"] == sub.id)
             if post.kind == "notification" and sub.target.outlook and sub.lifecycle_url is not None:
