@@ -286,7 +286,7 @@ class SubscriptionHub:
         self._log_seq = 0
         self._rng = random.Random(f"{seed}/delivery")
         self._trusted: list[str] = []
-        self._bundle_dir = tempfile.TemporaryDirectory(prefix="graph-emu-ca-")
+        self._bundle_dir: tempfile.TemporaryDirectory[str] | None = None
         self._bundle: str | bool = True
         self._threads: list[threading.Thread] = []
         self._closed = False
@@ -299,6 +299,8 @@ class SubscriptionHub:
             raise ValueError("not a PEM certificate bundle")
         with self._cond:
             self._trusted.append(text.strip() + "\n")
+            if self._bundle_dir is None:
+                self._bundle_dir = tempfile.TemporaryDirectory(prefix="graph-emu-ca-")
             bundle = Path(self._bundle_dir.name) / "outgoing-ca.pem"
             bundle.write_text("".join(self._trusted))
             self._bundle = str(bundle)
@@ -754,7 +756,10 @@ class SubscriptionHub:
         for thread in self._threads:
             thread.join(5)
         self._threads = []
-        self._bundle_dir.cleanup()
+        if self._bundle_dir is not None:
+            self._bundle_dir.cleanup()
+            self._bundle_dir = None
+            self._bundle = True
 
     def _run(self) -> None:
         import requests
