@@ -364,13 +364,12 @@ class SubscriptionHub:
         if not isinstance(value, str) or not value.strip():
             raise _bad("changeType is a required property for subscription creation.")
         parts = [p.strip() for p in value.split(",")]
-        bad = [p for p in parts if p not in CHANGE_TYPES]
+        allowed = ("updated", "deleted") if target.kind == "users" else CHANGE_TYPES
+        bad = [p for p in parts if p not in allowed]
         if bad:
-            raise _bad(f"'{bad[0]}' is not a valid change type.")
-        if target.kind == "users" and "created" in parts:
-            # user change notifications support updated and deleted (creation arrives as updated)
-            raise _bad("The changeType 'created' is not supported for resource 'users'. Supported change "
-                       "types are 'updated' and 'deleted'.", "ExtensionError")
+            # users support only updated,deleted (creation arrives as updated); the wording is what Graph
+            # answered for 'created' on users (microsoftgraph/microsoft-graph-docs #4819)
+            raise _bad(f"Invalid 'changeType' attribute: '{bad[0]}'.")
         return tuple(dict.fromkeys(parts))
 
     def create(self, body: dict[str, Any], *, immutable_ids: bool = False) -> dict[str, Any]:
