@@ -18,6 +18,8 @@ from emulators.common.handle import EmulatorHandle
 from tests.emulators.graph.conftest import GraphCaller
 from tests.emulators.graph.webhook import WebhookReceiver
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[3]
 FAST = {"batch_window": 0.15, "retry_base": 0.1, "retry_max_backoff": 0.4, "max_attempts": 0,
         "retry_window": 4 * 3600, "delivery_timeout": 3.0, "validation_timeout": 10.0,
@@ -259,7 +261,7 @@ def test_automatic_replies_never_notify(graph: EmulatorHandle, hook: WebhookRece
 
 
 def test_batching_puts_a_burst_in_one_post(graph: EmulatorHandle, hook: WebhookReceiver, api: Api) -> None:
-    graph.admin("PUT", "/subscriptions/config", json={"batch_window": 0.5})
+    graph.admin("PUT", "/subscriptions/config", json={"batch_window": 1.0})
     api.create("users", hook.url())
     users = [_user(graph, i) for i in range(5)]
     for index, user in enumerate(users):
@@ -282,10 +284,10 @@ def test_delete_stops_delivery(graph: EmulatorHandle, hook: WebhookReceiver, api
 
 
 def test_retries_5xx_and_slow_answers_with_backoff(graph: EmulatorHandle, hook: WebhookReceiver, api: Api) -> None:
-    graph.admin("PUT", "/subscriptions/config", json={"delivery_timeout": 0.5})
+    graph.admin("PUT", "/subscriptions/config", json={"delivery_timeout": 1.0})
     api.create("users", hook.url())
     hook.behaviour.statuses = [503, 500]
-    hook.behaviour.delays = [0.0, 0.0, 1.0]  # third attempt answers too late
+    hook.behaviour.delays = [0.0, 0.0, 2.0]  # third attempt answers too late
     graph.admin("PATCH", f"/users/{_user(graph)['id']}", json={"jobTitle": "Retried"})
     hook.wait_for(2, timeout=15)
     _drain(graph)
@@ -450,11 +452,12 @@ def test_discarded_outlook_notifications_raise_missed(graph: EmulatorHandle, hoo
 
 
 def test_expired_subscriptions_disappear_and_stop(graph: EmulatorHandle, hook: WebhookReceiver, api: Api) -> None:
-    expiring = api.create("users", hook.url(), minutes=1.5 / 60).json()  # 1.5 seconds
+    expiring = api.create("users", hook.url(), minutes=2.5 / 60).json()  # 2.5 seconds
     expired_by_admin = api.create("users", hook.url()).json()
     graph.admin("POST", f"/subscriptions/{expired_by_admin['id']}/expire")
     assert api.call("GET", f"subscriptions/{expired_by_admin['id']}").status_code == 404
-    time.sleep(1.6)
+    assert api.call("GET", f"subscriptions/{expiring['id']}").status_code == 200
+    time.sleep(2.6)
     assert api.call("GET", f"subscriptions/{expiring['id']}").status_code == 404
     assert api.call("GET", "subscriptions").json()["value"] == []
     graph.admin("PATCH", f"/users/{_user(graph)['id']}", json={"jobTitle": "Nobody listens"})
@@ -516,7 +519,7 @@ def test_fault_duplicate(graph: EmulatorHandle, hook: WebhookReceiver, api: Api)
 
 
 def test_fault_reorder(graph: EmulatorHandle, hook: WebhookReceiver, api: Api) -> None:
-    graph.admin("PUT", "/subscriptions/config", json={"batch_window": 0.5})
+    graph.admin("PUT", "/subscriptions/config", json={"batch_window": 1.0})
     api.create("users", hook.url())
     graph.admin("PUT", "/subscriptions/faults", json={"reorder": True})
     ids = _bump(graph, 3)
