@@ -70,7 +70,8 @@ def health(conn: Connection, p: Params, ctx: Context) -> dict[str, Any]:
 def overview(conn: Connection, p: Params, ctx: Context) -> dict[str, Any]:
     return {"health": health(conn, p, ctx), "runs": q.runs(conn, q.Page(1, 10)),
             "days": q.changes_per_day(conn, ctx.now, days=30, cache=ctx.chart_cache),
-            "pending": q.pending_plan(conn, q.Page(1, 1)), "approvals": q.approvals(conn, q.Page(1, 1))}
+            "pending": q.pending_plan(conn, q.Page(1, 1)), "approvals": q.approvals(conn, q.Page(1, 1)),
+            "push": q.push_status(conn, ctx.now)}
 
 
 def runs(conn: Connection, p: Params, ctx: Context) -> dict[str, Any]:
@@ -140,6 +141,7 @@ PAGES: Final[dict[str, tuple[str, str, Callable[[Connection, Params, Context], d
 API_ONLY: Final[dict[str, Callable[[Connection, Params, Context], dict[str, Any]]]] = {
     "health": health,
     "chart": chart,
+    "push": lambda conn, p, ctx: q.push_status(conn, ctx.now),
     "writes": lambda conn, p, ctx: q.writes(conn, p.get("key") or "", _page(p), object_type=p.get("type") or None,
                                             action=p.get("action") or None, result=p.get("result") or None,
                                             q=p.get("q") or None),

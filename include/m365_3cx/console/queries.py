@@ -698,3 +698,40 @@ def changes_per_day(conn: Connection, now: dt.datetime, days: int = 30,
         for stale in [k for k in cache if k < keys[0]]:
             del cache[stale]
     return [{"day": k, **(totals.get(k) or known[k])} for k in keys]
+
+
+def push_status(conn: Connection, now: dt.datetime) -> dict[str, Any]:
+    """Graph change notifications: subscriptions, next expiry, last notification per kind, failures.
+
+    A few aggregate queries over ``push_subscriptions``, ``push_queue`` and ``push_rejections``.
+    """
+    subs, queue, rejections = schema.push_subscriptions, schema.push_queue, schema.push_rejections
+    by_purpose = {purpose: int(n) for purpose, n in conn.execute(
+        sa.select(subs.c.purpose, sa.func.count()).group_by(subs.c.purpose))}
+    by_status = {status: int(n) for status, n in conn.execute(
+        sa.select(subs.c.status, sa.func.count()).group_by(subs.c.status))}
+    next_expiry = conn.execute(sa.select(sa.func.min(subs.c.expires_at))).scalar()
+    last = {kind: _iso(at) for kind, at in conn.execute(
+        sa.select(queue.c.kind, sa.func.max(queue.c.received_at)).where(queue.c.source == "notification")
+        .group_by(queue.c.kind))}
+    lifecycle = {event: _iso(at) for event, at in conn.execute(
+        sa.select(subs.c.last_lifecycle_event, sa.func.max(subs.c.last_lifecycle_at))
+        .where(subs.c.last_lifecycle_event.is_not(None)).group_by(subs.c.last_lifecycle_event))}
+    failing = [{"subscription_id": r.subscription_id, "resource": r.resource, "status": r.status,
+                "last_error": r.last_error} for r in conn.execute(
+        sa.select(subs.c.subscription_id, subs.c.resource, subs.c.status, subs.c.last_error)
+        .where(sa.or_(subs.c.last_error.is_not(None), subs.c.status != "active"))
+        .order_by(subs.c.resource).limit(20))]
+    open_rows = int(conn.execute(sa.select(sa.func.count()).select_from(queue)
+                                 .where(queue.c.done_at.is_(None))).scalar_one())
+    oldest_open = conn.execute(sa.select(sa.func.min(queue.c.received_at)).where(queue.c.done_at.is_(None))).scalar()
+    rejected = [{"reason": r.reason, "count": int(r.count), "last_at": _iso(r.last_at)}
+                for r in conn.execute(sa.select(rejections).order_by(rejections.c.reason))]
+    return {
+        "subscriptions": sum(by_purpose.values()), "by_purpose": by_purpose, "by_status": by_status,
+        "next_expiry": _iso(next_expiry),
+        "next_expiry_minutes": None if next_expiry is None else int((next_expiry - now).total_seconds() // 60),
+        "last_notification": {kind: last.get(kind) for kind in ("users", "contacts", "events")},
+        "last_lifecycle": lifecycle, "failing": failing, "queued": open_rows, "oldest_queued": _iso(oldest_open),
+        "rejected": rejected,
+    }
