@@ -176,6 +176,22 @@ async def reset_routes(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True})
 
 
+@router.get("/permissions")
+async def permissions(request: Request) -> JSONResponse:
+    return JSONResponse({"granted": sorted(_backend(request).granted)})
+
+
+@router.put("/permissions")
+@_guard
+async def set_permissions(request: Request) -> JSONResponse:
+    """``{"granted": [...]}``: the application permissions the app holds (default: all it needs)."""
+    body = await _json(request)
+    granted = body.get("granted") if isinstance(body, dict) else None
+    if not isinstance(granted, list):
+        raise ValueError('body must be {"granted": [permission names]}')
+    return JSONResponse({"granted": _backend(request).set_permissions([str(g) for g in granted])})
+
+
 @router.post("/tokens/revoke")
 async def revoke_tokens(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True, "revoked": _backend(request).tokens.revoke()})

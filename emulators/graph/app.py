@@ -25,6 +25,8 @@ from emulators.graph import (
     identity,
     mailbox_admin,
     mailbox_routes,
+    orgcontacts_routes,
+    presence_routes,
     routes,
     subscription_admin,
     subscription_routes,
@@ -126,10 +128,14 @@ def create_app(backend: TenantBackend, *, faults: FaultPlan | None = None,
     api.include_router(admin.router)
     api.include_router(mailbox_admin.router)
     api.include_router(subscription_admin.router)
+    api.include_router(presence_routes.admin_router)
+    api.include_router(orgcontacts_routes.admin_router)
     api.include_router(identity.router)
     api.include_router(batch.router)
     api.include_router(mailbox_routes.router)
     api.include_router(subscription_routes.router)
+    api.include_router(presence_routes.router)
+    api.include_router(orgcontacts_routes.router)
     api.include_router(routes.router)
     wrapped = RequestIdMiddleware(FaultMiddleware(
         api, plan=api.state.faults, counters=api.state.counters, route_key=route_key,

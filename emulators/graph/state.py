@@ -28,6 +28,10 @@ from emulators.graph.mailbox import Mailbox, MailboxNotEnabled, MailboxOptions, 
 from emulators.graph.subscriptions import SubscriptionHub
 
 CHANGE_KINDS = ("created", "updated", "soft_deleted", "hard_deleted", "restored")
+#: Application permissions the emulated app registration holds by default (``PUT /_emulator/permissions``
+#: takes some away). Only routes added with issue 12 check them (presence, organisational contacts).
+APP_PERMISSIONS = frozenset({"User.Read.All", "GroupMember.Read.All", "Contacts.Read", "Calendars.Read",
+                             "MailboxSettings.Read", "Presence.Read.All", "OrgContact.Read.All"})
 READ_ONLY = frozenset({"id", "createdDateTime"})
 
 
@@ -222,6 +226,12 @@ class TenantBackend:
         self.mailboxes.on_change = self.subscriptions.item_changed
         self._serial = 0
         self._expired_before = 0
+        from emulators.graph.orgcontacts import OrgContactStore
+        from emulators.graph.presence import PresenceStore
+
+        self.presence = PresenceStore()
+        self.org_contacts = OrgContactStore()
+        self.granted: set[str] = set(APP_PERMISSIONS)
         self._load(tenant)
 
     # ------------------------------------------------------------ seeding
@@ -251,6 +261,9 @@ class TenantBackend:
                 self.user_count = users
             self._load(seeding.build_tenant(self.seed, self.user_count, self.domain))
             self.subscriptions.clear()
+            self.presence.clear()
+            self.org_contacts.clear()
+            self.granted = set(APP_PERMISSIONS)
 
     def _subscription_target(self, key: str) -> tuple[str, bool]:
         """``(user id, has a mailbox)`` for a subscription resource's user. :raises NotFound:"""
@@ -263,6 +276,26 @@ class TenantBackend:
     def close(self) -> None:
         """Stop background work (the change-notification delivery thread)."""
         self.subscriptions.close()
+
+    def has_permission(self, permission: str) -> bool:
+        """Whether the app registration holds ``permission`` (with admin consent)."""
+        with self._lock:
+            return permission in self.granted
+
+    def set_permissions(self, granted: list[str]) -> list[str]:
+        """Replace the app's granted permissions. :raises ValueError: an unknown permission."""
+        unknown = set(granted) - APP_PERMISSIONS
+        if unknown:
+            known = ", ".join(sorted(APP_PERMISSIONS))
+            raise ValueError(f"unknown permissions: {', '.join(sorted(unknown))} (known: {known})")
+        with self._lock:
+            self.granted = set(granted)
+            return sorted(self.granted)
+
+    def live_user_ids(self, ids: list[str]) -> set[str]:
+        """The ids among ``ids`` that are users of the tenant and not soft-deleted."""
+        with self._lock:
+            return {uid for uid in ids if uid in self._users and self._users[uid].deleted is None}
 
     def register_certificate(self, der: bytes) -> None:
         """Register the app's certificate (DER) for client assertions."""

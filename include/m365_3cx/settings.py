@@ -37,6 +37,7 @@ __all__ = [
     "RetentionSettings",
     "ScopeSettings",
     "Settings",
+    "TeamsPresenceSettings",
     "ThreeCXSettings",
 ]
 
@@ -52,6 +53,31 @@ PRESENCE_MAPPING_DEFAULTS: Final[Mapping[str, str | None]] = MappingProxyType(
         "workingElsewhere": "Custom 2",
         "tentative": None,
         "default": "Available",
+    }
+)
+
+#: Graph presence values (learn.microsoft.com/graph/api/resources/presence): ``availability`` and ``activity``.
+TEAMS_AVAILABILITY: Final = ("Available", "AvailableIdle", "Away", "BeRightBack", "Busy", "BusyIdle",
+                             "DoNotDisturb", "Offline", "PresenceUnknown")
+TEAMS_ACTIVITY: Final = ("Available", "Away", "BeRightBack", "Busy", "DoNotDisturb", "InACall",
+                         "InAConferenceCall", "Inactive", "InAMeeting", "Offline", "OffWork", "OutOfOffice",
+                         "PresenceUnknown", "Presenting", "UrgentInterruptionsOnly")
+TEAMS_PRESENCE_VALUES: Final = tuple(dict.fromkeys((*TEAMS_AVAILABILITY, *TEAMS_ACTIVITY)))
+
+#: Keys of ``presence.teams.mapping`` set by default (``None`` = no change); any other
+#: :data:`TEAMS_PRESENCE_VALUES` key may be added. 3CX's "Out of office" profile is the one its
+#: clients show as Do Not Disturb.
+TEAMS_MAPPING_DEFAULTS: Final[Mapping[str, str | None]] = MappingProxyType(
+    {
+        "Available": None,
+        "AvailableIdle": None,
+        "Busy": "Away",
+        "BusyIdle": "Away",
+        "DoNotDisturb": "Out of office",
+        "Away": "Away",
+        "BeRightBack": "Away",
+        "Offline": None,
+        "PresenceUnknown": None,
     }
 )
 
@@ -249,6 +275,31 @@ def _default_mapping() -> Mapping[str, str | None]:
     return MappingProxyType(dict(PRESENCE_MAPPING_DEFAULTS))
 
 
+def _default_teams_mapping() -> Mapping[str, str | None]:
+    return MappingProxyType(dict(TEAMS_MAPPING_DEFAULTS))
+
+
+@dataclass(frozen=True)
+class TeamsPresenceSettings:
+    """Teams presence -> 3CX status (``presence.teams``; needs ``presence.enabled``).
+
+    :param enabled: poll every managed user's Teams presence (``Presence.Read.All``) on each
+        delta and hourly run and let mapped values decide the status (see
+        :mod:`m365_3cx.transform.presence` for the precedence).
+    :param mapping: Graph ``activity``/``availability`` value -> 3CX profile name, or ``None`` =
+        no change (the calendar and the default decide). ``activity`` is looked up first.
+    :param max_age_minutes: a polled presence older than this no longer counts (a poll failed or
+        the user left the poll); keep it above the delta interval.
+    :param requests_per_30s: client-side budget of presence requests (650 users each) per 30 s;
+        Graph allows 1,500 per app per tenant.
+    """
+
+    enabled: bool = False
+    mapping: Mapping[str, str | None] = field(default_factory=_default_teams_mapping)
+    max_age_minutes: int = 15
+    requests_per_30s: int = 100
+
+
 @dataclass(frozen=True)
 class PresenceSettings:
     """Calendar presence (presence feature).
@@ -261,6 +312,7 @@ class PresenceSettings:
     :param window_days_ahead: calendar window end, days after now.
     :param store_subjects: store event subjects in staging (never for private/confidential events).
     :param shard_size: users per mapped calendar-extract task (dynamic task mapping).
+    :param teams: :class:`TeamsPresenceSettings`.
     """
 
     enabled: bool = False
@@ -270,6 +322,7 @@ class PresenceSettings:
     window_days_ahead: int = 7
     store_subjects: bool = False
     shard_size: int = 200
+    teams: TeamsPresenceSettings = field(default_factory=TeamsPresenceSettings)
 
 
 @dataclass(frozen=True)
@@ -508,6 +561,7 @@ _SECTIONS: Final[dict[str, tuple[type, dict[str, Callable[[object], Any]]]]] = {
             "window_days_ahead": _int(0, 366),
             "store_subjects": _bool,
             "shard_size": _int(1, 5000),
+            "teams": lambda value: value,  # checked key by key in _parse_teams
         },
     ),
     "push": (
@@ -519,6 +573,13 @@ _SECTIONS: Final[dict[str, tuple[type, dict[str, Callable[[object], Any]]]]] = {
             "renew_margin_minutes": _int(15, 2880),
         },
     ),
+}
+
+_TEAMS_FIELDS: Final[dict[str, Callable[[object], Any]]] = {
+    "enabled": _bool,
+    "mapping": lambda value: value,
+    "max_age_minutes": _int(1, 24 * 60),
+    "requests_per_30s": _int(1, 1000),
 }
 
 
@@ -566,6 +627,42 @@ def _parse_mapping(raw: object, problems: list[str]) -> Mapping[str, str | None]
             problems.append(f"{path}.default: must be a profile name, not null")
             ok = False
     return MappingProxyType(merged) if ok else None
+
+
+def _parse_teams(raw: object, problems: list[str]) -> TeamsPresenceSettings | None:
+    """``presence.teams``: its keys, and its mapping merged over :data:`TEAMS_MAPPING_DEFAULTS`."""
+    path = "presence.teams"
+    if not isinstance(raw, Mapping):
+        problems.append(f"{path}: must be an object, got {_type_name(raw)}")
+        return None
+    before = len(problems)
+    values: dict[str, Any] = {}
+    for key in raw:
+        if key not in _TEAMS_FIELDS:
+            problems.append(f"{path}.{key}: unknown key (known: {', '.join(_TEAMS_FIELDS)})")
+    for key, check in _TEAMS_FIELDS.items():
+        if key in raw:
+            try:
+                values[key] = check(raw[key])
+            except _Invalid as exc:
+                problems.append(f"{path}.{key}: {exc}")
+    if "mapping" in values:
+        mapping = values.pop("mapping")
+        if not isinstance(mapping, Mapping):
+            problems.append(f"{path}.mapping: must be an object, got {_type_name(mapping)}")
+        else:
+            merged = dict(TEAMS_MAPPING_DEFAULTS)
+            for key, value in mapping.items():
+                if key not in TEAMS_PRESENCE_VALUES:
+                    problems.append(f"{path}.mapping.{key}: not a Graph presence availability or activity "
+                                    f"value (known: {', '.join(TEAMS_PRESENCE_VALUES)})")
+                    continue
+                try:
+                    merged[key] = _profile(value)
+                except _Invalid as exc:
+                    problems.append(f"{path}.mapping.{key}: {exc}")
+            values["mapping"] = MappingProxyType(merged)
+    return TeamsPresenceSettings(**values) if len(problems) == before else None
 
 
 def _check_numbering(n: NumberingSettings, problems: list[str]) -> None:
@@ -649,6 +746,10 @@ class Settings:
                 mapping = _parse_mapping(values.pop("mapping"), problems)
                 if mapping is not None:
                     values["mapping"] = mapping
+            if name == "presence" and "teams" in values:
+                teams = _parse_teams(values.pop("teams"), problems)
+                if teams is not None:
+                    values["teams"] = teams
             sections[name] = klass(**values)
         alerts: AlertSettings = sections["alerts"]
         if alerts.channel != "off" and not alerts.to:
@@ -667,6 +768,9 @@ class Settings:
             problems.append("push.enabled: needs push.notification_url and push.lifecycle_url")
         if presence.window_days_back + presence.window_days_ahead == 0:
             problems.append("presence.window_days_ahead: the calendar window must not be empty")
+        if presence.teams.enabled and not presence.enabled:
+            problems.append("presence.teams.enabled: needs presence.enabled (Teams presence is merged into "
+                            "the calendar status)")
 
         timezone = "UTC"
         if "timezone" in data:
@@ -714,6 +818,10 @@ class Settings:
                 section["clear_on_empty"] = dict(section["clear_on_empty"])
             if "protected_upns" in section:
                 section["protected_upns"] = list(section["protected_upns"])
+            if "teams" in section:
+                teams = section["teams"]
+                section["teams"] = {key: getattr(teams, key) for key in _TEAMS_FIELDS}
+                section["teams"]["mapping"] = dict(teams.mapping)
             if "to" in section:
                 section["to"] = list(section["to"])
             result[name] = section

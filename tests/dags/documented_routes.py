@@ -51,6 +51,8 @@ GRAPH_ROUTES: dict[str, str] = {
     "PATCH /v1.0/subscriptions/{id}": "api/subscription-update",
     "DELETE /v1.0/subscriptions/{id}": "api/subscription-delete",
     "POST /v1.0/subscriptions/{id}/reauthorize": "api/subscription-reauthorize",
+    # Teams presence
+    "POST /v1.0/communications/getPresencesByUserId": "api/cloudcommunications-getpresencesbyuserid",
 }
 """Documented Graph route keys (as the emulator's ``route_key`` spells them) and their sources."""
 

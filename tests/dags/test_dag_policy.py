@@ -81,6 +81,9 @@ def test_presence_tasks_run_in_pools(dagbag) -> None:
         dag = dagbag.dags[dag_id]
         pools = {task.task_id: task.pool for task in dag.tasks}
         assert pools["presence_refresh.extract_calendars"] == "graph_api", dag_id
+        assert pools["presence_refresh.extract_teams_presence"] == "graph_api", dag_id
+        assert "presence_apply.compute_presence" in dag.get_task(
+            "presence_refresh.extract_teams_presence").get_flat_relative_ids(upstream=False), dag_id
         assert pools["presence_apply.compute_presence"] == "threecx_api", dag_id
         assert pools["presence_apply.apply_presence"] == "threecx_api", dag_id
 

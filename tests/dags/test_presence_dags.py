@@ -5,7 +5,9 @@ After a full sync gave every user an extension: a meeting now switches its user 
 automatic replies to "Out of office", and both go back to "Available" when the meeting is gone /
 the replies are off; a status chosen by hand ("Custom 1") is respected; a run at a meeting's start
 switches within the same run; a second run right after writes nothing; a backfilled run applies
-only what is due at the real current time; dry runs write nothing.
+only what is due at the real current time; dry runs write nothing. Teams presence is polled in
+every run (``presence.teams``; the emulator's default ``Offline`` maps to "no change", so the
+calendar tests see no difference) and, where set, decides between automatic replies and the calendar.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ SETTINGS = {
     "numbering": {"policy": "attribute", "attribute": "extensionAttribute1", "fallback_to_pool": True,
                   "pool_first": "300", "pool_last": "399"},
     "extensions": {"removal_policy": "disable", "default_region": "US"},
-    "presence": {"enabled": True, "mode": "respect", "shard_size": 15},
+    "presence": {"enabled": True, "mode": "respect", "shard_size": 15,
+                 "teams": {"enabled": True, "mapping": {"InACall": "Custom 1"}}},
 }
 
 
@@ -217,3 +220,44 @@ def test_user_created_in_a_delta_run_gets_their_status_in_that_run(env: dict[str
         )).scalar_one()
     assert [(a["run_key"], a["before"], a["after"]) for a in presence_audit(env)
             if a["object_key"] == newcomer["id"]] == [(run_key, "Available", "Away")]
+
+
+def test_teams_presence_decides_between_automatic_replies_and_the_calendar(env: dict[str, Any]) -> None:
+    """Issue 12 #1: precedence automatic replies > Teams (mapped values) > calendar > default; respect mode."""
+    in_call, dnd, replies, meeting_user, manual = _mailbox_users(env)[8:13]
+    graph = env["graph"]
+
+    def teams(user: dict[str, Any], availability: str, activity: str) -> None:
+        graph.admin("PUT", f"users/{user['id']}/presence", json={"availability": availability, "activity": activity})
+
+    teams(in_call, "Busy", "InACall")  # the table maps InACall itself
+    teams(dnd, "DoNotDisturb", "Presenting")  # Presenting is not in the table: DoNotDisturb decides
+    teams(replies, "Busy", "InAMeeting")
+    graph.admin("PUT", f"users/{replies['id']}/automaticReplies", json={"status": "alwaysEnabled"})
+    teams(meeting_user, "Available", "Available")  # "no change": the calendar decides
+    meeting(env, meeting_user, dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5), 60)
+    env["pbx"].admin("PATCH", f"users/{_extension(env, manual)['Id']}", json={"CurrentProfileName": "Custom 2"})
+    teams(manual, "Away", "Away")
+
+    assert_success(run_dag("m365_3cx_delta"))
+    assert [profile(env, u) for u in (in_call, dnd, replies, meeting_user, manual)] == [
+        "Custom 1", "Out of office", "Out of office", "Away", "Custom 2"]
+    with env["engine"].connect() as conn:
+        reasons = dict(conn.execute(sa.text(
+            "SELECT object_key, reason FROM sync_plan WHERE object_type = 'presence' AND status = 'applied'")).all())
+        polled = conn.execute(sa.text("SELECT count(*) FROM stg_teams_presence")).scalar_one()
+    assert reasons == {in_call["id"]: "presence: teams:InACall", dnd["id"]: "presence: teams:DoNotDisturb",
+                       replies["id"]: "calendar: automatic_replies", meeting_user["id"]: "calendar: busy"}
+    assert polled == len(_mailbox_users(env))
+
+    teams(in_call, "Available", "Available")
+    teams(dnd, "Offline", "OffWork")
+    assert_success(run_dag("m365_3cx_hourly"))
+    assert [profile(env, u) for u in (in_call, dnd, manual)] == ["Available", "Available", "Custom 2"]
+
+    env["pbx"].admin("DELETE", "counters")
+    graph.admin("DELETE", "counters")
+    assert_success(run_dag("m365_3cx_delta"))  # nothing changed anywhere: nothing written
+    assert pbx_writes(env) == 0
+    calls = graph.admin("GET", "counters").json()["requests"]
+    assert calls["POST /v1.0/communications/getPresencesByUserId"] == 1  # 40 users: one request per run

@@ -36,6 +36,8 @@ TGT_PHONEBOOK = Asset(name="tgt_phonebook", uri="m365-3cx-staging://tgt_phoneboo
 THREECX_PHONEBOOK = Asset(name="threecx_phonebook", uri="m365-3cx-threecx://Contacts", group="threecx")
 STG_EVENTS = Asset(name="stg_events", uri="m365-3cx-staging://stg_events", group="m365_3cx_staging")
 STG_AUTO_REPLIES = Asset(name="stg_auto_replies", uri="m365-3cx-staging://stg_auto_replies", group="m365_3cx_staging")
+STG_TEAMS_PRESENCE = Asset(name="stg_teams_presence", uri="m365-3cx-staging://stg_teams_presence",
+                           group="m365_3cx_staging")
 TGT_PRESENCE = Asset(name="tgt_presence", uri="m365-3cx-staging://tgt_presence", group="m365_3cx_staging")
 THREECX_PRESENCE = Asset(name="threecx_presence", uri="m365-3cx-threecx://Users/CurrentProfileName", group="threecx")
 

@@ -1,8 +1,10 @@
-"""Calendar presence as TaskGroups the DAGs wire in: refresh (extract) and apply.
+"""Calendar and Teams presence as TaskGroups the DAGs wire in: refresh (extract) and apply.
 
 ``presence_refresh(mode)``: ``plan_calendar_shards`` splits the managed users into shards of
 ``presence.shard_size`` and ``extract_calendars`` is mapped over them (dynamic task mapping;
-XCom carries only ``{"shard", "of", "first", "last"}``), each instance named by its user range.
+XCom carries only ``{"shard", "of", "first", "last"}``), each instance named by its user range;
+beside them ``extract_teams_presence`` polls every managed user's Teams presence (one task:
+650 users per Graph request, within the client-side request budget).
 ``presence_apply()``: ``compute_presence`` (desired profiles at wall-clock now, plan) then
 ``apply_presence`` (the writes), both in the ``threecx_api`` pool.
 
@@ -22,6 +24,7 @@ from m365_3cx.airflow.dag_defaults import (
     GRAPH_POOL,
     STG_AUTO_REPLIES,
     STG_EVENTS,
+    STG_TEAMS_PRESENCE,
     TGT_PRESENCE,
     THREECX_POOL,
     THREECX_PRESENCE,
@@ -75,6 +78,20 @@ def extract_calendars_body(mode: str, shard: dict[str, Any]) -> dict[str, Any]:
     effective = "full" if params.get("full_resync") else mode
     with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(GraphHook()) as graph:
         return extract_calendars(engine, graph, settings, run.run_key, effective, shard, utcnow())
+
+
+def extract_teams_presence_body() -> dict[str, Any]:
+    """Poll the managed users' Teams presence (nothing unless ``presence.teams.enabled``)."""
+    from m365_3cx.pipeline.presence import extract_teams_presence
+
+    context = get_current_context()
+    run = run_info(context, _APPLY_MODE)
+    settings = load_settings()
+    if not (settings.presence.enabled and settings.presence.teams.enabled):
+        return {"enabled": False}
+    with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(GraphHook()) as graph:
+        return extract_teams_presence(engine, graph, settings, run.run_key, utcnow(),
+                                      on_demand_run=bool(on_demand_entries(context)))
 
 
 def compute_presence_body() -> dict[str, Any]:
@@ -134,6 +151,13 @@ def presence_refresh(mode: str, push: bool = False) -> TaskGroup:
             return extract_calendars_body(mode, shard)
 
         extract_calendars.expand(shard=plan_calendar_shards())
+
+        @task(task_id="extract_teams_presence", pool=GRAPH_POOL, trigger_rule="none_failed",
+              outlets=[STG_TEAMS_PRESENCE])
+        def extract_teams_presence() -> dict[str, Any]:
+            return extract_teams_presence_body()
+
+        extract_teams_presence()
     return group
 
 
@@ -142,7 +166,7 @@ def presence_apply() -> TaskGroup:
     with TaskGroup(group_id="presence_apply", tooltip="desired 3CX status now -> 3CX") as group:
 
         @task(task_id="compute_presence", pool=THREECX_POOL, trigger_rule="none_failed",
-              inlets=[STG_EVENTS, STG_AUTO_REPLIES], outlets=[TGT_PRESENCE])
+              inlets=[STG_EVENTS, STG_AUTO_REPLIES, STG_TEAMS_PRESENCE], outlets=[TGT_PRESENCE])
         def compute_presence() -> dict[str, Any]:
             return compute_presence_body()
 

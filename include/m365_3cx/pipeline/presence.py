@@ -1,7 +1,8 @@
-"""Calendar and automatic replies -> 3CX status: the steps the presence tasks call.
+"""Calendar, automatic replies and Teams presence -> 3CX status: the steps the presence tasks call.
 
 ``plan_shards`` splits the managed users into shards (XCom carries only the descriptors),
 ``extract_calendars`` stages one shard's calendars (and automatic replies),
+``extract_teams_presence`` polls every managed user's Teams presence (``presence.teams``),
 ``compute_presence`` decides every user's profile at wall-clock *now* and plans the switches,
 ``apply_presence`` writes them. Steps are idempotent; a second run in the same minute writes
 nothing to 3CX. A late run or a backfill never applies a status from the past: the caller passes
@@ -36,6 +37,7 @@ STEP_EXTRACT = "presence_extract"
 #: Users whose staged events :func:`compute_presence` holds in memory at once.
 EVENT_CHUNK = 1000
 STEP_COMPUTE = "presence_compute"
+STEP_TEAMS = "presence_teams"
 
 
 def plan_shards(engine: Engine, settings: Settings, *, on_demand_run: str | None = None,
@@ -177,6 +179,45 @@ def extract_calendars(
     return counts
 
 
+def extract_teams_presence(
+    engine: Engine, graph: GraphClient, settings: Settings, run_key: str, now: datetime, *,
+    on_demand_run: bool = False,
+) -> dict[str, Any]:
+    """Poll the Teams presence of every managed user into ``stg_teams_presence``.
+
+    Users go to Graph 650 per request (the documented maximum) within the client-side budget
+    ``presence.teams.requests_per_30s``; each request's answers are staged as they come (one
+    upsert per request). Users Graph returned no presence for lose their staged one, so only
+    what this poll saw counts. A provision-on-demand run polls just its named users.
+
+    :param on_demand_run: poll only the users of the run's ``only_users`` trace.
+    :return: counts: users, requests, staged, dropped, waited (seconds in the budget).
+    :raises GraphFatalError: the app lacks ``Presence.Read.All`` (the message says so).
+    """
+    from m365_3cx.graph.presence import RequestBudget, read_presences
+
+    teams = settings.presence.teams
+    if not (settings.presence.enabled and teams.enabled):
+        return {"enabled": False}
+    with engine.connect() as conn:
+        ids = [u.user_id for u in stage.presence_users(conn)]
+        if on_demand_run:
+            wanted = trace.on_demand_users(conn, run_key)
+            ids = [uid for uid in ids if uid in wanted]
+    budget = RequestBudget(teams.requests_per_30s, sleep=graph.wait)
+    counts = {"users": len(ids), "requests": 0, "staged": 0, "dropped": 0}
+    for asked, presences in read_presences(graph, ids, budget):
+        rows = [{"user_id": p.user_id, "availability": p.availability, "activity": p.activity} for p in presences]
+        with engine.begin() as conn:
+            staged, dropped = stage.save_teams_presence(conn, rows, run_key, now, polled=asked)
+        counts["requests"] += 1
+        counts["staged"] += staged
+        counts["dropped"] += dropped
+    log.info("presence: Teams presence of %d users read in %d request(s) (%.1f s waited for the budget)",
+             counts["staged"], counts["requests"], budget.waited)
+    return {**counts, "waited": round(budget.waited, 1)}
+
+
 def _save_event_notes(conn: Any, findings: list[tuple[str, str, Any]], run_key: str, now: datetime) -> None:
     """Notes of the staging boundary about events (in the transaction of their rows), replaced per event."""
     from m365_3cx.pipeline.users import SANITIZE_STEP
@@ -220,8 +261,16 @@ def compute_presence(
     :return: counts: users, switch, unchanged, respected, and the reasons' tallies.
     :raises ConfigError: the mapping names a profile the PBX does not have.
     """
+    from datetime import timedelta
+
     from m365_3cx.reconcile.presence import DesiredProfile, plan_row, plan_switches
-    from m365_3cx.transform.presence import AutoReplies, check_mapping_against_pbx, decide
+    from m365_3cx.transform.presence import (
+        AutoReplies,
+        TeamsPresence,
+        check_mapping_against_pbx,
+        decide,
+        teams_profile,
+    )
 
     presence = settings.presence
     if not presence.enabled:
@@ -232,7 +281,9 @@ def compute_presence(
 
     dry_run = write_gate(engine, run_key, dry_run, step="compute_presence").dry_run
     mapping = dict(presence.mapping)
-    check_mapping_against_pbx(mapping, threecx.profile_names())
+    teams_mapping = dict(presence.teams.mapping) if presence.teams.enabled else {}
+    check_mapping_against_pbx({**mapping, **{f"teams.{k}": v for k, v in teams_mapping.items()}},
+                              threecx.profile_names())
     current = {int(u["Id"]): u.get("CurrentProfileName") for page in threecx.list_user_profiles() for u in page
                if isinstance(u.get("Id"), int)}
     with engine.connect() as conn:
@@ -242,6 +293,8 @@ def compute_presence(
             users = [u for u in users if u.user_id in wanted]
         replies = stage.load_auto_replies(conn)
         state = stage.load_state(conn)
+        polled = (stage.load_teams_presence(conn, now - timedelta(minutes=presence.teams.max_age_minutes))
+                  if presence.teams.enabled else {})
     desired: list[DesiredProfile] = []
     targets: list[dict[str, Any]] = []
     reasons: dict[str, int] = {}
@@ -252,7 +305,9 @@ def compute_presence(
         for user in chunk:
             rep = replies.get(user.user_id)
             auto = AutoReplies(rep["status"], rep["scheduled_start"], rep["scheduled_end"]) if rep else None
-            decision = decide(_event_spans(events.get(user.user_id, [])), auto, mapping, now)
+            seen = polled.get(user.user_id)
+            teams = teams_profile(TeamsPresence(*seen), teams_mapping) if seen else None
+            decision = decide(_event_spans(events.get(user.user_id, [])), auto, mapping, now, teams)
             reasons[decision.reason] = reasons.get(decision.reason, 0) + 1
             desired.append(DesiredProfile(user.user_id, user.threecx_id, user.number, decision.profile,
                                           decision.reason))
@@ -348,7 +403,7 @@ def apply_presence(
         if target.get("profile") != after or (expires is not None and expires <= now):
             stale.append(row["seq"])
             continue
-        reason = (row["reason"] or "").removeprefix("calendar: ")
+        reason = (row["reason"] or "").removeprefix("calendar: ").removeprefix("presence: ")
         switch = ProfileSwitch(row["object_key"], int(row["threecx_id"]), row["number"] or "", before, str(after),
                                reason)
         switches.append((row["seq"], switch))

@@ -223,7 +223,8 @@ def plan_row(switch: ProfileSwitch) -> dict[str, object]:
     return {
         "action": ACTION, "object_type": OBJECT_TYPE, "object_key": switch.user_id, "number": switch.number,
         "threecx_id": switch.threecx_id, "changes": {FIELD: [switch.before, switch.after]},
-        "reason": f"calendar: {switch.reason}",
+        # "presence: teams:InACall" for a Teams decision, "calendar: busy" for the others
+        "reason": f"{'presence' if switch.reason.startswith('teams:') else 'calendar'}: {switch.reason}",
     }
 
 

@@ -24,6 +24,7 @@ from m365_3cx.staging.schema import (
     presence_state,
     stg_auto_replies,
     stg_events,
+    stg_teams_presence,
     stg_users,
     tgt_presence,
 )
@@ -39,11 +40,13 @@ __all__ = [
     "load_events",
     "load_state",
     "load_targets",
+    "load_teams_presence",
     "presence_users",
     "purge_events",
     "save_state",
     "save_states",
     "save_targets",
+    "save_teams_presence",
     "stage_calendars",
     "stage_user_calendar",
 ]
@@ -290,6 +293,54 @@ def load_events(conn: Connection, user_ids: Iterable[str] | None = None) -> dict
 def load_auto_replies(conn: Connection) -> dict[str, dict[str, Any]]:
     """``stg_auto_replies`` rows by user id."""
     return {row["user_id"]: dict(row) for row in conn.execute(select(stg_auto_replies)).mappings()}
+
+
+def save_teams_presence(conn: Connection, rows: Iterable[Mapping[str, Any]], run_key: str,
+                        now: dt.datetime, *, polled: Iterable[str]) -> tuple[int, int]:
+    """Replace the polled users' Teams presence: upsert ``rows``, drop the polled users without one.
+
+    :param rows: ``{"user_id", "availability", "activity"}`` from Graph (cleaned at the boundary:
+        control characters refused, values cut to the column width).
+    :param polled: every user id the poll asked for (those Graph returned no presence for lose theirs).
+    :returns: ``(upserted, dropped)``.
+    :raises ValueError: naive ``now``.
+    """
+    _aware(now)
+    data: list[dict[str, Any]] = []
+    for row in rows:
+        uid = row.get("user_id")
+        if not isinstance(uid, str) or clean_text(uid).value != uid:
+            continue
+        data.append({"user_id": uid, "availability": _presence_value(row.get("availability")),
+                     "activity": _presence_value(row.get("activity")), "fetched_at": now, "last_run_key": run_key})
+    data = dedupe(data, ("user_id",))
+    upserted = upsert(conn, stg_teams_presence, data, ["user_id"])
+    seen = {row["user_id"] for row in data}
+    missing = sorted(set(_storable(polled)) - seen)
+    dropped = 0
+    for start in range(0, len(missing), 500):
+        dropped += conn.execute(delete(stg_teams_presence).where(
+            stg_teams_presence.c.user_id.in_(missing[start:start + 500]))).rowcount
+    return upserted, dropped
+
+
+def _presence_value(value: object) -> str | None:
+    """A Graph presence value fit for its column (printable, at most 32 characters), else ``None``."""
+    if not isinstance(value, str):
+        return None
+    cleaned = clean_text(value).value
+    return cleaned[:32] if cleaned else None
+
+
+def load_teams_presence(conn: Connection, fetched_since: dt.datetime) -> dict[str, tuple[str | None, str | None]]:
+    """``(availability, activity)`` by user id, of rows fetched at or after ``fetched_since``.
+
+    :raises ValueError: naive datetime.
+    """
+    _aware(fetched_since)
+    query = select(stg_teams_presence.c.user_id, stg_teams_presence.c.availability,
+                   stg_teams_presence.c.activity).where(stg_teams_presence.c.fetched_at >= fetched_since)
+    return {uid: (availability, activity) for uid, availability, activity in conn.execute(query)}
 
 
 def save_targets(conn: Connection, rows: Iterable[Mapping[str, Any]], run_key: str, now: dt.datetime) -> int:

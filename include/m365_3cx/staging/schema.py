@@ -369,9 +369,9 @@ sync_approvals: Final = Table(
 stg_contacts: Final = Table(
     "stg_contacts",
     metadata,
-    Column("owner_id", String(64), primary_key=True),  # Graph user id of the mailbox, or "org"
+    Column("owner_id", String(64), primary_key=True),  # mailbox owner's Graph user id, "shared:<id>" or "org"
     Column("contact_id", String(256), primary_key=True),  # immutable id (Prefer: IdType="ImmutableId")
-    Column("source", String(16), nullable=False),  # personal | org
+    Column("source", String(16), nullable=False),  # personal | shared | org
     Column("folder_id", String(256)),  # contact folder id; NULL = the default Contacts folder
     Column("display_name", Text),
     Column("given_name", Text),
@@ -431,6 +431,18 @@ stg_auto_replies: Final = Table(
     Column("scheduled_start", UTCDateTime()),
     Column("scheduled_end", UTCDateTime()),
     Column("updated_at", UTCDateTime(), nullable=False),
+    Column("last_run_key", RUN_KEY),
+)
+
+# Teams presence of the managed users as the last poll read it (getPresencesByUserId); a row
+# older than presence.teams.max_age_minutes no longer counts.
+stg_teams_presence: Final = Table(
+    "stg_teams_presence",
+    metadata,
+    Column("user_id", USER_ID, primary_key=True),
+    Column("availability", String(32)),  # Available | Busy | DoNotDisturb | Away | Offline | ...
+    Column("activity", String(32)),  # InACall | InAMeeting | Presenting | ...
+    Column("fetched_at", UTCDateTime(), nullable=False),
     Column("last_run_key", RUN_KEY),
 )
 

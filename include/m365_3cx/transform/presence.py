@@ -1,12 +1,20 @@
-"""Calendar and automatic replies -> the 3CX profile a user should have at an instant.
+"""Calendar, automatic replies and Teams presence -> the 3CX profile a user should have at an instant.
 
 Pure functions, no I/O. Every instant is an aware UTC :class:`~datetime.datetime`.
 
 Precedence (highest first): automatic replies on (``alwaysEnabled``, or ``scheduled`` with the
-instant inside ``[scheduled_start, scheduled_end)``), then events by ``showAs``: ``oof`` >
-``busy`` > ``workingElsewhere`` > ``tentative``. Cancelled events, ``free`` and ``unknown`` never
-count, nor does a category whose mapping is ``None`` (``tentative`` by default). With nothing
-applying, the profile is ``mapping["default"]``.
+instant inside ``[scheduled_start, scheduled_end)``), then the user's Teams presence when its
+value is mapped (``presence.teams.mapping``; from the poll's instant on, as nothing later is
+known), then events by ``showAs``: ``oof`` > ``busy`` > ``workingElsewhere`` > ``tentative``.
+Cancelled events, ``free`` and ``unknown`` never count, nor does a category whose mapping is
+``None`` (``tentative`` by default), nor a Teams value mapped to ``None`` ("no change": the
+calendar and the default decide as without Teams). With nothing applying, the profile is
+``mapping["default"]``.
+
+Why this order: automatic replies are an absence the user declared; Teams presence is what the
+user is doing now (a call, a presentation, do not disturb) and Teams already folds the calendar
+in (``InAMeeting``), so where it says something mapped it is the fresher signal; the calendar
+fills in wherever Teams says nothing mapped (``Available``/``Offline`` by default).
 
 Timed events cover ``[start, end)`` in UTC. All-day events cover whole local days in their time
 zone: an all-day event stored with dates ``D1 .. D2`` (the date part of ``start``/``end``; Graph
@@ -29,22 +37,26 @@ __all__ = [
     "AUTOMATIC_REPLIES",
     "DEFAULT",
     "PRECEDENCE",
+    "TEAMS",
     "AutoReplies",
     "EventSpan",
     "PresenceDecision",
+    "TeamsPresence",
     "check_mapping_against_pbx",
     "decide",
     "event_interval",
     "profile_at",
+    "teams_profile",
 ]
 
 AUTOMATIC_REPLIES: Final = "automatic_replies"
 DEFAULT: Final = "default"
+TEAMS: Final = "teams"
 
-#: Reasons from highest to lowest precedence (``showAs`` values plus automatic replies).
-PRECEDENCE: Final[tuple[str, ...]] = (AUTOMATIC_REPLIES, "oof", "busy", "workingElsewhere", "tentative")
+#: Reasons from highest to lowest precedence (``showAs`` values, automatic replies, Teams presence).
+PRECEDENCE: Final[tuple[str, ...]] = (AUTOMATIC_REPLIES, TEAMS, "oof", "busy", "workingElsewhere", "tentative")
 _RANK: Final = {reason: len(PRECEDENCE) - i for i, reason in enumerate(PRECEDENCE)}
-_SHOW_AS: Final = {name.lower(): name for name in PRECEDENCE[1:]}
+_SHOW_AS: Final = {name.lower(): name for name in PRECEDENCE[2:]}
 _BEGINNING: Final = dt.datetime.min.replace(tzinfo=dt.UTC)
 _FOREVER: Final = dt.datetime.max.replace(tzinfo=dt.UTC)
 
@@ -110,11 +122,41 @@ class AutoReplies:
 
 
 @dataclass(frozen=True)
+class TeamsPresence:
+    """A user's Teams presence as ``getPresencesByUserId`` reported it.
+
+    :param availability: Graph ``availability`` (``Available``, ``Busy``, ``DoNotDisturb``, ...).
+    :param activity: Graph ``activity`` (``InACall``, ``Presenting``, ...).
+    """
+
+    availability: str | None
+    activity: str | None = None
+
+
+def teams_profile(presence: TeamsPresence | None, mapping: Mapping[str, str | None]) -> tuple[str, str] | None:
+    """The profile a Teams presence maps to, and the mapping key that decided it.
+
+    The ``activity`` value is looked up first (it is the more specific one), then ``availability``;
+    the first key the mapping has decides, and a ``None`` value there means "no change".
+
+    :param mapping: ``presence.teams.mapping`` (presence value -> profile name or ``None``).
+    :return: ``(profile, key)``, or ``None`` when the presence does not count.
+    """
+    if presence is None:
+        return None
+    for value in (presence.activity, presence.availability):
+        if value and value in mapping:
+            profile = mapping[value]
+            return (profile, value) if profile else None
+    return None
+
+
+@dataclass(frozen=True)
 class PresenceDecision:
     """The profile a user should have at ``at`` and when that changes next.
 
     :param profile: the 3CX profile name.
-    :param reason: ``automatic_replies``, a ``showAs`` value or ``default``.
+    :param reason: ``automatic_replies``, ``teams:<presence value>``, a ``showAs`` value or ``default``.
     :param at: the instant decided for.
     :param next_switch_at: the earliest instant after ``at`` at which the profile differs, or
         ``None`` when nothing known changes it.
@@ -157,10 +199,14 @@ class _Span:
     reason: str
     profile: str
     event_id: str | None
+    label: str | None = None  # the decision's reason when it differs from the ranking one
 
 
-def _spans(events: Iterable[EventSpan], replies: AutoReplies | None, mapping: Mapping[str, str | None]) -> list[_Span]:
+def _spans(events: Iterable[EventSpan], replies: AutoReplies | None, mapping: Mapping[str, str | None],
+           teams: tuple[str, str] | None = None, since: dt.datetime | None = None) -> list[_Span]:
     spans: list[_Span] = []
+    if teams is not None and since is not None:
+        spans.append(_Span(since, _FOREVER, TEAMS, teams[0], None, f"{TEAMS}:{teams[1]}"))
     if replies is not None and mapping.get(AUTOMATIC_REPLIES):
         window = replies.interval()
         if window is not None:
@@ -197,12 +243,15 @@ def profile_at(
     replies: AutoReplies | None,
     mapping: Mapping[str, str | None],
     instant: dt.datetime,
+    teams: tuple[str, str] | None = None,
 ) -> str:
     """The profile due at ``instant`` (no next-switch search).
 
+    :param teams: :func:`teams_profile` of the user's presence polled at ``instant``.
     :raises ValueError: naive datetimes.
     """
-    span = _winner(_spans(events, replies, mapping), _require_aware(instant))
+    instant = _require_aware(instant)
+    span = _winner(_spans(events, replies, mapping, teams, instant), instant)
     return span.profile if span else str(mapping[DEFAULT])
 
 
@@ -211,6 +260,7 @@ def decide(
     replies: AutoReplies | None,
     mapping: Mapping[str, str | None],
     now: dt.datetime,
+    teams: tuple[str, str] | None = None,
 ) -> PresenceDecision:
     """The profile due at ``now`` and the earliest later instant at which it changes.
 
@@ -218,13 +268,15 @@ def decide(
     :param replies: the user's automatic-replies setting, or ``None`` when unknown.
     :param mapping: ``presence.mapping`` (reason -> profile name or ``None``; needs ``default``).
     :param now: aware instant.
+    :param teams: :func:`teams_profile` of the user's current Teams presence (``None``: does not
+        count); taken to hold from ``now`` on, so only automatic replies starting later change it.
     :return: the decision.
     :raises ValueError: naive datetimes.
     :raises KeyError: ``mapping`` has no ``default``.
     """
     now = _require_aware(now)
     default = str(mapping[DEFAULT])
-    spans = _spans(events, replies, mapping)
+    spans = _spans(events, replies, mapping, teams, now)
     current = _winner(spans, now)
     profile = current.profile if current else default
     boundaries = sorted({b for span in spans for b in (span.start, span.end) if now < b < _FOREVER})
@@ -236,7 +288,7 @@ def decide(
             break
     return PresenceDecision(
         profile=profile,
-        reason=current.reason if current else DEFAULT,
+        reason=(current.label or current.reason) if current else DEFAULT,
         at=now,
         next_switch_at=next_switch,
         event_id=current.event_id if current else None,

@@ -116,6 +116,7 @@ LATER_TABLES = {
     "stg_contacts",
     "stg_events",
     "stg_auto_replies",
+    "stg_teams_presence",
     "phonebook_map",
     "presence_state",
     "tgt_phonebook",
