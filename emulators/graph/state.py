@@ -28,10 +28,10 @@ from emulators.graph.mailbox import Mailbox, MailboxNotEnabled, MailboxOptions, 
 from emulators.graph.subscriptions import SubscriptionHub
 
 CHANGE_KINDS = ("created", "updated", "soft_deleted", "hard_deleted", "restored")
-#: Application permissions the emulated app registration holds by default (``PUT /_emulator/permissions``
-#: takes some away). Only routes added with issue 12 check them (presence, organisational contacts).
-APP_PERMISSIONS = frozenset({"User.Read.All", "GroupMember.Read.All", "Contacts.Read", "Calendars.Read",
-                             "MailboxSettings.Read", "Presence.Read.All", "OrgContact.Read.All"})
+#: Application permissions ``PUT /_emulator/permissions`` knows. What the app holds lives in one place,
+#: the subscription hub's ``granted`` (its defaults are every permission the product documents).
+APP_PERMISSIONS = frozenset({"User.Read.All", "GroupMember.Read.All", "Directory.Read.All", "Contacts.Read",
+                             "Calendars.Read", "MailboxSettings.Read", "Presence.Read.All", "OrgContact.Read.All"})
 READ_ONLY = frozenset({"id", "createdDateTime"})
 
 
@@ -231,7 +231,6 @@ class TenantBackend:
 
         self.presence = PresenceStore()
         self.org_contacts = OrgContactStore()
-        self.granted: set[str] = set(APP_PERMISSIONS)
         self._load(tenant)
 
     # ------------------------------------------------------------ seeding
@@ -263,7 +262,6 @@ class TenantBackend:
             self.subscriptions.clear()
             self.presence.clear()
             self.org_contacts.clear()
-            self.granted = set(APP_PERMISSIONS)
 
     def _subscription_target(self, key: str) -> tuple[str, bool]:
         """``(user id, has a mailbox)`` for a subscription resource's user. :raises NotFound:"""
@@ -277,20 +275,23 @@ class TenantBackend:
         """Stop background work (the change-notification delivery thread)."""
         self.subscriptions.close()
 
+    @property
+    def granted(self) -> set[str]:
+        """The application permissions the app registration holds (with admin consent)."""
+        return set(self.subscriptions.granted)
+
     def has_permission(self, permission: str) -> bool:
-        """Whether the app registration holds ``permission`` (with admin consent)."""
-        with self._lock:
-            return permission in self.granted
+        """Whether the app registration holds ``permission``."""
+        return permission in self.subscriptions.granted
 
     def set_permissions(self, granted: list[str]) -> list[str]:
-        """Replace the app's granted permissions. :raises ValueError: an unknown permission."""
+        """Replace the app's granted permissions (subscriptions see it too). :raises ValueError: an unknown one."""
         unknown = set(granted) - APP_PERMISSIONS
         if unknown:
             known = ", ".join(sorted(APP_PERMISSIONS))
             raise ValueError(f"unknown permissions: {', '.join(sorted(unknown))} (known: {known})")
-        with self._lock:
-            self.granted = set(granted)
-            return sorted(self.granted)
+        self.subscriptions.set_granted(granted)
+        return sorted(self.subscriptions.granted)
 
     def live_user_ids(self, ids: list[str]) -> set[str]:
         """The ids among ``ids`` that are users of the tenant and not soft-deleted."""

@@ -56,7 +56,7 @@ api/subscription-post-subscriptions (User.Read.All, Contacts.Read, Calendars.Rea
 "MS Graph Subscriptions will not be able to support write access permissions where only read access
 privileges are needed", so ReadWrite grants do not count). Directory.Read.All reads every user too."""
 DEFAULT_GRANTED = frozenset({"User.Read.All", "Contacts.Read", "Calendars.Read", "MailboxSettings.Read",
-                             "GroupMember.Read.All"})
+                             "GroupMember.Read.All", "Presence.Read.All", "OrgContact.Read.All"})
 """What the emulated app registration is consented to (the product's documented least privileges)."""
 DELIVERY_WORKERS = 4
 VALIDATION_TOKEN_TEXT = "Validation: Testing client application reachability for subscription Request-Id: {}"

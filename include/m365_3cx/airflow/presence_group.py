@@ -80,8 +80,11 @@ def extract_calendars_body(mode: str, shard: dict[str, Any]) -> dict[str, Any]:
         return extract_calendars(engine, graph, settings, run.run_key, effective, shard, utcnow())
 
 
-def extract_teams_presence_body() -> dict[str, Any]:
-    """Poll the managed users' Teams presence (nothing unless ``presence.teams.enabled``)."""
+def extract_teams_presence_body(push: bool = False) -> dict[str, Any]:
+    """Poll the managed users' Teams presence (nothing unless ``presence.teams.enabled``).
+
+    :param push: a push run: no poll (the delta and hourly runs poll; what they staged still counts).
+    """
     from m365_3cx.pipeline.presence import extract_teams_presence
 
     context = get_current_context()
@@ -89,6 +92,8 @@ def extract_teams_presence_body() -> dict[str, Any]:
     settings = load_settings()
     if not (settings.presence.enabled and settings.presence.teams.enabled):
         return {"enabled": False}
+    if push and not on_demand_entries(context):
+        return {"push": True, "polled": False}
     with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(GraphHook()) as graph:
         return extract_teams_presence(engine, graph, settings, run.run_key, utcnow(),
                                       on_demand_run=bool(on_demand_entries(context)))
@@ -155,7 +160,7 @@ def presence_refresh(mode: str, push: bool = False) -> TaskGroup:
         @task(task_id="extract_teams_presence", pool=GRAPH_POOL, trigger_rule="none_failed",
               outlets=[STG_TEAMS_PRESENCE])
         def extract_teams_presence() -> dict[str, Any]:
-            return extract_teams_presence_body()
+            return extract_teams_presence_body(push)
 
         extract_teams_presence()
     return group
