@@ -787,8 +787,9 @@ def sync_removal_clock(conn: Connection, now: dt.datetime) -> tuple[int, int]:
 
     Started (``now``) for an active mapping of a removed, unprotected user whose extension 3CX
     holds disabled (e.g. disabled before ``disable_then_delete`` was chosen, or by hand); cleared
-    for a user who is active again or protected, or whose extension 3CX holds enabled (the plan
-    re-disables it, and the clock starts again then).
+    for a protected user, or one whose extension 3CX holds enabled (re-enabled by hand; for a
+    removed user the plan disables it again and the clock starts again then). A user who is back
+    keeps the clock until the re-enable reaches 3CX (the plan says "back within the grace period").
 
     :returns: ``(started, cleared)``.
     """
@@ -805,7 +806,7 @@ def sync_removal_clock(conn: Connection, now: dt.datetime) -> tuple[int, int]:
     cleared = conn.execute(
         update(extension_map)
         .where(extension_map.c.removal_since.is_not(None),
-               exists(target.where((tgt_extensions.c.state == "active") | tgt_extensions.c.protection.is_not(None)))
+               exists(target.where(tgt_extensions.c.protection.is_not(None)))
                | exists(pbx.where(cur_extensions.c.enabled.is_(True))))
         .values(removal_since=None)
     ).rowcount
