@@ -29,6 +29,8 @@ from typing import Any
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the emulators package lives in the checkout
+    sys.path.insert(0, str(ROOT))
 
 
 def _base() -> Any:
@@ -53,9 +55,11 @@ class PushCluster(base.CeleryCluster):
     """The push cluster; ``settings`` is the settings Variable (``push`` is filled in with the receiver URLs).
 
     :param settings: the ``m365_3cx_settings`` document without its ``push`` section.
+    :param extra_env: more environment for every Airflow process (e.g. ``M365_3CX_DELTA_MINUTES``).
     """
 
     settings: dict[str, Any] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)
     ca_bundle: str = field(default="", init=False)
 
     @property
@@ -101,6 +105,7 @@ class PushCluster(base.CeleryCluster):
             "AIRFLOW__TRIGGERER__DEFAULT_CAPACITY": "50",
             "AIRFLOW_VAR_M365_3CX_SETTINGS": json.dumps(self.full_settings()),
             "M365_3CX_PUSH_POLL_SECONDS": "0.5",
+            **self.extra_env,
         })
         self._run_cli("db-migrate", "db", "migrate")
         self.timings["migrate_done"] = time.monotonic() - began
