@@ -279,8 +279,9 @@ def run_pipeline(h: Harness, mode: str, label: str) -> dict[str, Any]:
                   counts):
             h.step("snapshot_phonebook", contacts_steps.snapshot_phonebook, h.engine, pbx, h.settings, run.run_key,
                    now, mode=mode)
-            h.step("transform_phonebook", contacts_steps.transform_phonebook, h.engine, h.settings, run.run_key, now)
-            h.step("plan_phonebook", contacts_steps.plan_phonebook, h.engine, run.run_key)
+            h.step("transform_phonebook", contacts_steps.transform_phonebook, h.engine, h.settings, run.run_key, now,
+                   mode=mode)
+            h.step("plan_phonebook", contacts_steps.plan_phonebook, h.engine, run.run_key, now=now, mode=mode)
             applied["phonebook"] = h.step("apply_phonebook", contacts_steps.apply_phonebook, h.engine, pbx,
                                           h.settings, run.run_key, now, dry_run=False, allow_mass_removal=True,
                                           mode=mode)

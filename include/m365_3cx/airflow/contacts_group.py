@@ -101,7 +101,8 @@ def run_transform_phonebook(mode: str) -> dict[str, int]:
     with fatal_errors_fail_the_task(), staging_engine() as engine, \
             feature_lease(engine, "phonebook", run.run_key, "transform", settings):
         owners = set(on_demand_users(engine, run.run_key)) if on_demand_entries(context) else None
-        return transform_phonebook(engine, settings, run.run_key, utcnow(), only_owner_ids=owners)
+        return transform_phonebook(engine, settings, run.run_key, utcnow(), only_owner_ids=owners,
+                                   mode=_effective_mode(context, mode))
 
 
 def run_phonebook_has_work(mode: str, shard_counts: list[dict[str, Any]]) -> bool:
@@ -129,7 +130,7 @@ def run_plan_phonebook(mode: str) -> dict[str, int]:
             feature_lease(engine, "phonebook", run.run_key, "plan", settings):
         owners = set(on_demand_users(engine, run.run_key)) if on_demand_entries(context) else None
         return plan_phonebook(engine, run.run_key, only_owner_ids=owners, now=utcnow(),
-                              preview=settings.logs.plan_preview)
+                              preview=settings.logs.plan_preview, mode=_effective_mode(context, mode))
 
 
 def run_apply_phonebook(mode: str) -> dict[str, int]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
@@ -611,21 +611,40 @@ def snapshot_phonebook(engine: Engine, threecx: ThreeCXClient, settings: Setting
 
 
 def transform_phonebook(engine: Engine, settings: Settings, run_key: str, now: datetime,
-                        only_owner_ids: Collection[str] | None = None) -> dict[str, int]:
+                        only_owner_ids: Collection[str] | None = None, mode: str = "full") -> dict[str, int]:
     """Staged contacts -> desired entries (``tgt_phonebook``) and per-record notes.
 
     Every staged contact counts (also those of users an on-demand run did not read), so nobody's
     entry disappears because it was not read. With ``only_owner_ids`` (on demand) an entry those
     users sourced in the previous transform and no longer source is kept as a ``removed`` row with
     its previous owners, so the on-demand plan can tell which removals are theirs.
-    """
-    from m365_3cx.transform.phonebook import PhonebookParams, desired_phonebook
 
+    :param mode: the run's effective mode: a ``delta`` run recomputes only the entries its changes
+        touch (:mod:`m365_3cx.pipeline.phonebook_delta`), falling back to everything when the
+        settings that shape entries changed.
+    """
+    from m365_3cx.pipeline import phonebook_delta
+    from m365_3cx.pipeline.users import pending_user_keys
+    from m365_3cx.staging import phonebook_sources
+    from m365_3cx.transform.phonebook import PhonebookParams, desired_phonebook, params_fingerprint
+
+    params = PhonebookParams.from_settings(settings)
+    fingerprint = params_fingerprint(params)
+    if mode == "delta" and only_owner_ids is None:
+        done = phonebook_delta.transform_incremental(engine, params, fingerprint, run_key,
+                                                     pending_user_keys(engine, run_key), now)
+        if done is not None:
+            with engine.begin() as conn:
+                repo.add_notes(conn, run_key, note_rows(done.result.notes, run_key, now), step="transform_phonebook",
+                               now=now)
+            return {"entries": done.entries, "contacts": done.result.contacts_used, "skipped": done.result.skipped,
+                    "excluded": done.result.excluded, "notes": len(done.result.notes), "removed": done.removed,
+                    "dirty": done.dirty, "incremental": 1}
     with engine.connect() as conn:
         contacts = repo.load_frame(conn, "stg_contacts", where={"deleted": False})
         users = repo.load_frame(conn, "stg_users")
         previous = repo.load_frame(conn, "tgt_phonebook") if only_owner_ids else None
-    result = desired_phonebook(contacts, users, PhonebookParams.from_settings(settings))
+    result = desired_phonebook(contacts, users, params)
     rows = result.frame.to_dict("records")
     if previous is not None and len(previous):
         kept = {row["contact_key"] for row in rows}
@@ -637,6 +656,9 @@ def transform_phonebook(engine: Engine, settings: Settings, run_key: str, now: d
                             | {"state": "removed"})
     with engine.begin() as conn:
         crepo.replace_phonebook_targets(conn, rows, run_key, now)
+        phonebook_sources.replace_sources(conn, result.sources, run_key)
+        phonebook_sources.set_transform_basis(conn, phonebook_delta.FEATURE, fingerprint, phonebook_sources.FULL,
+                                              run_key, now)
         repo.add_notes(conn, run_key, note_rows(result.notes, run_key, now), step="transform_phonebook", now=now)
     log.info("phonebook transform: %d entries from %d contacts; %d skipped, %d excluded, %d notes",
              len(rows), result.contacts_used, result.skipped, result.excluded, len(result.notes))
@@ -657,20 +679,35 @@ def owner_keys(engine: Engine, owner_ids: Collection[str]) -> dict[str, set[str]
 
 
 def plan_phonebook(engine: Engine, run_key: str, only_owner_ids: Collection[str] | None = None,
-                   now: datetime | None = None, preview: int = 10) -> dict[str, int]:
+                   now: datetime | None = None, preview: int = 10, mode: str = "full") -> dict[str, int]:
     """Diff desired entries against the managed 3CX contacts into ``sync_plan`` (object type ``contact``).
 
     :param only_owner_ids: an on-demand run's users: plan only the entries they source (or sourced
         until now); every other entry is left exactly as it is. The plan step is traced per user.
     :param preview: how many planned changes to list in the log (``logs.plan_preview``).
+    :param mode: the run's effective mode: after an incremental transform a ``delta`` run diffs only
+        the entries it recomputed (and failed or pending ones, see
+        :func:`~m365_3cx.pipeline.phonebook_delta.delta_plan_keys`).
     """
+    import datetime as dt
+
+    from m365_3cx.pipeline.phonebook_delta import delta_plan_keys
     from m365_3cx.reconcile.phonebook import plan_phonebook as plan
     from m365_3cx.reconcile.plan import plan_rows
 
+    subset = (delta_plan_keys(engine, run_key, now or dt.datetime.now(dt.UTC))
+              if mode == "delta" and only_owner_ids is None else None)
     with engine.connect() as conn:
-        desired = repo.load_frame(conn, "tgt_phonebook")
-        mapping = repo.load_frame(conn, "phonebook_map")
+        if subset is None:
+            desired = repo.load_frame(conn, "tgt_phonebook")
+            mapping = repo.load_frame(conn, "phonebook_map")
+        else:
+            desired = crepo.load_entries(conn, "tgt_phonebook", subset)
+            mapping = crepo.load_entries(conn, "phonebook_map", subset)
+            managed = crepo.managed_present_count(conn)
     result = plan(desired, mapping)
+    if subset is not None:  # the guard's base is every managed entry, not the few diffed
+        result = replace(result, managed_count=managed)
     changes, forget = result.changes, result.forget
     keys_of: dict[str, set[str]] = {}
     if only_owner_ids is not None:

@@ -252,6 +252,14 @@ def _applied_runs() -> Any:
     )
 
 
+def run_was_applied(conn: Any, run_key: str | None) -> bool:
+    """Whether the run's plan reached 3CX (see :func:`_applied_runs`)."""
+    if run_key is None:
+        return False
+    query = sa.select(sa.func.count()).where(sync_runs.c.run_key == run_key, sync_runs.c.run_key.in_(_applied_runs()))
+    return bool(conn.execute(query).scalar_one())
+
+
 def pending_filter(conn: Any, table: Any, run_key: str) -> Any:
     """Rows of a staging table whose change has not reached 3CX yet (``None`` = every row).
 

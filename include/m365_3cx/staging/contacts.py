@@ -30,12 +30,14 @@ __all__ = [
     "eligible_user_count",
     "entry_currents",
     "forget_entries",
+    "load_entries",
     "managed_present_count",
     "mark_contacts_deleted",
     "mark_missing_contacts_deleted",
     "mark_missing_in_streams",
     "mark_streams_gone",
     "merge_contacts",
+    "patch_phonebook_targets",
     "pending_entry_count",
     "purge_contacts",
     "record_pending",
@@ -396,6 +398,18 @@ def replace_phonebook_targets(conn: Connection, rows: Iterable[Mapping[str, Any]
     return upsert(conn, tgt_phonebook, changed, ["contact_key"])
 
 
+def patch_phonebook_targets(conn: Connection, rows: Iterable[Mapping[str, Any]], run_key: str,
+                            now: dt.datetime) -> int:
+    """Upsert the entries an incremental transform recomputed (``state`` ``removed`` for entries
+    nobody feeds any more), every one stamped with ``run_key``: the delta plan diffs exactly these.
+
+    :param rows: records with the ``TARGET_COLUMNS`` of :mod:`m365_3cx.transform.phonebook`.
+    :returns: rows written.
+    """
+    return upsert(conn, tgt_phonebook, [{**row, "run_key": run_key, "computed_at": now} for row in rows],
+                  ["contact_key"])
+
+
 def record_pending(conn: Connection, contact_key: str, tag: str, run_key: str, now: dt.datetime) -> None:
     """Record an entry about to be created (``status=pending``) so a lost create can be re-linked by tag."""
     row = {"contact_key": contact_key, "tag": tag, "threecx_id": None, "status": "pending", "present": False,
@@ -529,6 +543,23 @@ def apply_snapshot(conn: Connection, matches: Iterable[Any], run_key: str, now: 
         for start in range(0, len(rows), 500):
             conn.execute(stmt, rows[start:start + 500])
     return relinked
+
+
+def load_entries(conn: Connection, table_name: str, keys: Iterable[str]) -> Any:
+    """Rows of ``tgt_phonebook`` or ``phonebook_map`` for these entries, as one DataFrame
+    (read 500 keys per statement)."""
+    import pandas as pd
+
+    from m365_3cx.staging.repo import load_frame
+    from m365_3cx.staging.schema import table
+
+    column = table(table_name).c.contact_key
+    items = sorted(set(keys))
+    frames = [load_frame(conn, table_name, where=column.in_(items[i:i + 500])) for i in range(0, len(items), 500)]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return load_frame(conn, table_name, where=column.in_([]))
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
 def managed_present_count(conn: Connection) -> int:

@@ -502,6 +502,30 @@ tgt_phonebook: Final = Table(
     Column("computed_at", UTCDateTime()),
 )
 
+# Which entry each source contact feeds, as the last transform computed it: a delta run recomputes
+# only the entries fed by contacts (or owners) that changed, from just the contacts feeding them.
+tgt_phonebook_sources: Final = Table(
+    "tgt_phonebook_sources",
+    metadata,
+    Column("owner_id", String(64), primary_key=True),
+    Column("contact_id", String(256), primary_key=True),
+    Column("contact_key", String(64), nullable=False),
+    Column("run_key", RUN_KEY),
+    Index("ix_tgt_phonebook_sources_key", "contact_key"),
+)
+
+# What a feature's stored targets were computed with (a fingerprint of the settings that shape
+# them): an incremental transform is valid only while it matches, else the next run recomputes all.
+transform_state: Final = Table(
+    "transform_state",
+    metadata,
+    Column("feature", String(32), primary_key=True),
+    Column("params_hash", String(64), nullable=False),
+    Column("scope", String(16), nullable=False, default="full"),  # full | incremental (the last transform)
+    Column("run_key", RUN_KEY),
+    Column("computed_at", UTCDateTime(), nullable=False),
+)
+
 tgt_presence: Final = Table(
     "tgt_presence",
     metadata,

@@ -18,7 +18,10 @@ Rules (each has a unit test in ``tests/unit/m365_3cx/transform/test_phonebook.py
 * One person held by several users is one entry: the dedup key is the normalised name plus
   the primary E.164 number (the e-mail address when the entry has no name). Copies are merged
   in ``(owner_id, contact_id)`` order: scalar fields from the first copy that has them, numbers
-  from every copy. ``Tag`` = ``m365-sync:<key>`` marks the entry as ours.
+  from every copy. ``Tag`` = ``m365-sync:<key>`` marks the entry as ours. A contact's key depends
+  on that contact, its owner's ``usageLocation`` and the parameters only, so an entry can be
+  recomputed from just the contacts that feed it (``PhonebookResult.sources``): what the delta
+  runs' incremental transform relies on.
 * Text loses control and format characters (:mod:`m365_3cx.sanitize`), is NFC-normalised and
   truncated to the 3CX field limits (never inside a grapheme's combining sequence), with a note.
 """
@@ -51,6 +54,7 @@ __all__ = [
     "contact_note",
     "dedup_key",
     "desired_phonebook",
+    "params_fingerprint",
     "truncate",
 ]
 
@@ -141,6 +145,8 @@ class PhonebookResult:
     :param contacts_used: source contacts that went into an entry.
     :param skipped: source contacts skipped (no number, no name).
     :param excluded: source contacts left out for the exclusion category.
+    :param sources: ``(owner_id, contact_id, contact_key)`` of every contact that went into an entry:
+        which entry each source contact feeds (what an incremental transform recomputes from).
     """
 
     frame: pd.DataFrame
@@ -148,6 +154,7 @@ class PhonebookResult:
     contacts_used: int = 0
     skipped: int = 0
     excluded: int = 0
+    sources: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -419,4 +426,17 @@ def desired_phonebook(contacts: pd.DataFrame, users: pd.DataFrame, params: Phone
         groups.setdefault(key, []).append(copy)
     rows = [_merge(key, groups[key], params, notes) for key in sorted(groups)]
     frame = pd.DataFrame(rows, columns=list(TARGET_COLUMNS)) if rows else pd.DataFrame(columns=list(TARGET_COLUMNS))
-    return PhonebookResult(frame=frame, notes=notes, contacts_used=used, skipped=skipped, excluded=excluded)
+    sources = [(c.owner_id, c.contact_id, key) for key in sorted(groups) for c in groups[key]]
+    return PhonebookResult(frame=frame, notes=notes, contacts_used=used, skipped=skipped, excluded=excluded,
+                           sources=sources)
+
+
+def params_fingerprint(params: PhonebookParams) -> str:
+    """A short hash of everything besides the data that shapes entries: an incremental transform is
+    only valid while the fingerprint it was built with still holds (else everything is recomputed).
+
+    :param params: the transform parameters.
+    :return: 16 hex characters.
+    """
+    basis = "\x1f".join(str(getattr(params, f)) for f in sorted(params.__dataclass_fields__))
+    return hashlib.sha256(f"phonebook-v1\x1f{basis}".encode()).hexdigest()[:16]

@@ -120,6 +120,8 @@ LATER_TABLES = {
     "phonebook_map",
     "presence_state",
     "tgt_phonebook",
+    "tgt_phonebook_sources",
+    "transform_state",
     "tgt_presence",
     "schema_version",
     "sync_control",

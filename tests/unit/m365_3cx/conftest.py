@@ -1,4 +1,4 @@
-"""Database fixtures: every staging test runs on SQLite (a temp file) and PostgreSQL.
+"""Database fixtures: every staging (and staging-backed pipeline) test runs on SQLite (a temp file) and PostgreSQL.
 
 PostgreSQL: a throwaway database ``m365_3cx_test_<pid>`` is created through the
 admin URL (``M365_3CX_TEST_PG_ADMIN_URL``, default the local ``postgres`` database)
