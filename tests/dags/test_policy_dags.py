@@ -6,8 +6,8 @@ staging, as 30 days passing would):
 
 * full sync: protected (UPN, group) and opted-out users get no extension, one info note each;
 * delta: deleted users and a user taken out of the scope group are disabled, not deleted; emptied
-  fields are cleared or kept per ``extensions.clear_on_empty``; a managed user put into the
-  protected group is neither changed nor disabled;
+  fields are cleared or kept per ``extensions.clear_on_empty`` (every managed field both ways, over
+  two runs); a managed user put into the protected group is neither changed nor disabled;
 * a user restored from deleted items (``POST /directory/deletedItems/{id}/restore``) within the
   grace period gets the same extension back, enabled; a dry run of the grace expiry deletes
   nothing; the real run deletes the one whose grace ran out (planned, guarded, audited);
@@ -92,11 +92,7 @@ def test_grace_period_protection_clear_on_empty_and_scope_explanation(
     members = sorted((u for u in state["users"] if u.get("mail") and u.get("accountEnabled")
                       and u.get("userType", "Member") == "Member" and u["id"] not in shielded),
                      key=lambda u: u["id"])
-    with_mobile = [u for u in members if u.get("mobilePhone")]
-    with_phone = [u for u in members if u.get("businessPhones") and u.get("surname") and u not in with_mobile[:1]]
-    c1, c2 = with_mobile[0], with_phone[0]
-    rest = [u for u in members if u["id"] not in (c1["id"], c2["id"])]
-    deleted, restored, moved_out, to_protect, protected, opted = rest[:6]
+    deleted, restored, moved_out, to_protect, protected, opted = members[:6]
     guest = next(u for u in state["users"] if u.get("userType") == "Guest")
     disabled = next(u for u in state["users"] if not u.get("accountEnabled") and u.get("userType") == "Member")
     settings = {**SETTINGS, "scope": {"group_id": scope_group["id"], "protected_group_id": protected_group["id"],
@@ -111,7 +107,7 @@ def test_grace_period_protection_clear_on_empty_and_scope_explanation(
     mapped = _map(env)
     assert protected["id"] not in mapped and opted["id"] not in mapped
     assert not shielded & set(mapped)
-    for user in (c1, c2, deleted, restored, moved_out, to_protect):
+    for user in (deleted, restored, moved_out, to_protect):
         assert user["id"] in mapped and mapped[user["id"]]["threecx_id"] is not None
     with env["engine"].connect() as conn:
         info = dict(conn.execute(sa.text(
@@ -120,9 +116,13 @@ def test_grace_period_protection_clear_on_empty_and_scope_explanation(
     assert "scope.protected_upns" in info[protected["id"]] and OPT_OUT in info[opted["id"]]
     assert shielded <= set(info) and "protected group" in info[next(iter(shielded))]
     before = _pbx(env)
-    ids = {u["id"]: mapped[u["id"]]["threecx_id"] for u in (c1, c2, deleted, restored, moved_out, to_protect)}
-    assert before[ids[c1["id"]]]["Mobile"] and before[ids[c1["id"]]]["FirstName"]
-    assert before[ids[c2["id"]]]["OutboundCallerID"] and before[ids[c2["id"]]]["LastName"]
+    ids = {u["id"]: mapped[u["id"]]["threecx_id"] for u in members if u["id"] in mapped}
+    spare = [u for u in members[6:] if u["id"] in ids]  # users whose fields get emptied, by what 3CX holds
+    with_mobile = [u for u in spare if before[ids[u["id"]]]["Mobile"] and before[ids[u["id"]]]["FirstName"]]
+    c1, c3 = with_mobile[:2]
+    with_phone = [u for u in spare if before[ids[u["id"]]]["OutboundCallerID"] and before[ids[u["id"]]]["LastName"]
+                  and before[ids[u["id"]]]["EmailAddress"] and u["id"] not in (c1["id"], c3["id"])]
+    c2, c4 = with_phone[:2]
 
     # 2. delta: removals disable (the grace period starts), fields cleared or kept, protected untouched
     graph.admin("DELETE", f"users/{deleted['id']}")
@@ -153,7 +153,14 @@ def test_grace_period_protection_clear_on_empty_and_scope_explanation(
     assert all(clock[u["id"]]["removal_since"] is not None for u in (deleted, restored, moved_out))
     assert clock[c1["id"]]["removal_since"] is None
 
-    # 3. the restored user comes back; the deleted user's grace period runs out (as if 30 days passed)
+    # 3. the other way round for every field (clear_on_empty swapped), in the runs below
+    swapped = {"FirstName": False, "LastName": False, "OutboundCallerID": False, "Mobile": True, "EmailAddress": True}
+    settings["extensions"] = {**settings["extensions"], "clear_on_empty": swapped}
+    monkeypatch.setenv("AIRFLOW_VAR_M365_3CX_SETTINGS", json.dumps(settings))
+    graph.admin("PATCH", f"users/{c3['id']}", json={"givenName": None, "mobilePhone": None})
+    graph.admin("PATCH", f"users/{c4['id']}", json={"surname": None, "mail": None, "businessPhones": []})
+
+    # the restored user comes back; the deleted user's grace period runs out (as if 30 days passed)
     _restore(env, restored["id"])
     with env["engine"].begin() as conn:
         conn.execute(sa.text("UPDATE extension_map SET removal_since = now() - interval '30 days 1 second' "
@@ -173,6 +180,11 @@ def test_grace_period_protection_clear_on_empty_and_scope_explanation(
     assert ids[deleted["id"]] not in now  # deleted in 3CX after the grace period
     back = now[ids[restored["id"]]]  # same 3CX user, same number, enabled again
     assert back["Enabled"] is True and back["Number"] == before[ids[restored["id"]]]["Number"]
+    third, fourth = now[ids[c3["id"]]], now[ids[c4["id"]]]
+    assert third["FirstName"] == before[ids[c3["id"]]]["FirstName"] and third["Mobile"] == ""  # kept / cleared
+    assert fourth["LastName"] == before[ids[c4["id"]]]["LastName"]  # kept
+    assert fourth["OutboundCallerID"] == before[ids[c4["id"]]]["OutboundCallerID"]  # kept
+    assert fourth["EmailAddress"] == ""  # cleared
     plan3 = _plan(env, run3["run_key"])
     assert plan3[restored["id"]] == [("update", "user back within the grace period, re-enabled", "applied")]
     (action, reason, status), = plan3[deleted["id"]]
