@@ -13,7 +13,8 @@ staging, as 30 days passing would):
   nothing; the real run deletes the one whose grace ran out (planned, guarded, audited);
 * an on-demand run traces why each user is in or out of scope, and the console's users page (its
   JSON twin) says the same; a user restored after the delete gets the kept number re-created;
-* a delta with no user changes and no grace expiry reads nothing from 3CX.
+* a delta with no user changes and no grace expiry reads nothing from 3CX; the full sync deletes
+  an extension whose grace period ran out earlier.
 """
 
 from __future__ import annotations
@@ -242,8 +243,20 @@ def test_grace_period_protection_clear_on_empty_and_scope_explanation(
     row = _map(env)[deleted["id"]]
     assert (row["status"], row["threecx_id"], row["released_at"]) == ("active", recreated["Id"], None)
 
-    # 6. nothing changed and no grace period ran out: the delta reads nothing from 3CX, writes nothing
+    # 6. nothing changed and no grace period ran out since the last run (one that ran out long ago is
+    #    the full sync's): the delta reads nothing from 3CX, writes nothing
+    with env["engine"].begin() as conn:
+        conn.execute(sa.text("UPDATE extension_map SET removal_since = now() - interval '31 days' WHERE user_id = :u"),
+                     {"u": moved_out["id"]})
     env["pbx"].admin("DELETE", "counters")
     assert_success(run_dag("m365_3cx_delta"))
     requests_made = env["pbx"].admin("GET", "counters").json()["requests"]
     assert not [k for k, n in requests_made.items() if n and "/xapi/" in k], requests_made
+    assert ids[moved_out["id"]] in _pbx(env)
+
+    # 7. the nightly full sync deletes every extension whose grace period is over
+    assert_success(run_dag("m365_3cx_full_sync"))
+    assert ids[moved_out["id"]] not in _pbx(env)
+    full = _last_run(env)
+    assert [a for a, _, _ in _plan(env, full["run_key"])[moved_out["id"]]] == ["delete"]
+    assert _map(env)[moved_out["id"]]["status"] == "released"
