@@ -16,6 +16,8 @@ MAINTENANCE = {"m365_3cx_watchdog", "m365_3cx_maintenance"}
 CONTROL_DAGS = {"m365_3cx_go_live"}
 #: DAGs that keep Graph subscriptions (Graph calls only, no trigger form of the sync).
 SUBSCRIPTION_DAGS = {"m365_3cx_subscriptions"}
+#: The push DAG: one task running the delta steps for the notified mailboxes.
+PUSH_DAGS = {"m365_3cx_push"}
 #: DAGs without the users -> extensions tasks (checked by test_presence_tasks_run_in_pools).
 PRESENCE_ONLY = {"m365_3cx_hourly"}
 
@@ -69,6 +71,9 @@ def test_external_calls_run_in_pools(dagbag) -> None:
         if dag.dag_id in SUBSCRIPTION_DAGS:
             assert pools["reconcile_subscriptions"] == "graph_api", dag.dag_id
             continue
+        if dag.dag_id in PUSH_DAGS:
+            assert pools == {"sync_notified": "threecx_api"}, dag.dag_id
+            continue
         if dag.dag_id in PRESENCE_ONLY | MAINTENANCE | CONTROL_DAGS:
             continue
         assert pools["extract_users"] == "graph_api", dag.dag_id
@@ -77,7 +82,7 @@ def test_external_calls_run_in_pools(dagbag) -> None:
 
 
 def test_presence_tasks_run_in_pools(dagbag) -> None:
-    for dag_id in ("m365_3cx_hourly", "m365_3cx_delta", "m365_3cx_push"):
+    for dag_id in ("m365_3cx_hourly", "m365_3cx_delta"):
         dag = dagbag.dags[dag_id]
         pools = {task.task_id: task.pool for task in dag.tasks}
         assert pools["presence_refresh.extract_calendars"] == "graph_api", dag_id
@@ -98,7 +103,7 @@ def test_pipeline_order(dagbag) -> None:
 
 def test_apply_steps_run_after_an_approval_or_its_skip(dagbag) -> None:
     """Each apply step follows its plan and its approval task, and still runs when the approval is skipped."""
-    for dag_id in ("m365_3cx_full_sync", "m365_3cx_delta", "m365_3cx_push"):
+    for dag_id in ("m365_3cx_full_sync", "m365_3cx_delta"):
         dag = dagbag.dags[dag_id]
         for plan, approve, apply in (
             ("plan_extensions", "approve_extension_removals", "apply_extensions"),

@@ -49,25 +49,31 @@ class ThreeCXApplyOperator(BaseOperator):
         self.staging_conn_id = staging_conn_id
 
     def execute(self, context: Any) -> dict[str, int]:
-        from m365_3cx.pipeline.ondemand import trace_results
-        from m365_3cx.pipeline.users import apply_users
+        return apply_extensions(context, self.mode, self.threecx_conn_id, self.staging_conn_id)
 
-        params = context.get("params") or {}
-        run = run_info(context, self.mode)
-        settings = load_settings()
-        engine = StagingHook(self.staging_conn_id).get_engine()
-        client = ThreeCXHook(self.threecx_conn_id).get_client()
-        try:
-            with fatal_errors_fail_the_task(), feature_lease(engine, "extensions", run.run_key, "apply", settings):
-                counts = apply_users(
-                    engine, client, settings, run.run_key, utcnow(),
-                    dry_run=bool(params.get("dry_run", False)),
-                    allow_mass_removal=bool(params.get("allow_mass_removal", False)),
-                )
-            release_feature(engine, "extensions", run.run_key, counts)
-            return counts
-        finally:
-            if on_demand_entries(context):  # the trace shows each write's result, also after a failure
-                trace_results(engine, run.run_key, run.run_key, "extension", "apply", utcnow())
-            client.close()
-            engine.dispose()
+
+def apply_extensions(context: Any, mode: str, threecx_conn_id: str = ThreeCXHook.default_conn_name,
+                     staging_conn_id: str = StagingHook.default_conn_name) -> dict[str, int]:
+    """Apply the run's extensions plan (the body of :class:`ThreeCXApplyOperator`, also used by the push DAG)."""
+    from m365_3cx.pipeline.ondemand import trace_results
+    from m365_3cx.pipeline.users import apply_users
+
+    params = context.get("params") or {}
+    run = run_info(context, mode)
+    settings = load_settings()
+    engine = StagingHook(staging_conn_id).get_engine()
+    client = ThreeCXHook(threecx_conn_id).get_client()
+    try:
+        with fatal_errors_fail_the_task(), feature_lease(engine, "extensions", run.run_key, "apply", settings):
+            counts = apply_users(
+                engine, client, settings, run.run_key, utcnow(),
+                dry_run=bool(params.get("dry_run", False)),
+                allow_mass_removal=bool(params.get("allow_mass_removal", False)),
+            )
+        release_feature(engine, "extensions", run.run_key, counts)
+        return counts
+    finally:
+        if on_demand_entries(context):  # the trace shows each write's result, also after a failure
+            trace_results(engine, run.run_key, run.run_key, "extension", "apply", utcnow())
+        client.close()
+        engine.dispose()
