@@ -259,9 +259,15 @@ class ContactsSettings:
 
     :param personal_contacts: ``all`` folders, one ``folder`` or ``off``.
     :param folder_name: the contact folder read when ``personal_contacts == "folder"``.
-    :param exclude_category: contacts with this Outlook category are skipped; ``None`` = none.
-    :param org_contacts: also sync organisational (Exchange) contacts.
+    :param exclude_category: contacts with this Outlook category are skipped; ``None`` = none
+        (personal and shared-mailbox contacts; organisational contacts have no categories).
+    :param org_contacts: also sync the tenant's organisational contacts (``/contacts``,
+        ``OrgContact.Read.All``).
     :param shard_size: users per mapped extract task (contacts of a shard are read with ``$batch``).
+    :param shared_mailboxes: UPNs of shared mailboxes whose contacts go to the company phonebook
+        (``Contacts.Read``; read whatever ``personal_contacts`` says).
+    :param shared_mailbox_folder: the contact folder read in each shared mailbox; ``None`` = the
+        default Contacts folder.
     """
 
     personal_contacts: str = "off"
@@ -269,6 +275,8 @@ class ContactsSettings:
     exclude_category: str | None = "Private"
     org_contacts: bool = False
     shard_size: int = 200
+    shared_mailboxes: tuple[str, ...] = ()
+    shared_mailbox_folder: str | None = None
 
 
 def _default_mapping() -> Mapping[str, str | None]:
@@ -549,6 +557,8 @@ _SECTIONS: Final[dict[str, tuple[type, dict[str, Callable[[object], Any]]]]] = {
             "exclude_category": _optional(_str),
             "org_contacts": _bool,
             "shard_size": _int(1, 5000),
+            "shared_mailboxes": _upns,
+            "shared_mailbox_folder": _optional(_str),
         },
     ),
     "presence": (
@@ -824,6 +834,8 @@ class Settings:
                 section["teams"]["mapping"] = dict(teams.mapping)
             if "to" in section:
                 section["to"] = list(section["to"])
+            if "shared_mailboxes" in section:
+                section["shared_mailboxes"] = list(section["shared_mailboxes"])
             result[name] = section
         return result
 

@@ -51,6 +51,10 @@ GRAPH_ROUTES: dict[str, str] = {
     "PATCH /v1.0/subscriptions/{id}": "api/subscription-update",
     "DELETE /v1.0/subscriptions/{id}": "api/subscription-delete",
     "POST /v1.0/subscriptions/{id}/reauthorize": "api/subscription-reauthorize",
+    # organisational contacts (orgContact)
+    "GET /v1.0/contacts": "api/orgcontact-list",
+    "GET /v1.0/contacts/delta": "api/orgcontact-delta",
+    "GET /v1.0/contacts/{id}": "api/orgcontact-get",
     # Teams presence
     "POST /v1.0/communications/getPresencesByUserId": "api/cloudcommunications-getpresencesbyuserid",
 }

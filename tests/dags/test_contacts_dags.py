@@ -178,3 +178,67 @@ def test_personal_contacts_off_removes_synced_entries_and_dry_run_writes_nothing
     run_dag("m365_3cx_delta")
     assert ours(env) == {}
     assert foreign(env) == foreign_before
+
+
+def test_shared_mailbox_and_organisational_contacts_reach_the_phonebook_full_and_delta(
+        env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12 #2: both sources through the full and delta DAGs, deduped with personal contacts,
+    privacy exclusion for the shared mailbox, removal when a source is dropped, idempotent."""
+    graph = env["graph"]
+    mailbox = graph.admin("POST", "users", json={
+        "userPrincipalName": "reception@contoso.example", "displayName": "Reception",
+        "mail": "reception@contoso.example", "accountEnabled": False}).json()  # how Graph shows a shared mailbox
+    mid = mailbox["id"]
+    lena = {"givenName": "Lena", "surname": "Locksmith", "mobilePhone": "+49 170 5550100"}
+    graph.admin("POST", f"users/{mid}/contacts", json={**lena, "jobTitle": "Locks"})
+    graph.admin("POST", f"users/{mailbox_owner(env)}/contacts", json=lena)  # the same person, held by a user too
+    graph.admin("POST", f"users/{mid}/contacts", json={"givenName": "Pia", "surname": "Private",
+                                                       "mobilePhone": "+49 170 5550101", "categories": ["Private"]})
+    desk = graph.admin("POST", "orgContacts", json={
+        "displayName": "Fabrikam Desk", "givenName": "Fabi", "surname": "Desk", "companyName": "Fabrikam",
+        "mail": "desk@fabrikam.example", "phones": [{"type": "business", "number": "+1 206 555 0100"}]}).json()
+    old = graph.admin("POST", "orgContacts", json={"displayName": "Olga Old", "givenName": "Olga", "surname": "Old",
+                                                   "phones": [{"type": "mobile", "number": "+1 206 555 0199"}]}).json()
+    both = {**SETTINGS, "contacts": {**SETTINGS["contacts"], "shared_mailboxes": ["reception@contoso.example"],
+                                     "org_contacts": True}, "guards": {"mass_removal_fraction": 1.0}}
+    monkeypatch.setenv("AIRFLOW_VAR_M365_3CX_SETTINGS", json.dumps(both))
+    foreign_before = foreign(env)
+
+    run_dag("m365_3cx_full_sync")
+    (entry,) = by_name(env, "Lena")
+    assert entry["Title"] == "Locks"  # one entry for both copies
+    assert by_name(env, "Pia") == []  # exclude_category applies to shared mailboxes
+    (fabi,) = by_name(env, "Fabi")
+    assert (fabi["CompanyName"], fabi["PhoneNumber"], fabi["Email"]) == ("Fabrikam", "+12065550100",
+                                                                         "desk@fabrikam.example")
+    assert len(by_name(env, "Olga")) == 1
+    sources = {(r["source"], r["owner_id"]) for r in sql(env, "SELECT DISTINCT source, owner_id FROM stg_contacts "
+                                                               "WHERE NOT deleted AND source <> 'personal'")}
+    assert sources == {("shared", f"shared:{mid}"), ("org", "org")}
+    assert sql(env, "SELECT count(*) AS n FROM stg_contacts WHERE owner_id = :m", m=mid)[0]["n"] == 0
+
+    graph.admin("PATCH", f"orgContacts/{desk['id']}", json={"phones": [{"type": "business",
+                                                                        "number": "+1 206 555 0111"}]})
+    graph.admin("DELETE", f"orgContacts/{old['id']}")
+    graph.admin("POST", f"users/{mid}/contacts", json={"givenName": "Nora", "surname": "New",
+                                                       "businessPhones": ["+49 30 5550102"]})
+    run_dag("m365_3cx_delta")
+    assert by_name(env, "Fabi")[0]["PhoneNumber"] == "+12065550111"
+    assert by_name(env, "Olga") == [] and len(by_name(env, "Nora")) == 1
+
+    env["pbx"].admin("DELETE", "counters")
+    run_dag("m365_3cx_delta")  # nothing changed anywhere
+    assert pbx_writes(env) == 0
+
+    dropped = {**both, "contacts": {**SETTINGS["contacts"], "shared_mailboxes": [], "org_contacts": False}}
+    monkeypatch.setenv("AIRFLOW_VAR_M365_3CX_SETTINGS", json.dumps(dropped))
+    run_dag("m365_3cx_delta")
+    assert by_name(env, "Fabi") == []  # organisational contacts off: their entries go
+    assert sql(env, "SELECT count(*) AS n FROM stg_contacts WHERE source IN ('shared', 'org') "
+                    "AND NOT deleted")[0]["n"] == 0
+    # Off the list, the mailbox is an in-scope user with a mailbox like any other: personal_contacts
+    # "all" reads it as a personal owner now (its contacts keep their entries, under the mailbox's id).
+    assert len(by_name(env, "Nora")) == 1 and len(by_name(env, "Lena")) == 1
+    assert sql(env, "SELECT count(*) AS n FROM stg_contacts WHERE owner_id = :m AND source = 'personal' "
+                    "AND NOT deleted", m=mid)[0]["n"] == 3 - 1  # Pia stays out (category Private)
+    assert foreign(env) == foreign_before

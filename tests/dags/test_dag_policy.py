@@ -93,6 +93,14 @@ def test_presence_tasks_run_in_pools(dagbag) -> None:
         assert pools["presence_apply.apply_presence"] == "threecx_api", dag_id
 
 
+def test_contact_sources_are_read_beside_the_shards_before_the_phonebook_steps(dagbag) -> None:
+    for dag_id in ("m365_3cx_full_sync", "m365_3cx_delta"):
+        dag = dagbag.dags[dag_id]
+        task = dag.get_task("contacts.extract_contact_sources")
+        assert task.pool == "graph_api", dag_id
+        assert "contacts.phonebook_changed" in task.downstream_task_ids, dag_id
+
+
 def test_pipeline_order(dagbag) -> None:
     dag = dagbag.dags["m365_3cx_full_sync"]
     chain = ["start_run", "extract_users", "snapshot_threecx", "transform_extensions", "plan_extensions",

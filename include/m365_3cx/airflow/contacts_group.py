@@ -3,6 +3,7 @@
 ``contacts_sync(mode)`` builds::
 
     contact_shards -> extract_contacts (mapped over shards of users, pool graph_api)
+    extract_contact_sources (shared mailboxes + organisational contacts, pool graph_api)
         -> snapshot_phonebook (pool threecx_api) -> transform_phonebook -> plan_phonebook
         -> approve_phonebook_removals (HITL; only when deletes exceed the guard, else skipped)
         -> apply_phonebook (pool threecx_api)
@@ -75,6 +76,22 @@ def run_extract_contacts(mode: str, shard: dict[str, Any]) -> dict[str, Any]:
     settings = load_settings()
     with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(GraphHook()) as graph:
         return extract_contacts(engine, graph, settings, run.run_key, effective, shard, utcnow())
+
+
+def run_extract_contact_sources(mode: str, push: bool = False) -> dict[str, Any]:
+    """Shared-mailbox and organisational contacts -> ``stg_contacts`` (not in on-demand or push runs).
+
+    :param push: a push run (its notifications name users' mailboxes; the delta runs read these sources).
+    """
+    from m365_3cx.pipeline.contact_sources import extract_other_sources
+
+    context = get_current_context()
+    if on_demand_entries(context) or push:
+        return {"skipped": "on-demand and push runs read only the mailboxes they name"}
+    run = run_info(context, mode)
+    settings = load_settings()
+    with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(GraphHook()) as graph:
+        return extract_other_sources(engine, graph, settings, run.run_key, _effective_mode(context, mode), utcnow())
 
 
 def run_snapshot_phonebook(mode: str) -> dict[str, int]:
@@ -178,9 +195,13 @@ def contacts_sync(mode: str, push: bool = False) -> None:
     def extract_contacts(shard: dict[str, Any]) -> dict[str, Any]:
         return run_extract_contacts(mode, shard)
 
+    @task(pool=GRAPH_POOL, outlets=[STG_CONTACTS])
+    def extract_contact_sources() -> dict[str, Any]:
+        return run_extract_contact_sources(mode, push)
+
     @task.short_circuit(ignore_downstream_trigger_rules=False)
-    def phonebook_changed(shard_counts: list[dict[str, Any]]) -> bool:
-        return run_phonebook_has_work(mode, shard_counts)
+    def phonebook_changed(shard_counts: list[dict[str, Any]], source_counts: dict[str, Any]) -> bool:
+        return run_phonebook_has_work(mode, [*list(shard_counts or []), source_counts or {}])
 
     @task(pool=THREECX_POOL)
     def snapshot_phonebook() -> dict[str, int]:
@@ -201,7 +222,7 @@ def contacts_sync(mode: str, push: bool = False) -> None:
 
     extracted = extract_contacts.expand(shard=contact_shards())
     snapshot = snapshot_phonebook()
-    phonebook_changed(extracted) >> snapshot
+    phonebook_changed(extracted, extract_contact_sources()) >> snapshot
     planned = plan_phonebook()
     applied = apply_phonebook()
     approve = RemovalApprovalOperator(task_id="approve_phonebook_removals", object_type="contact", mode=mode)

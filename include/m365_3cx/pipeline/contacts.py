@@ -85,10 +85,19 @@ class _Stream:
     """The default folder holds no contact (nothing to read this run)."""
     default_folder_id: str | None = None
     """The default Contacts folder's id (default stream only; ``None`` until known)."""
+    owner: str | None = None
+    """``stg_contacts.owner_id`` of the stream's rows when it is not the mailbox id (``shared:<id>``)."""
+    source: str = "personal"
+    """``stg_contacts.source`` of the stream's rows (``personal`` or ``shared``)."""
+
+    @property
+    def owner_key(self) -> str:
+        """The ``stg_contacts.owner_id`` the stream's contacts are staged under."""
+        return self.owner or self.user_id
 
     @property
     def resource(self) -> str:
-        return crepo.contact_resource(self.user_id, self.folder_id)
+        return crepo.contact_resource(self.owner_key, self.folder_id)
 
     @property
     def delta_folder(self) -> str | None:
@@ -285,10 +294,12 @@ def extract_contacts(
             users = crepo.shard_users(conn, shard.get("first"), shard.get("last"), settings.scope.include_guests)
     totals.counts["users"] = len(users)
     owner_ids = [u["user_id"] for u in users]
+    shared = {upn.casefold() for upn in settings.contacts.shared_mailboxes}
+    readers = [u for u in users if str(u["user_principal_name"]).casefold() not in shared]  # shared: read apart
     skipped: set[str] = set()
     personal = settings.contacts.personal_contacts
-    folders = _list_folders(graph, users, totals, skipped) if personal in ("all", "folder") and users else {}
-    streams = _streams_for(users, settings, folders, skipped)
+    folders = _list_folders(graph, readers, totals, skipped) if personal in ("all", "folder") and readers else {}
+    streams = _streams_for(readers, settings, folders, skipped)
     totals.counts["streams"] = len(streams)
 
     with engine.begin() as conn:
@@ -302,32 +313,7 @@ def extract_contacts(
         if personal == "off":
             for owner in owner_ids:
                 crepo.clear_contact_links(conn, owner)
-        links = store.get_many(conn, [s.resource for s in streams])
-        for stream in streams:
-            stored = links.get(stream.resource)
-            url = relative_url(stored, graph.credentials.graph_url) if stored else ""
-            if url and "/contactfolders/" not in url.split("?", 1)[0].lower():
-                url = ""  # a link of the undocumented /users/{id}/contacts/delta route: start over
-            if url and stream.delta_folder is None:
-                stream.default_folder_id = _folder_of_link(url)  # the folder our stored link was issued for
-            if mode != "delta":
-                url = ""
-            stream.url, stream.full = url, not url
-
-    _resolve_default_folders(graph, streams, totals, skipped)
-    for stream in streams:
-        if not stream.url and not stream.empty and stream.user_id not in skipped:
-            stream.url = stream.initial_url()
-    empties = [s for s in streams if s.empty and s.user_id not in skipped]
-    if empties:  # an empty default folder: nothing to read, nothing staged from it stays
-        with engine.begin() as conn:
-            for stream in empties:
-                stream.done = True
-            totals.counts["deleted"] += crepo.mark_missing_in_streams(
-                conn, [(s.user_id, None, set()) for s in empties], run_key, now)
-            store.clear_many(conn, [s.resource for s in empties])
-
-    _page_rounds(engine, graph, settings, store, streams, totals, skipped, run_key, now)
+    read_streams(engine, graph, settings, store, streams, totals, skipped, mode, run_key, now)
     step = f"extract_contacts/{shard.get('shard', 1)}"
     with engine.begin() as conn:
         repo.add_notes(conn, run_key, note_rows(totals.notes, run_key, now), step=step, now=now)
@@ -345,6 +331,43 @@ def extract_contacts(
         counts["skipped_users"],
     )
     return {"mode": mode, "shard": shard.get("shard"), **counts, "notes": len(totals.notes)}
+
+
+def read_streams(engine: Engine, graph: GraphClient, settings: Settings, store: DeltaStateStore,
+                 streams: list[_Stream], totals: _Totals, skipped: set[str], mode: str, run_key: str,
+                 now: datetime) -> None:
+    """Read contact streams into staging: follow each stored delta link (``delta``) or start a full
+    round, find default folder ids where needed, then page every stream through ``$batch`` rounds.
+
+    Shared by personal contacts (per shard of owners) and shared mailboxes.
+    """
+    with engine.connect() as conn:
+        links = store.get_many(conn, [s.resource for s in streams])
+    for stream in streams:
+        stored = links.get(stream.resource)
+        url = relative_url(stored, graph.credentials.graph_url) if stored else ""
+        if url and "/contactfolders/" not in url.split("?", 1)[0].lower():
+            url = ""  # a link of the undocumented /users/{id}/contacts/delta route: start over
+        if url and stream.delta_folder is None:
+            stream.default_folder_id = _folder_of_link(url)  # the folder our stored link was issued for
+        if mode != "delta":
+            url = ""
+        stream.url, stream.full = url, not url
+
+    _resolve_default_folders(graph, streams, totals, skipped)
+    for stream in streams:
+        if not stream.url and not stream.empty and stream.user_id not in skipped:
+            stream.url = stream.initial_url()
+    empties = [s for s in streams if s.empty and s.user_id not in skipped]
+    if empties:  # an empty default folder: nothing to read, nothing staged from it stays
+        with engine.begin() as conn:
+            for stream in empties:
+                stream.done = True
+            totals.counts["deleted"] += crepo.mark_missing_in_streams(
+                conn, [(s.owner_key, None, set()) for s in empties], run_key, now)
+            store.clear_many(conn, [s.resource for s in empties])
+
+    _page_rounds(engine, graph, settings, store, streams, totals, skipped, run_key, now)
 
 
 def _page_rounds(engine: Engine, graph: GraphClient, settings: Settings, store: DeltaStateStore,
@@ -391,7 +414,7 @@ def _page_rounds(engine: Engine, graph: GraphClient, settings: Settings, store: 
                     continue
                 stream.done = True
                 if stream.full:
-                    page.finished_full.append((stream.user_id, stream.folder_id, stream.seen))
+                    page.finished_full.append((stream.owner_key, stream.folder_id, stream.seen))
                 if isinstance(delta_link, str) and delta_link:
                     page.links[stream.resource] = delta_link
             page.stage(conn, store, totals, run_key, now)
@@ -465,13 +488,13 @@ def _clean_contacts(raw: list[Mapping[str, Any]], stream: _Stream,
     for item in raw:
         result = boundary.clean_contact_item(item)
         shown = boundary.printable_key(item.get("id"))
-        keys.append(f"{stream.user_id}/{shown}"[:256])
+        keys.append(f"{stream.owner_key}/{shown}"[:256])
         if result.item is not None:
             items.append(result.item)
             if "@removed" in result.item or _has_category(result.item, exclude):
                 continue
         for finding in result.findings:
-            notes.append(contact_note(stream.user_id, shown, stream.upn, finding.field,
+            notes.append(contact_note(stream.owner_key, shown, stream.upn, finding.field,
                                       f"{finding.field}: {finding.message}", ERROR if finding.rejected else WARNING))
     return items, notes, keys
 
@@ -513,14 +536,14 @@ class _RoundPage:
         totals.counts["cleaned"] += len(notes)
         removed = [str(i["id"]) for i in items if "@removed" in i]
         excluded = [str(i["id"]) for i in items if "@removed" not in i and _has_category(i, exclude)]
-        rows = [crepo.contact_row_from_graph(i, stream.user_id, stream.folder_id) for i in items
+        rows = [crepo.contact_row_from_graph(i, stream.owner_key, stream.folder_id, stream.source) for i in items
                 if "@removed" not in i and not _has_category(i, exclude)]
         stream.seen.update(row["contact_id"] for row in rows)
         self.rows.extend(rows)
         if removed:
-            self.removed.setdefault(stream.user_id, []).extend(removed)
+            self.removed.setdefault(stream.owner_key, []).extend(removed)
         if excluded:
-            self.excluded.setdefault(stream.user_id, []).extend(excluded)
+            self.excluded.setdefault(stream.owner_key, []).extend(excluded)
 
     def stage(self, conn: Any, store: DeltaStateStore, totals: _Totals, run_key: str, now: datetime) -> None:
         merged = crepo.merge_contacts(conn, self.rows, run_key, now)
@@ -556,8 +579,6 @@ def contact_shards(engine: Engine, settings: Settings, *, on_demand: bool = Fals
         return [{"shard": 1, "of": 1, "first": None, "last": None, "on_demand": True}]
     if push:
         return [{"shard": 1, "of": 1, "first": None, "last": None, "push": True}]
-    if settings.contacts.org_contacts:
-        log.warning("contacts: org_contacts is not supported yet; organisational contacts are not read")
     with engine.connect() as conn:
         shards = crepo.shard_descriptors(conn, settings.contacts.shard_size, settings.scope.include_guests)
     log.info("contacts: %d shard(s) of up to %d users", len(shards), settings.contacts.shard_size)
@@ -980,7 +1001,9 @@ def phonebook_has_work(
         return True
     with engine.connect() as conn:
         mapped = conn.execute(sa.select(sa.func.count()).select_from(phonebook_map)).scalar_one()
-        if settings.contacts.personal_contacts == "off" and mapped:
+        contacts = settings.contacts
+        if contacts.personal_contacts == "off" and not contacts.shared_mailboxes and not contacts.org_contacts \
+                and mapped:
             return True
         pending = conn.execute(
             sa.select(sa.func.count()).select_from(phonebook_map).where(phonebook_map.c.status == "pending")

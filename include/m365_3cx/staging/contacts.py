@@ -48,6 +48,7 @@ __all__ = [
     "set_entry_ids",
     "shard_descriptors",
     "shard_users",
+    "staged_owners",
     "staged_streams",
 ]
 
@@ -117,7 +118,7 @@ def contact_row_from_graph(item: Mapping[str, Any], owner_id: str, folder_id: st
     :param item: the contact as Graph returns it (``GRAPH_CONTACT_SELECT``).
     :param owner_id: the mailbox owner's Graph id (``org`` for organisational contacts).
     :param folder_id: the folder the stream reads, ``None`` for the default folder.
-    :param source: ``personal`` or ``org``.
+    :param source: ``personal``, ``shared`` or ``org``.
     :raises ValueError: the item has no ``id``.
     """
     contact_id = item.get("id")
@@ -263,16 +264,24 @@ def mark_missing_in_streams(conn: Connection, rounds: Sequence[tuple[str, str | 
     return count
 
 
-def staged_streams(conn: Connection, owner_ids: Sequence[str]) -> set[tuple[str, str | None]]:
-    """(owner, folder) pairs that have live staged contacts."""
+def staged_streams(conn: Connection, owner_ids: Sequence[str],
+                   source: str = "personal") -> set[tuple[str, str | None]]:
+    """(owner, folder) pairs that have live staged contacts of ``source``."""
     found: set[tuple[str, str | None]] = set()
     for start in range(0, len(owner_ids), 500):
         query = (select(stg_contacts.c.owner_id, stg_contacts.c.folder_id)
                  .where(stg_contacts.c.owner_id.in_(list(owner_ids[start:start + 500])),
-                        stg_contacts.c.deleted.is_(False), stg_contacts.c.source == "personal")
+                        stg_contacts.c.deleted.is_(False), stg_contacts.c.source == source)
                  .distinct())
         found.update((owner, folder) for owner, folder in conn.execute(query))
     return found
+
+
+def staged_owners(conn: Connection, source: str) -> set[str]:
+    """Owners with live staged contacts of ``source`` (e.g. every shared mailbox still staged)."""
+    query = (select(stg_contacts.c.owner_id).where(stg_contacts.c.source == source, stg_contacts.c.deleted.is_(False))
+             .distinct())
+    return {owner for (owner,) in conn.execute(query)}
 
 
 def mark_streams_gone(conn: Connection, owner_id: str, folder_ids: Iterable[str | None], run_key: str,

@@ -2,8 +2,9 @@
 
 Rules (each has a unit test in ``tests/unit/m365_3cx/transform/test_phonebook.py``):
 
-* Only contacts of in-scope, not deleted owners count (``org`` contacts always); a contact
-  carrying the exclusion category (case-insensitive, e.g. ``Private``) never becomes an entry.
+* Only contacts of in-scope, not deleted owners count (``org`` and ``shared`` mailbox contacts
+  always: the settings list their sources); a contact carrying the exclusion category
+  (case-insensitive, e.g. ``Private``) never becomes an entry.
 * Names: ``givenName``/``surname``; without both, ``displayName`` (else ``fileAs``) becomes
   ``FirstName``; without any name the ``companyName`` alone names the entry. A contact with no
   name and no company is skipped with a note.
@@ -376,13 +377,13 @@ def _merge(key: str, copies: list[_Copy], params: PhonebookParams, notes: list[N
     return row
 
 
-def _owners(users: pd.DataFrame) -> dict[str, tuple[str, str | None]]:
-    """In-scope, not deleted users: id -> (UPN or id, usageLocation)."""
+def _owners(users: pd.DataFrame, *, every: bool = False) -> dict[str, tuple[str, str | None]]:
+    """In-scope, not deleted users (``every``: all staged users): id -> (UPN or id, usageLocation)."""
     u = ensure_columns(users, ["user_id", "user_principal_name", "usage_location", "in_scope", "deleted"])
     owners: dict[str, tuple[str, str | None]] = {}
     for row in u.to_dict("records"):
         uid = text(row["user_id"])
-        if uid is None or not as_bool(row["in_scope"], False) or as_bool(row["deleted"], False):
+        if uid is None or (not every and (not as_bool(row["in_scope"], False) or as_bool(row["deleted"], False))):
             continue
         owners[uid] = (text(row["user_principal_name"]) or uid, text(row["usage_location"]))
     return owners
@@ -401,6 +402,7 @@ def desired_phonebook(contacts: pd.DataFrame, users: pd.DataFrame, params: Phone
                                   "department", "email_addresses", "mobile_phone", "business_phones",
                                   "home_phones"])
     owners = _owners(users)
+    mailboxes = _owners(users, every=True)
     notes: list[Note] = []
     groups: dict[str, list[_Copy]] = {}
     used = skipped = excluded = 0
@@ -412,6 +414,10 @@ def desired_phonebook(contacts: pd.DataFrame, users: pd.DataFrame, params: Phone
             if params.personal_contacts == "off" or str(row["owner_id"]) not in owners:
                 continue
             label, region = owners[str(row["owner_id"])]
+        elif source == "shared":  # owner "shared:<mailbox id>"; the mailbox need not be in scope
+            mailbox = str(row["owner_id"]).removeprefix("shared:")
+            upn, region = mailboxes.get(mailbox, (mailbox, None))
+            label = f"shared mailbox {upn}"
         else:
             label, region = "organisation", None
         if _has_category(row["categories"], params.exclude_category):

@@ -269,3 +269,26 @@ def test_messy_corpus_loses_nothing_usable_and_notes_every_problem() -> None:
     noted = {n.object_key for n in result.notes}
     assert {"u1/ext", "u1/long", "u1/junk", "u1/mail-only"} <= noted
     assert result.contacts_used == 7 and result.skipped == 2
+
+
+def test_shared_mailbox_contacts_count_outside_scope_and_are_named_by_the_mailbox() -> None:
+    users = pd.DataFrame([owner("u1"), owner("sm", user_principal_name="reception@contoso.example",
+                                            in_scope=False, usage_location="DE")])
+    result = run(contact("shared:sm", "c1", given_name="Lena", surname="Lock", business_phones=["030 5550100"],
+                         source="shared"),
+                 contact("shared:sm", "c2", given_name="Nina", surname="Nonumber", source="shared"),
+                 contact("shared:sm", "c3", given_name="Pia", mobile_phone="+1 206 555 0100", source="shared",
+                         categories=["Private"]),
+                 users=users, params=PhonebookParams(personal_contacts="off"))
+    (entry,) = result.frame.to_dict("records")
+    assert (entry["first_name"], entry["phone_number"], entry["owner_ids"]) == ("Lena", "+49305550100", ["shared:sm"])
+    assert any("shared mailbox reception@contoso.example" in m for m in messages(result))  # Nina: no number
+    assert result.excluded == 1  # exclude_category applies to shared mailboxes too
+
+
+def test_org_contacts_and_shared_contacts_merge_with_personal_copies() -> None:
+    result = run(contact("u1", "c1", mobile_phone="+1 206 555 0100"),
+                 contact("org", "o1", mobile_phone="+1 206 555 0100", source="org", job_title="Buyer"),
+                 contact("shared:sm", "s1", mobile_phone="+1 206 555 0100", source="shared"))
+    (entry,) = result.frame.to_dict("records")
+    assert entry["copies"] == 3 and entry["owner_ids"] == ["org", "shared:sm", "u1"]
