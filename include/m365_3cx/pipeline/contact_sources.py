@@ -213,13 +213,6 @@ def _with_hint(err: Exception) -> Exception:
     return err
 
 
-def _org_call(call: Any) -> Any:
-    try:
-        return call()
-    except GraphFatalError as err:
-        raise _with_hint(err) from None
-
-
 def _stage_org_page(engine: Engine, items: list[Mapping[str, Any]], stream: _Stream, totals: _Totals,
                     run_key: str, now: datetime, links: Mapping[str, str] | None = None) -> None:
     page = _RoundPage()
@@ -254,9 +247,12 @@ def _delta_round(graph: GraphClient, url: str, params: Mapping[str, Any] | None)
     """Every item of one delta round and its new delta link."""
     items: list[dict[str, Any]] = []
     delta_link = None
-    for page in _org_call(lambda: list(graph.iter_pages(url, params=params))):
-        items.extend(i for i in page.items if isinstance(i, dict) and i.get("id"))
-        delta_link = page.delta_link or delta_link
+    try:
+        for page in graph.iter_pages(url, params=params):
+            items.extend(i for i in page.items if isinstance(i, dict) and i.get("id"))
+            delta_link = page.delta_link or delta_link
+    except GraphFatalError as err:
+        raise _with_hint(err) from None
     if not delta_link:
         raise GraphFatalError("organisational contacts delta round ended without a delta link", code="NoDeltaLink")
     return items, delta_link
@@ -264,13 +260,17 @@ def _delta_round(graph: GraphClient, url: str, params: Mapping[str, Any] | None)
 
 def _org_full(engine: Engine, graph: GraphClient, store: DeltaStateStore, totals: _Totals, run_key: str,
               now: datetime) -> None:
-    """Anchor a delta link first (nothing changed during the listing is missed), then list with phones."""
+    """Anchor a delta link first (nothing changed during the listing is missed), then list with phones.
+
+    Each listed page is staged as it comes; what the listing no longer has is soft-deleted at the end.
+    """
     _, delta_link = _delta_round(graph, "/contacts/delta", {"$select": ",".join(ORG_DELTA_SELECT)})
     stream = _org_stream()
-    pages = _org_call(lambda: list(graph.iter_pages("/contacts", params={"$select": ",".join(ORG_SELECT),
-                                                                         "$top": 999})))
-    for page in pages:
-        _stage_org_page(engine, page.items, stream, totals, run_key, now)
+    try:
+        for page in graph.iter_pages("/contacts", params={"$select": ",".join(ORG_SELECT), "$top": 999}):
+            _stage_org_page(engine, page.items, stream, totals, run_key, now)
+    except GraphFatalError as err:
+        raise _with_hint(err) from None
     with engine.begin() as conn:
         totals.counts["deleted"] += crepo.mark_missing_in_streams(conn, [(ORG_OWNER, None, stream.seen)], run_key,
                                                                   now)
