@@ -33,7 +33,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection, Dialect, Inspector
 
 from m365_3cx.errors import ConfigError
 
@@ -636,6 +636,8 @@ def create_schema(engine: Engine, *, now: dt.datetime | None = None) -> int:
     :raises ConfigError: the database holds a newer schema than this code knows.
     :raises sqlalchemy.exc.SQLAlchemyError: the database failed.
     """
+    from sqlalchemy import inspect
+
     when = now or dt.datetime.now(dt.UTC)
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
@@ -643,34 +645,42 @@ def create_schema(engine: Engine, *, now: dt.datetime | None = None) -> int:
         found = current_schema_version(conn)
         if found is not None and found > SCHEMA_VERSION:
             raise ConfigError(f"staging schema version {found} is newer than this code supports ({SCHEMA_VERSION})")
-        metadata.create_all(conn, checkfirst=True)
+        # One catalog query per kind (tables, columns, indexes) instead of one per table and index:
+        # every task of every run calls this, so the up-to-date case must stay cheap.
+        existing = set(inspect(conn).get_table_names())
+        missing = [tbl for tbl in metadata.sorted_tables if tbl.name not in existing]
+        if missing:
+            metadata.create_all(conn, tables=missing, checkfirst=True)
         # create_all() adds columns and indexes only with a table it creates: an upgrade that adds a
         # nullable column or an index to an existing table needs these (no column is ever altered).
-        _add_missing_columns(conn)
+        inspector = inspect(conn)  # a fresh one: the tables just created are not in the old one's cache
+        _add_missing_columns(conn, inspector)
+        indexed = {key[1]: {ix["name"] for ix in found_ix} for key, found_ix in inspector.get_multi_indexes().items()}
         for tbl in metadata.sorted_tables:
             for index in tbl.indexes:
-                index.create(conn, checkfirst=True)
+                if index.name not in indexed.get(tbl.name, set()):
+                    index.create(conn, checkfirst=True)
         if found is None or found < SCHEMA_VERSION:
             conn.execute(schema_version.insert(), [{"version": SCHEMA_VERSION, "applied_at": when}])
     return SCHEMA_VERSION
 
 
-def _add_missing_columns(conn: Connection) -> list[str]:
+def _add_missing_columns(conn: Connection, inspector: Inspector) -> list[str]:
     """Migration: add the nullable columns a newer version added to an existing table.
 
     ``create_all`` creates missing tables only; a column added to an existing table (e.g.
     ``sync_runs.dry_reason`` in version 2) is added here with ``ALTER TABLE ... ADD COLUMN``.
     Only nullable columns without a server default are ever added this way.
 
+    :param inspector: an inspector on ``conn`` that already sees every table of :data:`metadata`.
     :returns: the ``table.column`` names added.
     """
-    from sqlalchemy import inspect
     from sqlalchemy.schema import CreateColumn
 
-    inspector = inspect(conn)
+    columns = {key[1]: {c["name"] for c in found} for key, found in inspector.get_multi_columns().items()}
     added = []
     for tbl in metadata.sorted_tables:
-        existing = {c["name"] for c in inspector.get_columns(tbl.name)}
+        existing = columns.get(tbl.name, set())
         for column in tbl.columns:
             if column.name in existing or not column.nullable or column.primary_key:
                 continue
