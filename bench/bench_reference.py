@@ -249,8 +249,16 @@ class Harness:
 
         fresh_process()
         before, started = self.sql.count, time.perf_counter()
-        with ThreadPoolExecutor(max_workers=max(1, min(self.graph_slots, len(shards) or 1))) as pool:
-            results = list(pool.map(one, shards))
+        if name in os.environ.get("BENCH_PROFILE", "").split(","):  # the shards one after another, profiled
+            import cProfile
+            import pstats
+
+            profiler = cProfile.Profile()
+            results = profiler.runcall(lambda: [one(shard) for shard in shards])
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+        else:
+            with ThreadPoolExecutor(max_workers=max(1, min(self.graph_slots, len(shards) or 1))) as pool:
+                results = list(pool.map(one, shards))
         self.steps.append(StepResult(f"{name} x{len(shards)}", time.perf_counter() - started,
                                      self.sql.count - before, None))
         return results
@@ -288,7 +296,8 @@ def run_pipeline(h: Harness, mode: str, label: str) -> dict[str, Any]:
         cal_shards = h.step("plan_calendar_shards", presence_steps.plan_shards, h.engine, h.settings)
         h.mapped("extract_calendars", presence_steps.extract_calendars, cal_shards, h.graph, run.run_key, mode, now)
         real_now = datetime.now(UTC)
-        h.step("compute_presence", presence_steps.compute_presence, h.engine, pbx, h.settings, run.run_key, real_now)
+        h.step("compute_presence", presence_steps.compute_presence, h.engine, pbx, h.settings, run.run_key, real_now,
+               incremental=(mode == "delta"))
         applied["presence"] = h.step("apply_presence", presence_steps.apply_presence, h.engine, pbx, h.settings,
                                      run.run_key, real_now, dry_run=False)
     h.step("finish_run", users_steps.finish_run, h.engine, run.run_key, "success", {}, datetime.now(UTC))

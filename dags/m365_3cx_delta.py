@@ -112,7 +112,7 @@ def m365_3cx_delta() -> None:
     # The calendar shards are planned after apply_extensions, so the users whose extension this
     # run created are read (and get their status) in this run, not one delta run later.
     refresh = presence_refresh(MODE)
-    extracted >> refresh >> presence_apply() >> finished
+    extracted >> refresh >> presence_apply(incremental=True) >> finished
     apply_extensions >> refresh
 
 

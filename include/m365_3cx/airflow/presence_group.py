@@ -5,7 +5,8 @@
 XCom carries only ``{"shard", "of", "first", "last"}``), each instance named by its user range;
 beside them ``extract_teams_presence`` polls every managed user's Teams presence (one task:
 650 users per Graph request, within the client-side request budget).
-``presence_apply()``: ``compute_presence`` (desired profiles at wall-clock now, plan) then
+``presence_apply()``: ``compute_presence`` (desired profiles at wall-clock now, plan; the delta
+DAG's re-decides only the users whose inputs changed or whose decision is due) then
 ``apply_presence`` (the writes), both in the ``threecx_api`` pool.
 
 Every task runs with trigger rule ``none_failed``, so a skipped upstream (the delta DAG's
@@ -99,8 +100,12 @@ def extract_teams_presence_body(push: bool = False) -> dict[str, Any]:
                                       on_demand_run=bool(on_demand_entries(context)))
 
 
-def compute_presence_body() -> dict[str, Any]:
-    """Desired profiles at wall-clock now -> ``tgt_presence`` and the run's presence plan."""
+def compute_presence_body(incremental: bool = False) -> dict[str, Any]:
+    """Desired profiles at wall-clock now -> ``tgt_presence`` and the run's presence plan.
+
+    :param incremental: a delta run: decide only the users whose decision can have changed
+        (not with the ``full_resync`` param).
+    """
     from m365_3cx.pipeline.ondemand import on_demand_users
     from m365_3cx.pipeline.presence import compute_presence
 
@@ -113,7 +118,8 @@ def compute_presence_body() -> dict[str, Any]:
             api_client(ThreeCXHook()) as threecx:
         only = set(on_demand_users(engine, run.run_key)) if on_demand_entries(context) else None
         return compute_presence(engine, threecx, settings, run.run_key, utcnow(),
-                                dry_run=bool(params.get("dry_run", False)), only_user_ids=only)
+                                dry_run=bool(params.get("dry_run", False)), only_user_ids=only,
+                                incremental=incremental and not params.get("full_resync"))
 
 
 def apply_presence_body() -> dict[str, Any]:
@@ -166,14 +172,17 @@ def presence_refresh(mode: str, push: bool = False) -> TaskGroup:
     return group
 
 
-def presence_apply() -> TaskGroup:
-    """TaskGroup ``presence_apply``: compute desired profiles and plan, then switch them in 3CX."""
+def presence_apply(incremental: bool = False) -> TaskGroup:
+    """TaskGroup ``presence_apply``: compute desired profiles and plan, then switch them in 3CX.
+
+    :param incremental: the delta DAG: re-decide only users whose inputs changed or whose decision is due.
+    """
     with TaskGroup(group_id="presence_apply", tooltip="desired 3CX status now -> 3CX") as group:
 
         @task(task_id="compute_presence", pool=THREECX_POOL, trigger_rule="none_failed",
               inlets=[STG_EVENTS, STG_AUTO_REPLIES, STG_TEAMS_PRESENCE], outlets=[TGT_PRESENCE])
         def compute_presence() -> dict[str, Any]:
-            return compute_presence_body()
+            return compute_presence_body(incremental)
 
         @task(task_id="apply_presence", pool=THREECX_POOL, trigger_rule="none_failed",
               inlets=[TGT_PRESENCE], outlets=[THREECX_PRESENCE])

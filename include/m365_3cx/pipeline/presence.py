@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from m365_3cx.pipeline.outcomes import OPEN_STATUSES, record_outcomes
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STEP_EXTRACT = "presence_extract"
-#: Users whose staged events :func:`compute_presence` holds in memory at once.
-EVENT_CHUNK = 1000
 STEP_COMPUTE = "presence_compute"
 STEP_TEAMS = "presence_teams"
 
@@ -205,11 +203,12 @@ def extract_teams_presence(
             wanted = trace.on_demand_users(conn, run_key)
             ids = [uid for uid in ids if uid in wanted]
     budget = RequestBudget(teams.requests_per_30s, sleep=graph.wait)
+    stale = now - timedelta(minutes=teams.max_age_minutes)
     counts = {"users": len(ids), "requests": 0, "staged": 0, "dropped": 0}
     for asked, presences in read_presences(graph, ids, budget):
         rows = [{"user_id": p.user_id, "availability": p.availability, "activity": p.activity} for p in presences]
         with engine.begin() as conn:
-            staged, dropped = stage.save_teams_presence(conn, rows, run_key, now, polled=asked)
+            staged, dropped = stage.save_teams_presence(conn, rows, run_key, now, polled=asked, stale_before=stale)
         counts["requests"] += 1
         counts["staged"] += staged
         counts["dropped"] += dropped
@@ -232,21 +231,11 @@ def _save_event_notes(conn: Any, findings: list[tuple[str, str, Any]], run_key: 
                           object_keys={n.object_key for n in notes}, now=now)
 
 
-def _event_spans(rows: list[dict[str, Any]]) -> list[Any]:
-    from m365_3cx.transform.presence import EventSpan
-
-    return [
-        EventSpan(row["event_id"], row["start_utc"], row["end_utc"], row["show_as"], bool(row["is_all_day"]),
-                  row["time_zone"], bool(row["is_cancelled"]))
-        for row in rows if row["start_utc"] is not None and row["end_utc"] is not None
-    ]
-
-
 def compute_presence(
     engine: Engine, threecx: ThreeCXClient, settings: Settings, run_key: str, now: datetime, *, dry_run: bool = False,
-    only_user_ids: Collection[str] | None = None,
+    only_user_ids: Collection[str] | None = None, incremental: bool = False,
 ) -> dict[str, Any]:
-    """Decide every managed user's profile at ``now``, store ``tgt_presence`` and plan the switches.
+    """Decide the managed users' profiles at ``now``, store ``tgt_presence`` and plan every user's switch.
 
     Reads the PBX's profile names (the mapping is checked against them) and every user's
     ``CurrentProfileName`` in one paged read, then applies the respect/override rule of
@@ -258,19 +247,14 @@ def compute_presence(
     :param now: the real current time (UTC), never a logical date.
     :param dry_run: record no baselines.
     :param only_user_ids: an on-demand run's users: decide and plan only theirs, and trace it.
-    :return: counts: users, switch, unchanged, respected, and the reasons' tallies.
+    :param incremental: a delta run: decide only the users whose decision can differ from the stored
+        one (:mod:`m365_3cx.pipeline.presence_decide`); the others keep it. The plan covers everyone.
+    :return: counts: users, decided (afresh), scope, switch, unchanged, respected, and the reasons' tallies.
     :raises ConfigError: the mapping names a profile the PBX does not have.
     """
-    from datetime import timedelta
-
-    from m365_3cx.reconcile.presence import DesiredProfile, plan_row, plan_switches
-    from m365_3cx.transform.presence import (
-        AutoReplies,
-        TeamsPresence,
-        check_mapping_against_pbx,
-        decide,
-        teams_profile,
-    )
+    from m365_3cx.pipeline.presence_decide import decide_users, store_decisions
+    from m365_3cx.reconcile.presence import plan_row, plan_switches
+    from m365_3cx.transform.presence import check_mapping_against_pbx
 
     presence = settings.presence
     if not presence.enabled:
@@ -291,44 +275,24 @@ def compute_presence(
         if only_user_ids is not None:
             wanted = set(only_user_ids)
             users = [u for u in users if u.user_id in wanted]
-        replies = stage.load_auto_replies(conn)
         state = stage.load_state(conn)
-        polled = (stage.load_teams_presence(conn, now - timedelta(minutes=presence.teams.max_age_minutes))
-                  if presence.teams.enabled else {})
-    desired: list[DesiredProfile] = []
-    targets: list[dict[str, Any]] = []
-    reasons: dict[str, int] = {}
-    for start in range(0, len(users), EVENT_CHUNK):  # events are read a chunk of users at a time
-        chunk = users[start:start + EVENT_CHUNK]
-        with engine.connect() as conn:
-            events = stage.load_events(conn, [u.user_id for u in chunk])
-        for user in chunk:
-            rep = replies.get(user.user_id)
-            auto = AutoReplies(rep["status"], rep["scheduled_start"], rep["scheduled_end"]) if rep else None
-            seen = polled.get(user.user_id)
-            teams = teams_profile(TeamsPresence(*seen), teams_mapping) if seen else None
-            decision = decide(_event_spans(events.get(user.user_id, [])), auto, mapping, now, teams)
-            reasons[decision.reason] = reasons.get(decision.reason, 0) + 1
-            desired.append(DesiredProfile(user.user_id, user.threecx_id, user.number, decision.profile,
-                                          decision.reason))
-            targets.append({"user_id": user.user_id, "threecx_id": user.threecx_id, "profile": decision.profile,
-                            "reason": decision.reason, "next_switch_at": decision.next_switch_at})
+    decisions = decide_users(engine, settings, users, now, incremental=incremental and only_user_ids is None)
     last_set = {uid: row["profile"] for uid, row in state.items()}
-    plan = plan_switches(desired, current, last_set, str(mapping["default"]), presence.mode)
+    plan = plan_switches(decisions.desired, current, last_set, str(mapping["default"]), presence.mode)
     with engine.begin() as conn:
-        stage.save_targets(conn, targets, run_key, now)
+        store_decisions(conn, decisions, run_key, now, all_users=only_user_ids is None)
         repo.save_plan(conn, presence_plan_key(run_key), [plan_row(s) for s in plan.switches])
         if not dry_run:
             stage.save_states(conn, list(plan.baselines), "baseline", run_key, now)
     if only_user_ids is not None:
         planned = {s.user_id for s in plan.switches}
-        decided = {t["user_id"]: {"profile": t["profile"], "reason": t["reason"],
-                                  "current": current.get(t["threecx_id"]) if t["threecx_id"] is not None else None,
-                                  "switch": t["user_id"] in planned} for t in targets}
+        decided = {t.user_id: {"profile": t.profile, "reason": t.reason, "current": current.get(t.threecx_id),
+                               "switch": t.user_id in planned} for t in decisions.desired}
         _trace_decisions(engine, run_key, now, decided, presence.mode)
     log_plan_preview(log, "status", plan.switches, settings.logs.plan_preview)
-    counts = {"users": len(users), "switch": len(plan.switches), "unchanged": plan.unchanged,
-              "respected": len(plan.respected), "baseline": len(plan.baselines), "reasons": reasons}
+    counts = {"users": len(users), "decided": len(decisions.targets), "scope": decisions.scope,
+              "switch": len(plan.switches), "unchanged": plan.unchanged,
+              "respected": len(plan.respected), "baseline": len(plan.baselines), "reasons": decisions.reasons}
     log.info("presence: %d users, %d switches planned, %d unchanged, %d manual statuses respected",
              counts["users"], counts["switch"], counts["unchanged"], counts["respected"])
     return counts

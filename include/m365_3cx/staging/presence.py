@@ -18,9 +18,10 @@ from sqlalchemy.engine import Connection
 
 from m365_3cx.sanitize import Finding, clean_text
 from m365_3cx.staging.boundary import clean_event_row, dedupe, printable_key
-from m365_3cx.staging.repo import upsert
+from m365_3cx.staging.repo import _insert_for, upsert
 from m365_3cx.staging.schema import (
     extension_map,
+    presence_inputs,
     presence_state,
     stg_auto_replies,
     stg_events,
@@ -35,9 +36,11 @@ if TYPE_CHECKING:
 __all__ = [
     "PresenceUser",
     "StagedCounts",
+    "bump_inputs",
     "events_resource",
     "load_auto_replies",
     "load_events",
+    "load_input_versions",
     "load_state",
     "load_targets",
     "load_teams_presence",
@@ -164,6 +167,7 @@ def stage_user_calendar(conn: Connection, calendar: UserCalendar, run_key: str, 
     _aware(now)
     uid = calendar.user_id
     deleted = 0
+    bump_inputs(conn, [uid], run_key, now)
     if not calendar.mailbox:
         upsert(conn, stg_auto_replies, [{
             "user_id": uid, "mailbox": False, "status": None, "scheduled_start": None, "scheduled_end": None,
@@ -200,40 +204,47 @@ def stage_calendars(conn: Connection, calendars: Sequence[UserCalendar], run_key
                     now: dt.datetime) -> dict[str, StagedCounts]:
     """:func:`stage_user_calendar` for many users at once, with a few bulk statements in all.
 
-    Users without a mailbox get their ``stg_auto_replies`` flag only. For the others: one upsert of
-    every event, one soft-delete of the events complete rounds did not return and of ``removed`` ids,
-    one upsert of the automatic replies read, one update re-flagging mailboxes found again.
+    Users without a mailbox get their ``stg_auto_replies`` flag only. For the others: one read of
+    the staged rows (per 500 users with events, removals or a complete round, and the automatic
+    replies of all), one upsert of the events that are new or differ from the
+    staged ones, one soft-delete of the events complete rounds did not return and of ``removed``
+    ids, one upsert of the automatic replies that changed. Rows that did not change are not
+    written; users with any change get their :data:`presence_inputs` counter bumped (same
+    transaction), which is what a delta run's ``compute_presence`` re-decides.
 
-    :return: counts per user id.
+    :return: counts per user id (``upserted``: the events the round returned).
     :raises ValueError: naive ``now``.
     """
     _aware(now)
     counts: dict[str, StagedCounts] = {}
-    no_mailbox = [c for c in calendars if not c.mailbox]
     live = [c for c in calendars if c.mailbox]
-    replies: list[dict[str, Any]] = [{
-        "user_id": c.user_id, "mailbox": False, "status": None, "scheduled_start": None, "scheduled_end": None,
-        "updated_at": now, "last_run_key": run_key,
-    } for c in no_mailbox]
-    for c in no_mailbox:
-        counts[c.user_id] = StagedCounts()
+    uids = sorted({c.user_id for c in calendars})
+    stored_replies = _stored_replies(conn, uids)
+    # only the users whose round carries events or removals, or replaces their window: a delta round
+    # with no change reads nothing here
+    stored_events = _stored_events(conn, sorted({c.user_id for c in live if c.events or c.removed or c.complete}))
+    changed: set[str] = set()
+    replies: list[dict[str, Any]] = []
+    for c in calendars:
+        if not c.mailbox:
+            counts[c.user_id] = StagedCounts()
+            replies.append({"user_id": c.user_id, "mailbox": False, "status": None, "scheduled_start": None,
+                            "scheduled_end": None, "updated_at": now, "last_run_key": run_key})
     rows: list[dict[str, Any]] = []
     findings: dict[str, list[tuple[str, Finding]]] = {}
     staged_ids: dict[str, set[str]] = {}
     for c in live:
         user_rows, found = _event_rows(c, run_key, now)
-        rows.extend(user_rows)
+        rows.extend(r for r in user_rows if stored_events.get((c.user_id, r["event_id"])) != _event_facts(r))
         findings[c.user_id] = found
         staged_ids[c.user_id] = {row["event_id"] for row in user_rows}
+    changed.update(r["user_id"] for r in rows)
     upsert(conn, stg_events, rows, ["user_id", "event_id"],
            [*_EVENT_COLUMNS, "deleted", "deleted_at", "updated_at", "last_run_key"])
-    gone: list[tuple[str, str]] = [(c.user_id, event_id) for c in live for event_id in _storable(c.removed)]
+    gone: list[tuple[str, str]] = [(c.user_id, event_id) for c in live for event_id in _storable(c.removed)
+                                   if (c.user_id, event_id) in stored_events or event_id in staged_ids[c.user_id]]
     complete = {c.user_id: staged_ids[c.user_id] for c in live if c.complete}
-    owners = sorted(complete)
-    for start in range(0, len(owners), 500):
-        query = select(stg_events.c.user_id, stg_events.c.event_id).where(
-            stg_events.c.user_id.in_(owners[start:start + 500]), stg_events.c.deleted.is_(False))
-        gone.extend((uid, eid) for uid, eid in conn.execute(query) if eid not in complete[uid])
+    gone.extend((uid, eid) for uid, eid in stored_events if uid in complete and eid not in complete[uid])
     deleted: dict[str, int] = {}
     pair = tuple_(stg_events.c.user_id, stg_events.c.event_id)
     unique = sorted(set(gone))
@@ -243,21 +254,82 @@ def stage_calendars(conn: Connection, calendars: Sequence[UserCalendar], run_key
             deleted=True, deleted_at=now, updated_at=now, last_run_key=run_key))
     for uid, _ in unique:
         deleted[uid] = deleted.get(uid, 0) + 1
+    changed.update(deleted)
     replies.extend({
         "user_id": c.user_id, "mailbox": True, "status": c.auto_replies.status,
         "scheduled_start": c.auto_replies.scheduled_start, "scheduled_end": c.auto_replies.scheduled_end,
         "updated_at": now, "last_run_key": run_key,
     } for c in live if c.auto_replies is not None)
+    replies = [r for r in replies if stored_replies.get(r["user_id"]) != _reply_facts(r)]
+    changed.update(r["user_id"] for r in replies)
     upsert(conn, stg_auto_replies, replies, ["user_id"])
-    found_again = sorted(c.user_id for c in live if c.auto_replies is None)
+    found_again = sorted(c.user_id for c in live if c.auto_replies is None
+                         and (stored_replies.get(c.user_id) or (True,))[0] is False)
     for start in range(0, len(found_again), 500):
         conn.execute(update(stg_auto_replies).where(stg_auto_replies.c.user_id.in_(found_again[start:start + 500]),
                                                     stg_auto_replies.c.mailbox.is_(False))
                      .values(mailbox=True, updated_at=now, last_run_key=run_key))
+    changed.update(found_again)
+    bump_inputs(conn, changed, run_key, now)
     for c in live:
         counts[c.user_id] = StagedCounts(upserted=len(staged_ids[c.user_id]), deleted=deleted.get(c.user_id, 0),
                                          findings=tuple(findings[c.user_id]))
     return counts
+
+
+def _event_facts(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a live ``stg_events`` row says (compared to skip rewriting unchanged events)."""
+    return tuple(row[c] for c in _EVENT_COLUMNS)
+
+
+def _reply_facts(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (bool(row["mailbox"]), row["status"], row["scheduled_start"], row["scheduled_end"])
+
+
+def _stored_events(conn: Connection, user_ids: Sequence[str]) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """The users' live staged events: ``(user_id, event_id) -> facts``, one read per 500 users."""
+    found: dict[tuple[str, str], tuple[Any, ...]] = {}
+    columns = [stg_events.c[c] for c in _EVENT_COLUMNS]
+    for start in range(0, len(user_ids), 500):
+        query = select(stg_events.c.user_id, stg_events.c.event_id, *columns).where(
+            stg_events.c.user_id.in_(user_ids[start:start + 500]), stg_events.c.deleted.is_(False))
+        for row in conn.execute(query):
+            found[(row[0], row[1])] = tuple(row[2:])
+    return found
+
+
+def _stored_replies(conn: Connection, user_ids: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+    found: dict[str, tuple[Any, ...]] = {}
+    t = stg_auto_replies
+    for start in range(0, len(user_ids), 500):
+        query = select(t.c.user_id, t.c.mailbox, t.c.status, t.c.scheduled_start, t.c.scheduled_end).where(
+            t.c.user_id.in_(user_ids[start:start + 500]))
+        for uid, mailbox, status, begin, end in conn.execute(query):
+            found[uid] = (bool(mailbox), status, begin, end)
+    return found
+
+
+def bump_inputs(conn: Connection, user_ids: Iterable[str], run_key: str, now: dt.datetime) -> int:
+    """Count a change of these users' presence inputs (``presence_inputs.version + 1``).
+
+    :returns: users bumped.
+    """
+    ids = sorted(set(user_ids))
+    if not ids:
+        return 0
+    t = presence_inputs
+    stmt = _insert_for(conn, t)
+    stmt = stmt.on_conflict_do_update(index_elements=[t.c.user_id], set_={
+        "version": t.c.version + 1, "changed_at": stmt.excluded.changed_at, "run_key": stmt.excluded.run_key})
+    for start in range(0, len(ids), 500):
+        conn.execute(stmt, [{"user_id": uid, "version": 1, "changed_at": now, "run_key": run_key}
+                            for uid in ids[start:start + 500]])
+    return len(ids)
+
+
+def load_input_versions(conn: Connection) -> dict[str, int]:
+    """``presence_inputs.version`` by user id (users without a row count as version 0)."""
+    return {uid: int(v) for uid, v in conn.execute(select(presence_inputs.c.user_id, presence_inputs.c.version))}
 
 
 def purge_events(conn: Connection, ended_before: dt.datetime) -> int:
@@ -290,22 +362,37 @@ def load_events(conn: Connection, user_ids: Iterable[str] | None = None) -> dict
     return result
 
 
-def load_auto_replies(conn: Connection) -> dict[str, dict[str, Any]]:
-    """``stg_auto_replies`` rows by user id."""
-    return {row["user_id"]: dict(row) for row in conn.execute(select(stg_auto_replies)).mappings()}
+def load_auto_replies(conn: Connection, user_ids: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+    """``stg_auto_replies`` rows by user id (of just ``user_ids``, 500 per read, when given)."""
+    if user_ids is None:
+        return {row["user_id"]: dict(row) for row in conn.execute(select(stg_auto_replies)).mappings()}
+    wanted = sorted(set(user_ids))
+    found: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(wanted), 500):
+        query = select(stg_auto_replies).where(stg_auto_replies.c.user_id.in_(wanted[start:start + 500]))
+        found.update({row["user_id"]: dict(row) for row in conn.execute(query).mappings()})
+    return found
 
 
 def save_teams_presence(conn: Connection, rows: Iterable[Mapping[str, Any]], run_key: str,
-                        now: dt.datetime, *, polled: Iterable[str]) -> tuple[int, int]:
+                        now: dt.datetime, *, polled: Iterable[str],
+                        stale_before: dt.datetime | None = None) -> tuple[int, int]:
     """Replace the polled users' Teams presence: upsert ``rows``, drop the polled users without one.
+
+    Users whose presence is new, differs from the staged one, was stale (fetched before
+    ``stale_before``, so no decision counted it) or was dropped get their :data:`presence_inputs`
+    counter bumped.
 
     :param rows: ``{"user_id", "availability", "activity"}`` from Graph (cleaned at the boundary:
         control characters refused, values cut to the column width).
     :param polled: every user id the poll asked for (those Graph returned no presence for lose theirs).
+    :param stale_before: the instant before which a staged presence no longer counts
+        (``now - presence.teams.max_age_minutes``); ``None``: every staged one still counts.
     :returns: ``(upserted, dropped)``.
     :raises ValueError: naive ``now``.
     """
     _aware(now)
+    polled = list(polled)
     data: list[dict[str, Any]] = []
     for row in rows:
         uid = row.get("user_id")
@@ -314,6 +401,14 @@ def save_teams_presence(conn: Connection, rows: Iterable[Mapping[str, Any]], run
         data.append({"user_id": uid, "availability": _presence_value(row.get("availability")),
                      "activity": _presence_value(row.get("activity")), "fetched_at": now, "last_run_key": run_key})
     data = dedupe(data, ("user_id",))
+    asked = sorted(set(_storable(polled)) | {row["user_id"] for row in data})
+    t = stg_teams_presence
+    before: dict[str, tuple[Any, ...]] = {}
+    for start in range(0, len(asked), 500):
+        query = select(t.c.user_id, t.c.availability, t.c.activity, t.c.fetched_at).where(
+            t.c.user_id.in_(asked[start:start + 500]))
+        before.update({uid: (availability, activity, fetched) for uid, availability, activity, fetched
+                       in conn.execute(query)})
     upserted = upsert(conn, stg_teams_presence, data, ["user_id"])
     seen = {row["user_id"] for row in data}
     missing = sorted(set(_storable(polled)) - seen)
@@ -321,6 +416,13 @@ def save_teams_presence(conn: Connection, rows: Iterable[Mapping[str, Any]], run
     for start in range(0, len(missing), 500):
         dropped += conn.execute(delete(stg_teams_presence).where(
             stg_teams_presence.c.user_id.in_(missing[start:start + 500]))).rowcount
+    changed = {uid for uid in missing if uid in before}
+    for row in data:
+        old = before.get(row["user_id"])
+        if (old is None or old[:2] != (row["availability"], row["activity"])
+                or (stale_before is not None and old[2] < stale_before)):
+            changed.add(row["user_id"])
+    bump_inputs(conn, changed, run_key, now)
     return upserted, dropped
 
 

@@ -536,6 +536,20 @@ tgt_presence: Final = Table(
     Column("next_switch_at", UTCDateTime()),  # UTC instant the desired profile changes next
     Column("run_key", RUN_KEY),
     Column("computed_at", UTCDateTime(), nullable=False),
+    Column("inputs_version", Integer),  # presence_inputs.version the decision saw (NULL: decide again)
+    Column("recheck_at", UTCDateTime()),  # next instant any of the user's spans starts or ends
+)
+
+# A counter per user that the extracts bump with every staged change of the user's events,
+# automatic replies or Teams presence: a delta run re-decides only users whose counter differs
+# from the one their tgt_presence decision saw (see pipeline/presence_decide.py).
+presence_inputs: Final = Table(
+    "presence_inputs",
+    metadata,
+    Column("user_id", USER_ID, primary_key=True),
+    Column("version", Integer, nullable=False, default=0),
+    Column("changed_at", UTCDateTime(), nullable=False),
+    Column("run_key", RUN_KEY),
 )
 
 

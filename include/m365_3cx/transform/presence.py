@@ -161,6 +161,9 @@ class PresenceDecision:
     :param next_switch_at: the earliest instant after ``at`` at which the profile differs, or
         ``None`` when nothing known changes it.
     :param event_id: the event that decided it (``None`` for automatic replies and the default).
+    :param recheck_at: the earliest instant after ``at`` at which any span starts or ends (``None``:
+        none does): until then, with the same inputs, the whole decision (profile, reason,
+        ``next_switch_at``) stays what it is, so it need not be computed again.
     """
 
     profile: str
@@ -168,6 +171,7 @@ class PresenceDecision:
     at: dt.datetime
     next_switch_at: dt.datetime | None
     event_id: str | None = None
+    recheck_at: dt.datetime | None = None
 
 
 def _local_midnight(day: dt.date, zone: dt.tzinfo) -> dt.datetime:
@@ -292,6 +296,7 @@ def decide(
         at=now,
         next_switch_at=next_switch,
         event_id=current.event_id if current else None,
+        recheck_at=boundaries[0] if boundaries else None,
     )
 
 

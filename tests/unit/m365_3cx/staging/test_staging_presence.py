@@ -108,3 +108,43 @@ def test_purge_drops_old_and_long_deleted_events(seeded: Engine) -> None:
         stage.stage_user_calendar(conn, UserCalendar("u1", events=(_event("a", 1), _event("b", 20)), complete=True),
                                   "r1", NOW - dt.timedelta(days=5))
         assert stage.purge_events(conn, NOW + dt.timedelta(days=2)) == 2
+
+
+def test_only_changes_are_written_and_counted_as_changed_inputs(seeded: Engine) -> None:
+    replies = AutoRepliesSetting("disabled", None, None)
+    first = [UserCalendar("u1", events=(_event("a", 9), _event("b", 11)), complete=True, auto_replies=replies),
+             UserCalendar("u2", events=(_event("x", 9),), complete=True, auto_replies=replies),
+             UserCalendar("u3", mailbox=False)]
+    with seeded.begin() as conn:
+        stage.stage_calendars(conn, first, "r1", NOW)
+        assert stage.load_input_versions(conn) == {"u1": 1, "u2": 1, "u3": 1}
+    later = NOW + dt.timedelta(hours=1)
+    with seeded.begin() as conn:  # the same window again (an hourly run): nothing rewritten, nothing changed
+        counts = stage.stage_calendars(conn, first, "r2", later)
+        assert stage.load_input_versions(conn) == {"u1": 1, "u2": 1, "u3": 1}
+        assert counts["u1"] == stage.StagedCounts(upserted=2)
+        assert set(conn.execute(select(stg_events.c.last_run_key)).scalars()) == {"r1"}
+    moved = CalendarEvent("x", NOW, NOW + dt.timedelta(hours=3), False, None, "busy", False, "normal",
+                          "singleInstance", None, "ck2")
+    with seeded.begin() as conn:  # u1 switches replies on, u2's event moves, u3 gets a mailbox
+        stage.stage_calendars(conn, [UserCalendar("u1", auto_replies=AutoRepliesSetting("alwaysEnabled", None, None)),
+                                     UserCalendar("u2", events=(moved,)), UserCalendar("u3")], "r3", later)
+        assert stage.load_input_versions(conn) == {"u1": 2, "u2": 2, "u3": 2}
+    with seeded.begin() as conn:  # delta rounds removing one event, and an unknown one
+        counts = stage.stage_calendars(conn, [UserCalendar("u1", removed=("a",)), UserCalendar("u2", removed=("zz",))],
+                                       "r4", later)
+        assert stage.load_input_versions(conn) == {"u1": 3, "u2": 2, "u3": 2}
+        assert (counts["u1"].deleted, counts["u2"].deleted) == (1, 0)
+
+
+def test_teams_presence_counts_as_changed_when_new_different_stale_or_dropped(seeded: Engine) -> None:
+    def poll(rows: list[tuple[str, str]], at: dt.datetime) -> dict[str, int]:
+        with seeded.begin() as conn:
+            stage.save_teams_presence(conn, [{"user_id": u, "availability": a, "activity": a} for u, a in rows],
+                                      "poll", at, polled=["u1", "u2", "u3"], stale_before=at - dt.timedelta(minutes=15))
+            return stage.load_input_versions(conn)
+
+    assert poll([("u1", "Busy"), ("u2", "Away")], NOW) == {"u1": 1, "u2": 1}
+    assert poll([("u1", "Busy"), ("u2", "Away")], NOW + dt.timedelta(minutes=5)) == {"u1": 1, "u2": 1}
+    assert poll([("u1", "Busy"), ("u3", "Away")], NOW + dt.timedelta(minutes=10)) == {"u1": 1, "u2": 2, "u3": 1}
+    assert poll([("u1", "Busy"), ("u3", "Away")], NOW + dt.timedelta(minutes=40)) == {"u1": 2, "u2": 2, "u3": 2}

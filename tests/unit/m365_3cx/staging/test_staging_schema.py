@@ -126,6 +126,7 @@ LATER_TABLES = {
     "push_rejections",
     "push_subscriptions",
     "tgt_presence",
+    "presence_inputs",
     "schema_version",
     "sync_control",
     "sync_control_log",
