@@ -168,6 +168,10 @@ def staging_url(conn: Any) -> str:
     raise ConfigError(f"staging connection: unsupported type {conn.conn_type!r}; use postgres or sqlite")
 
 
+#: Staging URLs whose schema this process has ensured.
+_SCHEMA_ENSURED: set[str] = set()
+
+
 class StagingHook(BaseHook):
     """The staging database (PostgreSQL in production, a SQLite file for demos).
 
@@ -184,10 +188,13 @@ class StagingHook(BaseHook):
         self.staging_conn_id = staging_conn_id
 
     def get_engine(self) -> Engine:
-        """Return an engine on the staging database with the schema created."""
+        """Return an engine on the staging database with the schema created (once per database and process)."""
         from m365_3cx.staging.db import make_engine
         from m365_3cx.staging.schema import create_schema
 
-        engine = make_engine(staging_url(self.get_connection(self.staging_conn_id)))
-        create_schema(engine)
+        url = staging_url(self.get_connection(self.staging_conn_id))
+        engine = make_engine(url)
+        if url not in _SCHEMA_ENSURED:  # a task making many steps (the push DAG's) checks the schema once
+            create_schema(engine)
+            _SCHEMA_ENSURED.add(url)
         return engine
