@@ -339,10 +339,14 @@ def census(engine: sa.engine.Engine) -> dict[str, int]:
             "pbx_users": extensions, "events": events}
 
 
-def graph_minimum(c: dict[str, int], mode: str, users_changed: int, shards: int) -> int:
+def graph_minimum(c: dict[str, int], mode: str, users_changed: int, clients: int) -> int:
     """Fewest Graph requests the data needs: users pages (+1 delta link), and per mailbox a folder
     listing, one request per page of each contact stream, a calendar read and the automatic replies,
-    packed 20 per ``$batch`` (folders first: the streams depend on them)."""
+    packed 20 per ``$batch`` over the whole tenant (folders first: the streams depend on them), plus
+    per Graph client -- one per task process in Airflow (the users extract and every mapped shard) --
+    one token request and MSAL's one OIDC discovery of the tenant. Neither can be shared between
+    processes without sharing a token or persisting MSAL's ``http_cache`` (whose index may hold a hash
+    of the token request, secret included), which the product does not do."""
     if mode.endswith("full"):
         users = math.ceil(c["users"] / PAGE_USERS) + 1
         contact_items = c["contact_pages"]
@@ -352,7 +356,13 @@ def graph_minimum(c: dict[str, int], mode: str, users_changed: int, shards: int)
     folder_batches = math.ceil(c["mailboxes"] / BATCH)
     contact_batches = math.ceil(contact_items / BATCH)
     calendar_batches = math.ceil(2 * c["mailboxes"] / BATCH)
-    return users + folder_batches + contact_batches + calendar_batches + 2  # + one token per client kind
+    return users + folder_batches + contact_batches + calendar_batches + 2 * clients
+
+
+def graph_clients(steps: list[StepResult]) -> int:
+    """Graph clients a run made: the run's own (users extract) and one per mapped shard (``name xN``)."""
+    return 1 + sum(int(s.name.rsplit(" x", 1)[1]) for s in steps
+                   if " x" in s.name and s.name.rsplit(" x", 1)[1].isdigit())
 
 
 def pbx_minimum_reads(before: dict[str, int], after: dict[str, int], mode: str, users_changed: int,
@@ -583,12 +593,12 @@ def main(argv: list[str] | None = None) -> int:
             writes = sum(v for k, v in p_req.items() if k.startswith(WRITE_PREFIXES) and "/connect/" not in k)
             reads = sum(v for k, v in p_req.items() if k.startswith("GET "))
             changes = real_changes(applied)
-            shards = sum(1 for s in h.steps if s.name.startswith("extract_"))
+            clients = graph_clients(h.steps)
             users_changed = int(facts.get("users_renamed", 0)) if mode_name == "delta_churn" else 0
             phonebook = applied.get("phonebook") or {}
             entries_updated = int(phonebook.get("updated") or 0) + int(phonebook.get("verified") or 0)
             g_wire = graph_wire(g_req, batched=True)
-            g_min = graph_minimum(c, mode_name, users_changed, shards)
+            g_min = graph_minimum(c, mode_name, users_changed, clients)
             p_min = pbx_minimum_reads(before_census, c, mode_name, users_changed, entries_updated)
             before_census = c
             lat = args.latency_ms / 1000.0

@@ -160,6 +160,22 @@ def test_calendar_view_delta_rounds(caller: Any, graph: Any) -> None:
     assert expired.status_code == 410 and expired.json()["error"]["code"] == "SyncStateNotFound"
 
 
+def test_delta_rounds_over_an_unchanged_mailbox_stay_empty_until_it_changes(caller: Any, graph: Any) -> None:
+    uid = _uid(graph, 3)
+    first = _event(graph, uid, "One", "2031-10-01T09:00:00", "2031-10-01T10:00:00")
+    url = (f"/v1.0/users/{uid}/calendarView/delta?startDateTime=2031-10-01T00:00:00Z"
+           "&endDateTime=2031-11-01T00:00:00Z")
+    initial, link = _delta_round(caller, url)
+    assert [e["id"] for e in initial] == [first["id"]]
+    for _ in range(2):  # rounds with nothing changed (answered from the previous snapshot)
+        changes, link = _delta_round(caller, link)
+        assert changes == []
+    graph.admin("PATCH", f"/users/{uid}/events/{first['id']}", json={"showAs": "oof"})
+    changes, link = _delta_round(caller, link)
+    assert [(e["id"], e["showAs"]) for e in changes] == [(first["id"], "oof")]
+    assert _delta_round(caller, link)[0] == []
+
+
 def test_series_occurrence_cancel_shows_in_delta(caller: Any, graph: Any) -> None:
     uid = _uid(graph, 2)
     master = _event(graph, uid, "Weekly", "2031-08-04T11:00:00", "2031-08-04T12:00:00", recurrence={
