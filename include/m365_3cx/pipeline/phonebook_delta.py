@@ -83,8 +83,10 @@ def _dirty_contacts(conn: Connection, run_key: str, changed_owners: Collection[s
     query = sa.select(stg_contacts.c.owner_id, stg_contacts.c.contact_id).where(condition)
     dirty = {(o, c) for o, c in conn.execute(query)}
     if changed_owners:
-        dirty |= sources.contact_pairs_of_owners(conn, changed_owners)
-        dirty |= sources.sources_of_owners(conn, changed_owners)
+        # a shared mailbox's contacts are staged under "shared:<mailbox id>" and take its region too
+        owners = {*changed_owners, *(f"shared:{uid}" for uid in changed_owners)}
+        dirty |= sources.contact_pairs_of_owners(conn, owners)
+        dirty |= sources.sources_of_owners(conn, owners)
     return dirty | sources.orphan_sources(conn)
 
 

@@ -223,3 +223,26 @@ def test_targets_of_a_run_that_did_not_reach_3cx_are_recomputed_and_diffed_whole
     assert "incremental" not in counts and delta_plan_keys(engine, "r2", T0) is None
     plan = steps.plan_phonebook(engine, "r2", now=T0, mode="delta")
     assert plan["delete"] == len(_load_plan(engine, steps.contact_plan_key("r2"))) > 0
+
+
+def test_a_shared_mailbox_moving_region_rekeys_its_entries_in_a_delta(engine: Engine) -> None:
+    """Shared-mailbox contacts (owner ``shared:<id>``) take the mailbox's usageLocation."""
+    settings = Settings.from_mapping({"contacts": {"personal_contacts": "all", "shared_mailboxes": ["sm@x.example"]}})
+    item = {"id": "s1", "givenName": "Ann", "surname": "Lee", "mobilePhone": "020 7946 0018", "categories": []}
+    with engine.begin() as conn:
+        repo.upsert(conn, stg_users, [_user("sm", "US", T0, "r0", in_scope=False)], ["user_id"])
+        rows = [crepo.contact_row_from_graph(item, "shared:sm", None, source="shared")]
+        crepo.merge_contacts(conn, rows, "r0", T0)
+        _run(conn, "r0", "full", T0)
+    steps.transform_phonebook(engine, settings, "r0", T0, mode="full")
+    before = _targets(engine)
+    t1 = T0 + dt.timedelta(minutes=5)
+    with engine.begin() as conn:
+        _run(conn, "r1", "delta", t1, status="running")
+        conn.execute(sa.update(stg_users).where(stg_users.c.user_id == "sm").values(
+            usage_location="GB", updated_at=t1, last_run_key="r1"))
+    assert steps.transform_phonebook(engine, settings, "r1", t1, mode="delta")["incremental"] == 1
+    incremental = _targets(engine)
+    assert incremental != before  # +1 020... read as a US number before, a UK one now
+    steps.transform_phonebook(engine, settings, "r2", t1, mode="full")
+    assert incremental == _targets(engine)
