@@ -6,6 +6,7 @@ here, before any test module imports it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import uuid
@@ -66,14 +67,14 @@ def _fresh_emulators(request: pytest.FixtureRequest) -> None:
             handle.admin("DELETE", "counters")
 
 
-def _create_database(name: str) -> None:
+def _create_database(name: str, template: str | None = None) -> None:
     import sqlalchemy as sa
 
     admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
     finally:
         admin.dispose()
 
@@ -92,14 +93,63 @@ def _drop_database(name: str) -> None:
         admin.dispose()
 
 
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test; yields its SQLAlchemy URL."""
-    name = f"m365_3cx_t_{uuid.uuid4().hex[:10]}"
+# DROP DATABASE waits for a checkpoint (seconds on a busy server): throwaway databases are dropped
+# by one background thread while the next test runs, and pytest_sessionfinish waits for the rest.
+_DROPPER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="drop-test-db")
+
+
+def _drop_later(name: str) -> None:
+    def drop() -> None:
+        with contextlib.suppress(Exception):
+            _drop_database(name)
+
+    _DROPPER.submit(drop)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    _DROPPER.shutdown(wait=True)
+
+
+def _pg_url(name: str) -> str:
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(scope="session")
+def staging_template() -> Iterator[str]:
+    """A PostgreSQL database holding the current staging schema, created once per session.
+
+    Live DAG tests get a copy of it (``CREATE DATABASE ... TEMPLATE``, a file copy) instead of
+    running every CREATE TABLE again; nothing ever connects to it after the schema is created.
+    """
+    import sqlalchemy as sa
+
+    from m365_3cx.staging.schema import create_schema
+
+    name = f"m365_3cx_tpl_{uuid.uuid4().hex[:10]}"
     _create_database(name)
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    engine = sa.create_engine(_pg_url(name))
+    try:
+        create_schema(engine)
+    finally:
+        engine.dispose()
+    yield name
     with contextlib.suppress(Exception):
         _drop_database(name)
+
+
+@pytest.fixture
+def pg_database(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test; yields its SQLAlchemy URL.
+
+    Empty, except for a live DAG test (``dag_env`` without ``not_live``): that one starts as a copy
+    of :func:`staging_template`, i.e. with the staging schema ``dag_env`` would create anyway.
+    """
+    live_dag_test = "dag_env" in request.fixturenames and request.node.get_closest_marker("not_live") is None
+    template = request.getfixturevalue("staging_template") if live_dag_test else None
+    name = f"m365_3cx_t_{uuid.uuid4().hex[:10]}"
+    _create_database(name, template)
+    yield _pg_url(name)
+    _drop_later(name)
 
 
 @pytest.fixture(scope="session")
