@@ -359,6 +359,12 @@ def graph_minimum(c: dict[str, int], mode: str, users_changed: int, clients: int
     return users + folder_batches + contact_batches + calendar_batches + 2 * clients
 
 
+def _step_facts(step: StepResult) -> dict[str, Any]:
+    """What a step reports about its own work (``compute_presence``: users decided afresh, scope)."""
+    result = step.result if isinstance(step.result, dict) else {}
+    return {k: result[k] for k in ("decided", "scope") if k in result}
+
+
 def graph_clients(steps: list[StepResult]) -> int:
     """Graph clients a run made: the run's own (users extract) and one per mapped shard (``name xN``)."""
     return 1 + sum(int(s.name.rsplit(" x", 1)[1]) for s in steps
@@ -605,7 +611,8 @@ def main(argv: list[str] | None = None) -> int:
             floor = (g_min * lat / max(1, args.graph_slots) + p_min * lat + changes * lat / write_concurrency)
             entry = {
                 "wall_s": round(wall, 2),
-                "steps": [{"step": s.name, "wall_s": round(s.wall, 2), "sql": s.sql} for s in h.steps],
+                "steps": [{"step": s.name, "wall_s": round(s.wall, 2), "sql": s.sql, **_step_facts(s)}
+                          for s in h.steps],
                 "sql_total": sum(s.sql for s in h.steps),
                 "graph": {"wire": g_wire["total"], "inner_batch_items": g_wire["inner_batch_items"],
                           "minimum": g_min, "ratio": round(g_wire["total"] / max(1, g_min), 3),
@@ -672,7 +679,8 @@ def print_mode(name: str, e: dict[str, Any]) -> None:
           f"(x{g['ratio']}); 3CX reads {p['reads']} (minimum {p['reads_minimum']}), writes {p['writes']} "
           f"for {p['real_changes']} real changes")
     for s in e["steps"]:
-        print(f"   {s['step']:<28} {s['wall_s']:8.2f} s  {s['sql']:7d} SQL")
+        facts = "".join(f"  {k}={s[k]}" for k in ("decided", "scope") if k in s)
+        print(f"   {s['step']:<28} {s['wall_s']:8.2f} s  {s['sql']:7d} SQL{facts}")
     sys.stdout.flush()
 
 
