@@ -106,7 +106,7 @@ def sync_notified(mode: str) -> dict[str, Any]:
     calendars = [presence.extract_calendars_body(mode, shard) for shard in presence.plan_calendar_shards_body(True)]
     counts["calendars"] = {"shards": len(calendars), "staged": sum(int(c.get("staged") or 0) for c in calendars)}
     presence.extract_teams_presence_body(push=True)
-    presence.compute_presence_body()
+    presence.compute_presence_body(incremental=True)  # only users whose inputs changed or are due
     counts["presence"] = presence.apply_presence_body()
     return finish_push_run(mode, counts)
 

@@ -27,6 +27,7 @@ from m365_3cx.staging.schema import (
     stg_events,
     stg_teams_presence,
     stg_users,
+    tgt_extensions,
     tgt_presence,
 )
 
@@ -94,14 +95,19 @@ def presence_users(
 ) -> list[PresenceUser]:
     """In-scope, live users with a mail address and an active managed extension, ordered by id.
 
+    Protected and opted-out users (``tgt_extensions.protection``) are left out: the sync never
+    changes their extension, its status included.
+
     :param first: only ids ``>= first`` (a shard's range).
     :param last: only ids ``<= last``.
     :param with_mailbox_only: leave out users last seen without a mailbox.
     """
     query = (
         select(stg_users.c.user_id, extension_map.c.threecx_id, extension_map.c.number)
-        .select_from(stg_users.join(extension_map, extension_map.c.user_id == stg_users.c.user_id))
+        .select_from(stg_users.join(extension_map, extension_map.c.user_id == stg_users.c.user_id)
+                     .outerjoin(tgt_extensions, tgt_extensions.c.user_id == stg_users.c.user_id))
         .where(
+            tgt_extensions.c.protection.is_(None),
             stg_users.c.in_scope.is_(True),
             stg_users.c.deleted.is_(False),
             stg_users.c.mail.is_not(None),

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, select
 from m365_3cx.graph.calendar import AutoRepliesSetting, CalendarEvent, UserCalendar
 from m365_3cx.staging import presence as stage
 from m365_3cx.staging import repo
-from m365_3cx.staging.schema import stg_events, stg_users
+from m365_3cx.staging.schema import stg_events, stg_users, tgt_extensions
 
 NOW = dt.datetime(2026, 3, 29, 10, tzinfo=dt.UTC)
 
@@ -45,6 +45,17 @@ def test_presence_users_are_in_scope_live_with_mail_and_a_3cx_extension(seeded: 
         users = stage.presence_users(conn)
         assert [(u.user_id, u.threecx_id, u.number) for u in users] == [("u1", 1, "101"), ("u2", 2, "102")]
         assert [u.user_id for u in stage.presence_users(conn, first="u2", last="u9")] == ["u2"]
+
+
+def test_protected_users_get_no_status(seeded: Engine) -> None:
+    """A protected or opted-out user's extension is never changed by the sync, its status included."""
+    with seeded.begin() as conn:
+        repo.upsert(conn, tgt_extensions, [{"user_id": "u1", "number": "101", "state": "active",
+                                            "protection": "protected_upn"},
+                                           {"user_id": "u2", "number": "102", "state": "active", "protection": None}],
+                    ["user_id"])
+    with seeded.connect() as conn:
+        assert [u.user_id for u in stage.presence_users(conn)] == ["u2"]
 
 
 def test_complete_round_replaces_the_users_events_and_delta_removes(seeded: Engine) -> None:
