@@ -47,11 +47,16 @@ sys.exit(0 if str(run.state) in ("success", "DagRunState.SUCCESS") else 1)
 
 
 def _start(dag_id: str, home: Path) -> subprocess.Popen[str]:
-    """``dag.test()`` of ``dag_id`` in a new process with its own copy of the metadata database."""
+    """``dag.test()`` of ``dag_id`` in a new process with its own copy of the metadata database.
+
+    Its output goes to ``home/output.log``, not to a pipe: a pipe nobody reads yet fills up (64 KiB
+    of task logs) and blocks the process mid-task, lease held, while the other run waits for it.
+    """
     env = os.environ.copy()
     env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{home / 'airflow.db'}"
-    return subprocess.Popen([sys.executable, "-c", _RUNNER, str(HERE), dag_id], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    with open(home / "output.log", "w", encoding="utf-8") as log:
+        return subprocess.Popen([sys.executable, "-c", _RUNNER, str(HERE), dag_id], env=env, text=True,
+                                stdout=log, stderr=subprocess.STDOUT)
 
 
 def _ours(env: dict[str, Any]) -> list[dict[str, Any]]:
@@ -82,8 +87,10 @@ def test_runs_started_at_the_same_moment_end_with_one_record_each(
         homes.append(home)
     started = time.monotonic()
     procs = [_start(dag_id, home) for dag_id, home in zip(dags, homes, strict=True)]
-    outputs = [p.communicate(timeout=1500)[0] for p in procs]
+    for proc in procs:
+        proc.wait(timeout=1500)
     elapsed = time.monotonic() - started
+    outputs = [(home / "output.log").read_text(encoding="utf-8", errors="replace") for home in homes]
     for proc, out in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, out[-6000:]
 
