@@ -25,7 +25,6 @@ import random
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,8 +32,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import sqlalchemy as sa  # noqa: E402
+from bench_reference import SqlCounter, pg_database  # noqa: E402
 
 from m365_3cx.pipeline import contacts as steps  # noqa: E402
 from m365_3cx.reconcile.phonebook import plan_phonebook as whole_plan  # noqa: E402
@@ -49,19 +50,6 @@ from m365_3cx.transform.phonebook import FIELD_COLUMNS, MANAGED_FIELDS  # noqa: 
 T0 = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
 FIRST = ["Ann", "Bo", "Cy", "Di", "Ed", "Flo", "Gus", "Hal", "Ida", "Jo", "Kim", "Lu", "Mo", "Ned", "Oz", "Pia"]
 REGIONS = ["US", "GB", "DE", "FR", None]
-
-
-class SqlCounter:
-    """Statements the engine sends."""
-
-    def __init__(self, engine: sa.engine.Engine) -> None:
-        self.count = 0
-        self._lock = threading.Lock()
-        sa.event.listen(engine, "before_cursor_execute", self._hit)
-
-    def _hit(self, *_args: Any) -> None:
-        with self._lock:
-            self.count += 1
 
 
 class RssPeak:
@@ -122,22 +110,6 @@ def _graph_item(cid: str, person: dict[str, Any]) -> dict[str, Any]:
     return {"id": cid, "changeKey": cid, "categories": [], **person}
 
 
-def _pg_database(url: str | None) -> tuple[str, Callable[[], None]]:
-    if url:
-        return url, lambda: None
-    name = f"bench_pb_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = sa.create_engine("postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}", drop
-
-
 def _run_row(run_key: str, mode: str, started: datetime, status: str) -> dict[str, Any]:
     return {"run_key": run_key, "dag_id": "m365_3cx_delta" if mode == "delta" else "m365_3cx_full_sync",
             "run_id": run_key, "mode": mode, "dry_run": False, "status": status, "started_at": started}
@@ -166,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "bench_phonebook_delta.json"))
     args = parser.parse_args(argv)
     rng = random.Random(42)
-    url, drop = _pg_database(args.staging)
+    url, drop = pg_database(args.staging)
     engine = make_engine(url)
     sql = SqlCounter(engine)
     settings = Settings.from_mapping({"contacts": {"personal_contacts": "all"}})

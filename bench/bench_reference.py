@@ -506,7 +506,7 @@ def naive_pass(graph_emu: Emulator, pbx_emu: Emulator, sample: list[dict[str, An
 # ----------------------------------------------------------------------------- main
 
 
-def _pg_database(url: str | None) -> tuple[str, Callable[[], None]]:
+def pg_database(url: str | None) -> tuple[str, Callable[[], None]]:
     if url:
         return url, lambda: None
     name = f"bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -551,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         "--seed", "42"], tmp / "tls", tmp)
     pbx_emu = start_emulator("threecx", "emulators.threecx", ["--seed", "7"], tmp / "tls", tmp)
     print(f"emulators up in {time.perf_counter() - seed_started:.1f} s", flush=True)
-    url, drop_db = _pg_database(args.staging)
+    url, drop_db = pg_database(args.staging)
     engine = make_engine(url)
     sampler = RssSampler([graph_emu.proc.pid, pbx_emu.proc.pid]).start()
     report: dict[str, Any] = {"tenant": {"users": args.users, "contacts_per_mailbox": args.contacts,

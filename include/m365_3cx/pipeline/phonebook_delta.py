@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
@@ -32,7 +33,7 @@ import sqlalchemy as sa
 from m365_3cx.staging import contacts as crepo
 from m365_3cx.staging import phonebook_sources as sources
 from m365_3cx.staging import repo
-from m365_3cx.staging.schema import phonebook_map, stg_contacts, sync_plan, sync_runs, tgt_phonebook
+from m365_3cx.staging.schema import phonebook_map, stg_contacts, sync_plan, sync_runs
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -52,11 +53,15 @@ RETRY_WINDOW: Final = timedelta(days=2)
 """How far back a delta plan looks for failed phonebook writes (the nightly full run retries all)."""
 
 
+@dataclass(frozen=True)
 class IncrementalTransform:
     """What :func:`transform_incremental` recomputed (counts for the task's return value)."""
 
-    def __init__(self, result: PhonebookResult, entries: int, removed: int, dirty: int, read: int) -> None:
-        self.result, self.entries, self.removed, self.dirty, self.read = result, entries, removed, dirty, read
+    result: PhonebookResult
+    entries: int
+    removed: int
+    dirty: int
+    read: int
 
 
 def _load_contacts(conn: Connection, pairs: Collection[sources.Pair]) -> Any:
@@ -126,7 +131,7 @@ def transform_incremental(engine: Engine, params: PhonebookParams, fingerprint: 
     with engine.connect() as conn:
         feeding = sources.entries_fed_by(conn, keys) - dirty
         frame = _load_contacts(conn, feeding)
-        previous = repo.load_frame(conn, "tgt_phonebook", where=_key_in(keys)) if keys else None
+        previous = crepo.load_entries(conn, "tgt_phonebook", keys)
     import pandas as pd
 
     frames = [f for f in (dirty_rows, frame) if len(f)]
@@ -134,11 +139,8 @@ def transform_incremental(engine: Engine, params: PhonebookParams, fingerprint: 
     result = desired_phonebook(contacts, users, params)
     rows = result.frame.to_dict("records")
     produced = {row["contact_key"] for row in rows}
-    removed = []
-    if previous is not None:
-        for row in previous.to_dict("records"):
-            if row["contact_key"] not in produced and row["contact_key"] in keys:
-                removed.append({col: row.get(col) for col in TARGET_COLUMNS} | {"state": "removed"})
+    removed = [{col: row.get(col) for col in TARGET_COLUMNS} | {"state": "removed"}
+               for row in previous.to_dict("records") if row["contact_key"] not in produced]
     with engine.begin() as conn:
         crepo.patch_phonebook_targets(conn, rows + removed, run_key, now)
         sources.patch_sources(conn, dirty | feeding, result.sources, run_key)
@@ -146,11 +148,6 @@ def transform_incremental(engine: Engine, params: PhonebookParams, fingerprint: 
     log.info("phonebook transform (incremental): %d dirty contacts, %d contacts read, %d entries recomputed, "
              "%d no longer fed", len(dirty), len(dirty) + len(feeding), len(rows), len(removed))
     return IncrementalTransform(result, len(rows), len(removed), len(dirty), len(dirty) + len(feeding))
-
-
-def _key_in(keys: Collection[str]) -> Any:
-    items = sorted(keys)
-    return sa.or_(*(tgt_phonebook.c.contact_key.in_(items[i:i + _CHUNK]) for i in range(0, len(items), _CHUNK)))
 
 
 def delta_plan_keys(engine: Engine, run_key: str, now: datetime) -> set[str] | None:

@@ -98,33 +98,30 @@ def keys_of_pairs(conn: Connection, pairs: Collection[Pair]) -> dict[Pair, str]:
     return found
 
 
+def _pairs_where(conn: Connection, table: Any, column: Any, values: Collection[str]) -> set[Pair]:
+    """``(owner_id, contact_id)`` of the rows whose ``column`` is one of ``values`` (500 per statement)."""
+    found: set[Pair] = set()
+    for chunk in _chunks(values):
+        query = select(table.c.owner_id, table.c.contact_id).where(column.in_(chunk))
+        found.update((o, c) for o, c in conn.execute(query))
+    return found
+
+
 def sources_of_owners(conn: Connection, owner_ids: Collection[str]) -> set[Pair]:
     """Contacts of these owners that fed an entry in the last transform."""
     t = tgt_phonebook_sources
-    found: set[Pair] = set()
-    for chunk in _chunks(owner_ids):
-        found.update((o, c) for o, c in conn.execute(select(t.c.owner_id, t.c.contact_id)
-                                                      .where(t.c.owner_id.in_(chunk))))
-    return found
+    return _pairs_where(conn, t, t.c.owner_id, owner_ids)
 
 
 def contact_pairs_of_owners(conn: Connection, owner_ids: Collection[str]) -> set[Pair]:
     """Staged contacts (deleted ones included) of these owners."""
-    found: set[Pair] = set()
-    for chunk in _chunks(owner_ids):
-        query = select(stg_contacts.c.owner_id, stg_contacts.c.contact_id).where(stg_contacts.c.owner_id.in_(chunk))
-        found.update((o, c) for o, c in conn.execute(query))
-    return found
+    return _pairs_where(conn, stg_contacts, stg_contacts.c.owner_id, owner_ids)
 
 
 def entries_fed_by(conn: Connection, keys: Collection[str]) -> set[Pair]:
     """Every contact that fed one of these entries in the last transform."""
     t = tgt_phonebook_sources
-    found: set[Pair] = set()
-    for chunk in _chunks(keys):
-        found.update((o, c) for o, c in conn.execute(select(t.c.owner_id, t.c.contact_id)
-                                                      .where(t.c.contact_key.in_(chunk))))
-    return found
+    return _pairs_where(conn, t, t.c.contact_key, keys)
 
 
 def orphan_sources(conn: Connection) -> set[Pair]:

@@ -109,6 +109,17 @@ def _load_plan(engine: Engine, plan_key: str) -> list[dict[str, Any]]:
         return repo.load_plan(conn, plan_key)
 
 
+def _one_owner_full_run(engine: Engine, seed: int, contacts: int) -> random.Random:
+    """Owner u1 with ``contacts`` random contacts, transformed by the successful full run r0."""
+    rng = random.Random(seed)
+    with engine.begin() as conn:
+        repo.upsert(conn, stg_users, [_user("u1", "US", T0, "r0")], ["user_id"])
+        _stage(conn, "u1", [_contact(rng, f"c{j}") for j in range(contacts)], "r0", T0)
+        _run(conn, "r0", "full", T0)
+    steps.transform_phonebook(engine, _settings(), "r0", T0, mode="full")
+    return rng
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_delta_transform_and_plan_equal_a_full_recomputation(engine: Engine, seed: int) -> None:
     rng = random.Random(seed)
@@ -162,12 +173,7 @@ def test_delta_transform_and_plan_equal_a_full_recomputation(engine: Engine, see
 
 
 def test_delta_with_changed_settings_recomputes_everything(engine: Engine) -> None:
-    rng = random.Random(9)
-    with engine.begin() as conn:
-        repo.upsert(conn, stg_users, [_user("u1", "US", T0, "r0")], ["user_id"])
-        _stage(conn, "u1", [_contact(rng, f"c{j}") for j in range(5)], "r0", T0)
-        _run(conn, "r0", "full", T0)
-    steps.transform_phonebook(engine, _settings(), "r0", T0, mode="full")
+    _one_owner_full_run(engine, seed=9, contacts=5)
     with engine.begin() as conn:
         _run(conn, "r1", "delta", T0 + dt.timedelta(minutes=5), status="running")
     other = Settings.from_mapping({"contacts": {"personal_contacts": "all"}, "extensions": {"default_region": "GB"}})
@@ -177,12 +183,7 @@ def test_delta_with_changed_settings_recomputes_everything(engine: Engine) -> No
 
 
 def test_failed_writes_are_diffed_again_by_the_next_delta(engine: Engine) -> None:
-    rng = random.Random(5)
-    with engine.begin() as conn:
-        repo.upsert(conn, stg_users, [_user("u1", "US", T0, "r0")], ["user_id"])
-        _stage(conn, "u1", [_contact(rng, f"c{j}") for j in range(6)], "r0", T0)
-        _run(conn, "r0", "full", T0)
-    steps.transform_phonebook(engine, _settings(), "r0", T0, mode="full")
+    rng = _one_owner_full_run(engine, seed=5, contacts=6)
     steps.plan_phonebook(engine, "r0", now=T0)
     plan = _load_plan(engine, steps.contact_plan_key("r0"))
     failed = plan[0]
@@ -204,12 +205,7 @@ def test_failed_writes_are_diffed_again_by_the_next_delta(engine: Engine) -> Non
 
 def test_targets_of_a_run_that_did_not_reach_3cx_are_recomputed_and_diffed_whole(engine: Engine) -> None:
     """A dry delta computed the targets (settings changed): the next real delta must diff everything."""
-    rng = random.Random(3)
-    with engine.begin() as conn:
-        repo.upsert(conn, stg_users, [_user("u1", "US", T0, "r0")], ["user_id"])
-        _stage(conn, "u1", [_contact(rng, f"c{j}") for j in range(5)], "r0", T0)
-        _run(conn, "r0", "full", T0)
-    steps.transform_phonebook(engine, _settings(), "r0", T0, mode="full")
+    _one_owner_full_run(engine, seed=3, contacts=5)
     _as_applied(engine, T0)
     off = Settings.from_mapping({"contacts": {"personal_contacts": "off"}})
     with engine.begin() as conn:
