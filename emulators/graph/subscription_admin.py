@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Request
 
 from emulators.graph.errors import JSONResponse
+from emulators.graph.mailbox_admin import _object
 from emulators.graph.subscriptions import DeliveryFaults, UnknownSubscription
 
 if TYPE_CHECKING:
@@ -22,14 +23,6 @@ router = APIRouter(prefix="/_emulator/subscriptions")
 
 def _hub(request: Request) -> SubscriptionHub:
     return request.app.state.backend.subscriptions
-
-
-async def _object(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    body = await request.json() if raw.strip() else {}
-    if not isinstance(body, dict):
-        raise ValueError("body must be a JSON object")
-    return body
 
 
 def _guard(func: Any) -> Any:

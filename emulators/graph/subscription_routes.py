@@ -6,6 +6,8 @@ api/subscription-update, api/subscription-delete, api/subscription-reauthorize.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -73,14 +75,21 @@ def list_subscriptions(request: Request) -> JSONResponse:
     return graph_json({"@odata.context": _context(request, False), "value": _hub(request).list()})
 
 
-@router.get("/v1.0/subscriptions/{sub_id}")
-def get_subscription(sub_id: str, request: Request) -> JSONResponse:
+@contextlib.contextmanager
+def _graph_errors(sub_id: str) -> Iterator[None]:
+    """The hub's errors as Graph answers them: 404 for an unknown subscription, else its Graph error."""
     try:
-        sub = _hub(request).get(sub_id)
+        yield
     except UnknownSubscription:
         raise _not_found(sub_id) from None
     except SubscriptionError as exc:
         raise _graph_error(exc) from None
+
+
+@router.get("/v1.0/subscriptions/{sub_id}")
+def get_subscription(sub_id: str, request: Request) -> JSONResponse:
+    with _graph_errors(sub_id):
+        sub = _hub(request).get(sub_id)
     return graph_json({"@odata.context": _context(request, True), **sub})
 
 
@@ -89,32 +98,20 @@ async def update_subscription(sub_id: str, request: Request) -> JSONResponse:
     import starlette.concurrency
 
     body = await _body(request)
-    try:
+    with _graph_errors(sub_id):
         sub = await starlette.concurrency.run_in_threadpool(_hub(request).update, sub_id, body)
-    except UnknownSubscription:
-        raise _not_found(sub_id) from None
-    except SubscriptionError as exc:
-        raise _graph_error(exc) from None
     return graph_json({"@odata.context": _context(request, True), **sub})
 
 
 @router.delete("/v1.0/subscriptions/{sub_id}")
 def delete_subscription(sub_id: str, request: Request) -> Response:
-    try:
+    with _graph_errors(sub_id):
         _hub(request).delete(sub_id)
-    except UnknownSubscription:
-        raise _not_found(sub_id) from None
-    except SubscriptionError as exc:
-        raise _graph_error(exc) from None
     return Response(status_code=204)
 
 
 @router.post("/v1.0/subscriptions/{sub_id}/reauthorize")
 def reauthorize_subscription(sub_id: str, request: Request) -> Response:
-    try:
+    with _graph_errors(sub_id):
         _hub(request).reauthorize(sub_id)
-    except UnknownSubscription:
-        raise _not_found(sub_id) from None
-    except SubscriptionError as exc:
-        raise _graph_error(exc) from None
     return Response(status_code=204)
