@@ -251,6 +251,9 @@ def test_per_user_history(browser_page: Any, api_server: dict[str, Any], staging
     assert member["userPrincipalName"] in page.inner_text("#user-head")
     body = page.inner_text("main")
     assert staging["number"] in body
+    verdict = page.locator("#scope-verdict")  # why the user is in scope (issue 12 #6)
+    assert verdict.locator("b").inner_text() == "in scope"
+    assert verdict.locator("li[data-code=in_scope]").count() == 1
     plan = page.locator("table.changes tr.change")
     actions = {plan.nth(i).get_attribute("data-action") for i in range(plan.count())}
     assert {"create", "update"} <= actions  # created by the full sync, rename planned by the dry delta
