@@ -42,8 +42,10 @@ from m365_3cx.reconcile.phonebook import plan_phonebook as whole_plan  # noqa: E
 from m365_3cx.reconcile.plan import plan_rows  # noqa: E402
 from m365_3cx.settings import Settings  # noqa: E402
 from m365_3cx.staging import contacts as crepo  # noqa: E402
-from m365_3cx.staging import repo  # noqa: E402
+from m365_3cx.staging.bulk import upsert  # noqa: E402
 from m365_3cx.staging.db import make_engine  # noqa: E402
+from m365_3cx.staging.frames import load_frame  # noqa: E402
+from m365_3cx.staging.runs import load_plan  # noqa: E402
 from m365_3cx.staging.schema import create_schema, phonebook_map, stg_users, sync_runs, tgt_phonebook  # noqa: E402
 from m365_3cx.transform.phonebook import FIELD_COLUMNS, MANAGED_FIELDS  # noqa: E402
 
@@ -122,7 +124,7 @@ def _take_as_applied(engine: sa.engine.Engine) -> None:
             rows.append({"contact_key": row["contact_key"], "tag": row["tag"], "threecx_id": i, "status": "active",
                          "present": True, "current": {f: row[FIELD_COLUMNS[f]] for f in MANAGED_FIELDS},
                          "duplicate_ids": [], "created_at": T0, "updated_at": T0})
-        repo.upsert(conn, phonebook_map, rows, ["contact_key"])
+        upsert(conn, phonebook_map, rows, ["contact_key"])
 
 
 def _signature(changes: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         contacts: dict[str, list[dict[str, Any]]] = {}
         started = time.perf_counter()
         with engine.begin() as conn:
-            repo.upsert(conn, stg_users, [
+            upsert(conn, stg_users, [
                 {"user_id": o, "user_principal_name": f"u{i}@x.example", "usage_location": rng.choice(REGIONS),
                  "in_scope": True, "deleted": False, "first_seen_at": T0, "updated_at": T0, "last_run_key": "r0",
                  "row_hash": o} for i, o in enumerate(owners)], ["user_id"])
@@ -199,11 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         plan_inc = measure("delta_plan_incremental", sql,
                            lambda: steps.plan_phonebook(engine, "r1", now=t1, mode="delta"), steps_report)
         with engine.connect() as conn:
-            inc_plan = _signature(repo.load_plan(conn, steps.contact_plan_key("r1")))
+            inc_plan = _signature(load_plan(conn, steps.contact_plan_key("r1")))
 
         def whole_diff() -> Any:
             with engine.connect() as conn:
-                return whole_plan(repo.load_frame(conn, "tgt_phonebook"), repo.load_frame(conn, "phonebook_map"))
+                return whole_plan(load_frame(conn, "tgt_phonebook"), load_frame(conn, "phonebook_map"))
 
         everything = measure("delta_plan_whole_tenant", sql, whole_diff, steps_report)
         same_plan = inc_plan == _signature(plan_rows(everything.changes, "x"))

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from dag_helpers import assert_success, run_dag
 
-from m365_3cx.staging import repo
+from m365_3cx.staging.runs import add_audit, finish_run, start_run
 from m365_3cx.staging.schema import create_schema, extension_map, sync_alert_state, sync_audit, sync_runs
 
 pytestmark = [pytest.mark.dag, pytest.mark.postgres, pytest.mark.integration]
@@ -47,8 +47,8 @@ def test_watchdog_alerts_once_per_episode_and_on_recovery(dag_env: dict[str, Any
 
     now = dt.datetime.now(dt.UTC)
     with engine.begin() as conn:
-        repo.start_run(conn, "m365_3cx_delta/ok", "m365_3cx_delta", "ok", "delta", False, now)
-        repo.finish_run(conn, "m365_3cx_delta/ok", "success", {}, now)
+        start_run(conn, "m365_3cx_delta/ok", "m365_3cx_delta", "ok", "delta", False, now)
+        finish_run(conn, "m365_3cx_delta/ok", "success", {}, now)
     assert_success(run_dag("m365_3cx_watchdog"))
     assert _subjects(smtp_inbox)[1] == "[m365-3cx-sync] users -> extensions sync is running again"
 
@@ -89,10 +89,10 @@ def test_maintenance_purges_old_history_and_keeps_the_maps(dag_env: dict[str, An
     now = dt.datetime.now(dt.UTC)
     with engine.begin() as conn:
         for key, at in (("m365_3cx_delta/old", now - dt.timedelta(days=31)), ("m365_3cx_delta/new", now)):
-            repo.start_run(conn, key, "m365_3cx_delta", key.split("/")[1], "delta", False, at)
-            repo.finish_run(conn, key, "success", {}, at)
-            repo.add_audit(conn, [{"run_key": key, "at": at, "action": "create", "object_type": "extension",
-                                   "object_key": "u", "result": "ok"}])
+            start_run(conn, key, "m365_3cx_delta", key.split("/")[1], "delta", False, at)
+            finish_run(conn, key, "success", {}, at)
+            add_audit(conn, [{"run_key": key, "at": at, "action": "create", "object_type": "extension",
+                              "object_key": "u", "result": "ok"}])
         conn.execute(sa.insert(extension_map), [{"user_id": "u", "number": "100", "status": "active",
                                                  "assigned_at": now - dt.timedelta(days=400), "adopted": False}])
     assert_success(run_dag("m365_3cx_maintenance"))

@@ -20,8 +20,8 @@ from m365_3cx.http import RetryPolicy
 from m365_3cx.pipeline.ondemand import UnknownUsersError, extract_on_demand, parse_entries
 from m365_3cx.pipeline.users import extract_users
 from m365_3cx.settings import Settings
-from m365_3cx.staging import repo
 from m365_3cx.staging.db import make_engine
+from m365_3cx.staging.numbers import assign_numbers
 from m365_3cx.staging.schema import create_schema, stg_users, sync_trace
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
@@ -67,7 +67,7 @@ def test_resolves_by_number_id_and_upn_reads_new_users_and_names_unknowns(
                               .where(stg_users.c.deleted.is_(False)).order_by(stg_users.c.user_id)).all()
     (a_id, _), (b_id, _), (c_id, c_upn), (d_id, d_upn) = staged[:4]
     with engine.begin() as conn:
-        repo.assign_numbers(conn, [{"user_id": a_id, "number": "555"}], NOW)
+        assign_numbers(conn, [{"user_id": a_id, "number": "555"}], NOW)
     graph.admin("DELETE", f"users/{d_id}")  # staged, gone from Graph
     new = graph.admin("POST", "users", json={"userPrincipalName": "late.comer@contoso.example",
                                              "displayName": "Late Comer"}).json()

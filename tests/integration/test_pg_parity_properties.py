@@ -34,9 +34,9 @@ from m365_3cx.pipeline import users as users_pipeline
 from m365_3cx.sanitize import utf16_length
 from m365_3cx.settings import Settings
 from m365_3cx.staging import presence as stage
-from m365_3cx.staging import repo
 from m365_3cx.staging.db import make_engine
 from m365_3cx.staging.schema import create_schema, metadata
+from m365_3cx.staging.users import set_scope
 from m365_3cx.transform.extensions import EMAIL_MAX, NAME_MAX
 from m365_3cx.transform.phonebook import FIELD_LIMITS
 
@@ -147,7 +147,7 @@ def test_any_user_data_is_staged_and_planned_or_noted(pg_engine: sa.Engine, user
         users_pipeline.stage_users_page(conn, users[:half], run_key, NOW)
     with pg_engine.begin() as conn:
         users_pipeline.stage_users_page(conn, users[half:], run_key, NOW)
-        repo.set_scope(conn, None, run_key, NOW)
+        set_scope(conn, None, run_key, NOW)
     users_pipeline.transform_users(pg_engine, SETTINGS, run_key, NOW)
     users_pipeline.plan_users(pg_engine, SETTINGS, run_key, None, NOW)
 
@@ -204,7 +204,7 @@ def test_any_contact_data_is_staged_and_planned_or_noted(pg_engine: sa.Engine,
              "displayName": "Owner", "mail": "owner@contoso.example", "usageLocation": "US", "accountEnabled": True}
     with pg_engine.begin() as conn:
         users_pipeline.stage_users_page(conn, [owner], run_key, NOW)
-        repo.set_scope(conn, None, run_key, NOW)
+        set_scope(conn, None, run_key, NOW)
         counts = contacts_pipeline.stage_contacts_page(
             conn, {"user_id": owner["id"], "user_principal_name": owner["userPrincipalName"]}, None,
             {"value": contacts}, "Private", run_key, NOW)

@@ -21,9 +21,9 @@ from m365_3cx.http import RetryPolicy
 from m365_3cx.pipeline import contacts as pipeline
 from m365_3cx.pipeline.users import extract_users
 from m365_3cx.settings import Settings
-from m365_3cx.staging import repo
 from m365_3cx.staging.control import set_writes_enabled
 from m365_3cx.staging.db import make_engine
+from m365_3cx.staging.runs import load_plan
 from m365_3cx.staging.schema import create_schema, phonebook_map, sync_audit
 from m365_3cx.threecx.client import ThreeCXClient, ThreeCXCredentials, clear_token_cache
 
@@ -97,7 +97,7 @@ def test_delta_reads_only_the_entries_it_updates_and_writes_only_real_changes(en
 
     def operator_meddles() -> None:
         with engine.connect() as conn:
-            rows = repo.load_plan(conn, pipeline.contact_plan_key("t/delta"))
+            rows = load_plan(conn, pipeline.contact_plan_key("t/delta"))
         updates = [r for r in rows if r["action"] == "update"]
         assert len(updates) >= 3, rows
         gone, same, patched = updates[:3]

@@ -23,8 +23,8 @@ from m365_3cx.pipeline import presence as pipeline
 from m365_3cx.pipeline.users import extract_users
 from m365_3cx.settings import Settings
 from m365_3cx.staging import presence as stage
-from m365_3cx.staging import repo
 from m365_3cx.staging.db import make_engine
+from m365_3cx.staging.numbers import assign_numbers
 from m365_3cx.staging.schema import create_schema
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
@@ -47,8 +47,8 @@ def env(graph_emulator: Any, pg_database: str) -> Iterator[dict[str, Any]]:
     extract_users(engine, client, SETTINGS, "seed/users", "full", now)
     with engine.begin() as conn:  # every user with mail gets a managed extension (as the users slice would)
         mails = conn.execute(sa.text("SELECT user_id FROM stg_users WHERE mail IS NOT NULL ORDER BY user_id")).all()
-        repo.assign_numbers(conn, [{"user_id": uid, "number": str(500 + i), "threecx_id": 1000 + i}
-                                   for i, (uid,) in enumerate(mails)], now)
+        assign_numbers(conn, [{"user_id": uid, "number": str(500 + i), "threecx_id": 1000 + i}
+                              for i, (uid,) in enumerate(mails)], now)
     yield {"graph": graph_emulator, "client": client, "engine": engine, "ids": [uid for (uid,) in mails]}
     client.close()
     engine.dispose()

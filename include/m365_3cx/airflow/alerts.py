@@ -77,14 +77,14 @@ def record_task_failure(context: Any) -> None:
     try:
         from m365_3cx.airflow.hooks import StagingHook
         from m365_3cx.airflow.runtime import utcnow
-        from m365_3cx.staging import repo
+        from m365_3cx.staging.runs import record_run_error
 
         dag_id, run_id = _run_ids(context)
         message = f"{_failed_task(context) or 'unknown task'}: {full_reason(str(context.get('exception') or ''))}"
         engine = StagingHook().get_engine()
         try:
             with engine.begin() as conn:
-                repo.record_run_error(conn, f"{dag_id}/{run_id}"[:250], message, utcnow())
+                record_run_error(conn, f"{dag_id}/{run_id}"[:250], message, utcnow())
         finally:
             engine.dispose()
     except Exception as exc:  # a callback must never hide the task's own failure

@@ -30,7 +30,7 @@ from m365_3cx.errors import DeltaTokenExpiredError, GraphFatalError, RetriableEr
 from m365_3cx.graph.batch import BatchRequest, classify_item, execute_batch, relative_url
 from m365_3cx.pipeline.contacts import _list_folders, _RoundPage, _Stream, _Totals, read_streams
 from m365_3cx.staging import contacts as crepo
-from m365_3cx.staging import repo
+from m365_3cx.staging.runs import add_notes
 from m365_3cx.staging.state import DeltaStateStore
 from m365_3cx.transform.notes import ERROR, WARNING, Note, note_rows
 
@@ -100,7 +100,7 @@ def extract_other_sources(engine: Engine, graph: GraphClient, settings: Settings
     _shared_mailboxes(engine, graph, settings, store, totals, run_key, mode, now)
     _org_contacts(engine, graph, settings, store, totals, run_key, mode, now)
     with engine.begin() as conn:
-        repo.add_notes(conn, run_key, note_rows(totals.notes, run_key, now), step=STEP, now=now)
+        add_notes(conn, run_key, note_rows(totals.notes, run_key, now), step=STEP, now=now)
     counts = totals.counts
     log.info("contact sources: %d shared mailboxes (%d not found), %d organisational contacts read; %d inserted, "
              "%d updated, %d deleted, %d excluded", counts["mailboxes"], counts["missing_mailboxes"], counts["org"],

@@ -41,9 +41,11 @@ from m365_3cx.graph.batch import BatchRequest, classify_item, execute_batch, rel
 from m365_3cx.pipeline.outcomes import load_changes, record_outcomes
 from m365_3cx.pipeline.preview import log_plan_preview
 from m365_3cx.pipeline.users import SANITIZE_STEP
-from m365_3cx.staging import boundary, repo, trace
+from m365_3cx.staging import boundary, trace
 from m365_3cx.staging import contacts as crepo
 from m365_3cx.staging import push as push_queue
+from m365_3cx.staging.frames import load_frame
+from m365_3cx.staging.runs import add_notes, add_record_notes, load_plan, save_plan
 from m365_3cx.staging.schema import stg_contacts
 from m365_3cx.staging.state import DeltaStateStore
 from m365_3cx.transform.notes import ERROR, INFO, WARNING, Note, note_rows, user_note
@@ -316,7 +318,7 @@ def extract_contacts(
     read_streams(engine, graph, settings, store, streams, totals, skipped, mode, run_key, now)
     step = f"extract_contacts/{shard.get('shard', 1)}"
     with engine.begin() as conn:
-        repo.add_notes(conn, run_key, note_rows(totals.notes, run_key, now), step=step, now=now)
+        add_notes(conn, run_key, note_rows(totals.notes, run_key, now), step=step, now=now)
         if on_demand:
             _trace_contacts_read(conn, run_key, on_demand, users, skipped, totals, personal, now)
     if users and totals.counts["failed_users"] == len(users):
@@ -548,8 +550,8 @@ class _RoundPage:
     def stage(self, conn: Any, store: DeltaStateStore, totals: _Totals, run_key: str, now: datetime) -> None:
         merged = crepo.merge_contacts(conn, self.rows, run_key, now)
         if self.note_keys:
-            repo.add_record_notes(conn, run_key, note_rows(self.notes, run_key, now), step=SANITIZE_STEP,
-                                  object_type="contact", object_keys=self.note_keys, now=now)
+            add_record_notes(conn, run_key, note_rows(self.notes, run_key, now), step=SANITIZE_STEP,
+                             object_type="contact", object_keys=self.note_keys, now=now)
         totals.counts["inserted"] += merged.inserted
         totals.counts["updated"] += merged.updated
         totals.counts["unchanged"] += merged.unchanged
@@ -622,7 +624,7 @@ def snapshot_phonebook(engine: Engine, threecx: ThreeCXClient, settings: Setting
 
     contacts = [c for page in threecx.list_contacts() for c in page]
     with engine.begin() as conn:
-        mapping = repo.load_frame(conn, "phonebook_map")
+        mapping = load_frame(conn, "phonebook_map")
         matches, foreign = match_snapshot(mapping, contacts)
         relinked = crepo.apply_snapshot(conn, matches, run_key, now)
     present = sum(1 for m in matches if m.present)
@@ -656,15 +658,15 @@ def transform_phonebook(engine: Engine, settings: Settings, run_key: str, now: d
                                                      pending_user_keys(engine, run_key), now)
         if done is not None:
             with engine.begin() as conn:
-                repo.add_notes(conn, run_key, note_rows(done.result.notes, run_key, now), step="transform_phonebook",
-                               now=now)
+                add_notes(conn, run_key, note_rows(done.result.notes, run_key, now), step="transform_phonebook",
+                          now=now)
             return {"entries": done.entries, "contacts": done.result.contacts_used, "skipped": done.result.skipped,
                     "excluded": done.result.excluded, "notes": len(done.result.notes), "removed": done.removed,
                     "dirty": done.dirty, "incremental": 1}
     with engine.connect() as conn:
-        contacts = repo.load_frame(conn, "stg_contacts", where={"deleted": False})
-        users = repo.load_frame(conn, "stg_users")
-        previous = repo.load_frame(conn, "tgt_phonebook") if only_owner_ids else None
+        contacts = load_frame(conn, "stg_contacts", where={"deleted": False})
+        users = load_frame(conn, "stg_users")
+        previous = load_frame(conn, "tgt_phonebook") if only_owner_ids else None
     result = desired_phonebook(contacts, users, params)
     rows = result.frame.to_dict("records")
     if previous is not None and len(previous):
@@ -680,7 +682,7 @@ def transform_phonebook(engine: Engine, settings: Settings, run_key: str, now: d
         phonebook_sources.replace_sources(conn, result.sources, run_key)
         phonebook_sources.set_transform_basis(conn, phonebook_delta.FEATURE, fingerprint, phonebook_sources.FULL,
                                               run_key, now)
-        repo.add_notes(conn, run_key, note_rows(result.notes, run_key, now), step="transform_phonebook", now=now)
+        add_notes(conn, run_key, note_rows(result.notes, run_key, now), step="transform_phonebook", now=now)
     log.info("phonebook transform: %d entries from %d contacts; %d skipped, %d excluded, %d notes",
              len(rows), result.contacts_used, result.skipped, result.excluded, len(result.notes))
     return {"entries": len(rows), "contacts": result.contacts_used, "skipped": result.skipped,
@@ -692,7 +694,7 @@ def owner_keys(engine: Engine, owner_ids: Collection[str]) -> dict[str, set[str]
     wanted = set(owner_ids)
     result: dict[str, set[str]] = {uid: set() for uid in wanted}
     with engine.connect() as conn:
-        frame = repo.load_frame(conn, "tgt_phonebook")
+        frame = load_frame(conn, "tgt_phonebook")
     for key, owners in zip(frame.get("contact_key", []), frame.get("owner_ids", []), strict=False):
         for uid in wanted & set(owners or []):
             result[uid].add(key)
@@ -720,8 +722,8 @@ def plan_phonebook(engine: Engine, run_key: str, only_owner_ids: Collection[str]
               if mode == "delta" and only_owner_ids is None else None)
     with engine.connect() as conn:
         if subset is None:
-            desired = repo.load_frame(conn, "tgt_phonebook")
-            mapping = repo.load_frame(conn, "phonebook_map")
+            desired = load_frame(conn, "tgt_phonebook")
+            mapping = load_frame(conn, "phonebook_map")
         else:
             desired = crepo.load_entries(conn, "tgt_phonebook", subset)
             mapping = crepo.load_entries(conn, "phonebook_map", subset)
@@ -737,7 +739,7 @@ def plan_phonebook(engine: Engine, run_key: str, only_owner_ids: Collection[str]
         changes = [c for c in changes if c.object_key in scope]
         forget = [k for k in forget if k in scope]
     with engine.begin() as conn:
-        repo.save_plan(conn, contact_plan_key(run_key), plan_rows(changes, contact_plan_key(run_key)))
+        save_plan(conn, contact_plan_key(run_key), plan_rows(changes, contact_plan_key(run_key)))
         crepo.forget_entries(conn, forget)
         if only_owner_ids is not None:
             _trace_phonebook_plan(conn, run_key, keys_of, changes, now)
@@ -894,7 +896,7 @@ def _verify_updates(
     found = {int(c["Id"]): c for page in threecx.contacts_by_ids(u.threecx_id for u in updates.values())
              for c in page if isinstance(c.get("Id"), int)}
     with engine.connect() as conn:
-        desired = repo.load_frame(conn, "tgt_phonebook", where=tgt_phonebook.c.contact_key.in_(sorted(updates)))
+        desired = load_frame(conn, "tgt_phonebook", where=tgt_phonebook.c.contact_key.in_(sorted(updates)))
     rows = []
     for key, change in updates.items():
         contact = found.get(int(change.threecx_id or 0))
@@ -932,7 +934,7 @@ def review_phonebook_removals(engine: Engine, settings: Settings, run_key: str) 
 
     plan_key = contact_plan_key(run_key)
     with engine.connect() as conn:
-        rows = [r for r in repo.load_plan(conn, plan_key, statuses=OPEN_STATUSES)
+        rows = [r for r in load_plan(conn, plan_key, statuses=OPEN_STATUSES)
                 if (r["object_type"] or "contact") == "contact"]
         managed = crepo.managed_present_count(conn)
     return review_removals(rows, "contact", plan_key, managed, settings)

@@ -23,9 +23,9 @@ from urllib.parse import quote
 import sqlalchemy as sa
 
 from m365_3cx.errors import FatalError
-from m365_3cx.staging import repo
 from m365_3cx.staging import trace as tr
 from m365_3cx.staging.schema import extension_map, stg_users, sync_plan, sync_runs, tgt_extensions
+from m365_3cx.staging.users import GRAPH_USER_SELECT, mark_users_deleted, user_row_from_graph
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -61,7 +61,7 @@ def _graph_get_users(graph: GraphClient, keys: list[str]) -> dict[str, dict[str,
     """``GET /users/{key}`` for each key, batched (20 per ``$batch``): key -> user, or None when 404."""
     from m365_3cx.graph.batch import BatchRequest, classify_item, execute_batch
 
-    select = ",".join(repo.GRAPH_USER_SELECT)
+    select = ",".join(GRAPH_USER_SELECT)
     requests = [BatchRequest(id=str(i), url=f"/users/{quote(key, safe='@')}?$select={select}")
                 for i, key in enumerate(keys)]
     responses = execute_batch(graph, requests) if requests else {}
@@ -127,7 +127,7 @@ def extract_on_demand(
         staged_id = key if key in staged else None
         if item is not None and str(item.get("id")) in cleaned:
             good = cleaned[str(item["id"])]
-            row = repo.user_row_from_graph(good)
+            row = user_row_from_graph(good)
             found_items[row["user_id"]] = item
             user_id, upn = row["user_id"], row["user_principal_name"]
             read_rows[user_id] = {"user_id": user_id, "upn": upn, "outcome": "found",
@@ -161,7 +161,7 @@ def extract_on_demand(
         )
     with engine.begin() as conn:
         merged, staged_ids, _ = stage_users_page(conn, list(found_items.values()), run_key, now)
-        deleted = repo.mark_users_deleted(conn, sorted(gone), run_key, now)
+        deleted = mark_users_deleted(conn, sorted(gone), run_key, now)
     counts: dict[str, Any] = {
         "mode": ON_DEMAND_MODE, "entries": len(entries), "found": len(read_rows), "unknown": len(unknown),
         "read": len(staged_ids), "not_found": len(gone), "inserted": merged.inserted, "updated": merged.updated,

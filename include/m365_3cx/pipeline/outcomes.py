@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from m365_3cx.staging import repo
+from m365_3cx.staging.runs import add_audit, load_plan, set_plan_status, set_plan_statuses
 
 if TYPE_CHECKING:
     from m365_3cx.reconcile.plan import Change
@@ -19,7 +19,7 @@ def load_changes(conn: Any, plan_key: str, object_type: str) -> list[tuple[int, 
     from m365_3cx.reconcile.plan import Change
 
     changes = []
-    for row in repo.load_plan(conn, plan_key, statuses=OPEN_STATUSES):
+    for row in load_plan(conn, plan_key, statuses=OPEN_STATUSES):
         fields = {name: (pair[0], pair[1]) for name, pair in (row["changes"] or {}).items()}
         changes.append((row["seq"], Change(
             action=row["action"], object_key=row["object_key"], number=row["number"] or "",
@@ -43,8 +43,8 @@ def record_outcomes(
     :return: per outcome, whether the change reached 3CX (the caller then updates its mapping tables).
     """
     if not dry_run:
-        repo.add_audit(conn, [row for _, _, rows in outcomes for row in rows])
-    repo.set_plan_statuses(conn, plan_key, {seq: plan_status(result, dry_run) for seq, result, _ in outcomes})
+        add_audit(conn, [row for _, _, rows in outcomes for row in rows])
+    set_plan_statuses(conn, plan_key, {seq: plan_status(result, dry_run) for seq, result, _ in outcomes})
     return [result == "ok" and not dry_run for _, result, _ in outcomes]
 
 
@@ -56,8 +56,8 @@ def record_outcome(
     :return: whether the change reached 3CX (the caller then updates its mapping tables).
     """
     if not dry_run:
-        repo.add_audit(conn, audit_rows)
-    repo.set_plan_status(conn, plan_key, seq, plan_status(result, dry_run))
+        add_audit(conn, audit_rows)
+    set_plan_status(conn, plan_key, seq, plan_status(result, dry_run))
     return result == "ok" and not dry_run
 
 

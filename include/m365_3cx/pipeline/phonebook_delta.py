@@ -32,7 +32,7 @@ import sqlalchemy as sa
 
 from m365_3cx.staging import contacts as crepo
 from m365_3cx.staging import phonebook_sources as sources
-from m365_3cx.staging import repo
+from m365_3cx.staging.frames import load_frame
 from m365_3cx.staging.schema import phonebook_map, stg_contacts, sync_plan, sync_runs
 
 if TYPE_CHECKING:
@@ -73,9 +73,9 @@ def _load_contacts(conn: Connection, pairs: Collection[sources.Pair]) -> Any:
         chunk = items[start:start + _CHUNK]
         where = sa.and_(stg_contacts.c.deleted.is_(False),
                         sa.tuple_(stg_contacts.c.owner_id, stg_contacts.c.contact_id).in_(chunk))
-        frames.append(repo.load_frame(conn, "stg_contacts", where=where))
+        frames.append(load_frame(conn, "stg_contacts", where=where))
     frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else repo.load_frame(conn, "stg_contacts",
+    return pd.concat(frames, ignore_index=True) if frames else load_frame(conn, "stg_contacts",
                                                                                 where=sa.false())
 
 
@@ -125,7 +125,7 @@ def transform_incremental(engine: Engine, params: PhonebookParams, fingerprint: 
             return None
         old_keys = sources.keys_of_pairs(conn, dirty)
         dirty_rows = _load_contacts(conn, dirty)
-        users = repo.load_frame(conn, "stg_users")
+        users = load_frame(conn, "stg_users")
     probe = desired_phonebook(dirty_rows, users, params)
     keys = set(old_keys.values()) | {key for _o, _c, key in probe.sources}
     with engine.connect() as conn:

@@ -20,7 +20,8 @@ from m365_3cx.pipeline.outcomes import OPEN_STATUSES, record_outcomes
 from m365_3cx.pipeline.preview import log_plan_preview
 from m365_3cx.staging import presence as stage
 from m365_3cx.staging import push as push_queue
-from m365_3cx.staging import repo, trace
+from m365_3cx.staging import trace
+from m365_3cx.staging.runs import add_notes, add_record_notes, load_plan, save_plan, set_plan_statuses
 from m365_3cx.staging.state import DeltaStateStore
 
 if TYPE_CHECKING:
@@ -169,7 +170,7 @@ def extract_calendars(
     )
     with engine.begin() as conn:
         step = f"{STEP_EXTRACT}:{shard['shard']}"
-        repo.add_notes(conn, run_key, note_rows(notes, run_key, now), step=step, now=now)
+        add_notes(conn, run_key, note_rows(notes, run_key, now), step=step, now=now)
         if mode == "full" and shard["shard"] == 1:
             counts["purged"] = stage.purge_events(conn, window.start)
     counts.update(totals)
@@ -227,8 +228,8 @@ def _save_event_notes(conn: Any, findings: list[tuple[str, str, Any]], run_key: 
                   f"event {event_id} of user {user_id}: {finding.field}: {finding.message}")
              for user_id, event_id, finding in findings]
     log.warning("presence: %d event values cleaned or refused at the staging boundary (see sync_notes)", len(notes))
-    repo.add_record_notes(conn, run_key, note_rows(notes, run_key, now), step=SANITIZE_STEP, object_type="event",
-                          object_keys={n.object_key for n in notes}, now=now)
+    add_record_notes(conn, run_key, note_rows(notes, run_key, now), step=SANITIZE_STEP, object_type="event",
+                     object_keys={n.object_key for n in notes}, now=now)
 
 
 def compute_presence(
@@ -281,7 +282,7 @@ def compute_presence(
     plan = plan_switches(decisions.desired, current, last_set, str(mapping["default"]), presence.mode)
     with engine.begin() as conn:
         store_decisions(conn, decisions, run_key, now, all_users=only_user_ids is None)
-        repo.save_plan(conn, presence_plan_key(run_key), [plan_row(s) for s in plan.switches])
+        save_plan(conn, presence_plan_key(run_key), [plan_row(s) for s in plan.switches])
         if not dry_run:
             stage.save_states(conn, list(plan.baselines), "baseline", run_key, now)
     if only_user_ids is not None:
@@ -320,7 +321,7 @@ def _trace_decisions(engine: Engine, run_key: str, now: datetime, decided: dict[
 def presence_plan_key(run_key: str) -> str:
     """The ``sync_plan`` run key of a run's presence switches: ``"<run key>#presence"``.
 
-    Kept apart from the run's extensions plan, which :func:`repo.save_plan` replaces as a whole
+    Kept apart from the run's extensions plan, which :func:`save_plan` replaces as a whole
     (the two are planned in parallel in the delta DAG). Audit rows use the run key itself.
     """
     return f"{run_key[:240]}#presence"
@@ -355,7 +356,7 @@ def apply_presence(
     dry_run = write_gate(engine, run_key, dry_run, step="apply_presence").dry_run
     plan_key = presence_plan_key(run_key)
     with engine.connect() as conn:
-        rows = [r for r in repo.load_plan(conn, plan_key, statuses=OPEN_STATUSES)
+        rows = [r for r in load_plan(conn, plan_key, statuses=OPEN_STATUSES)
                 if r["object_type"] == "presence"]
         targets = stage.load_targets(conn)
     switches: list[tuple[int, ProfileSwitch]] = []
@@ -373,7 +374,7 @@ def apply_presence(
         switches.append((row["seq"], switch))
     if stale:
         with engine.begin() as conn:
-            repo.set_plan_statuses(conn, plan_key, dict.fromkeys(stale, "skipped"))
+            set_plan_statuses(conn, plan_key, dict.fromkeys(stale, "skipped"))
     seq_of = {id(s): seq for seq, s in switches}
 
     def record(outcomes: list[SwitchOutcome]) -> None:

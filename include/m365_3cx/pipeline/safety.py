@@ -222,13 +222,13 @@ def removals_decision(engine: Engine, run_key: str, object_type: str) -> control
 def record_decision(engine: Engine, run_key: str, object_type: str, chosen: str, *, responded_by: str | None,
                     timed_out: bool, now: datetime) -> str:
     """Store a human decision (``Approve``/``Reject``) or a timeout; returns the stored status."""
-    from m365_3cx.staging import repo
+    from m365_3cx.staging.runs import add_audit
 
     status = "timed_out" if timed_out else ("approved" if chosen == "Approve" else "rejected")
     with engine.begin() as conn:
         if control.decide_approval(conn, run_key, object_type, status, decided_by=responded_by, now=now):
             request = control.approval(conn, run_key, object_type)
-            repo.add_audit(conn, [{
+            add_audit(conn, [{
                 "run_key": run_key, "at": now, "action": "approval", "object_type": "approval",
                 "object_key": object_type, "number": None, "threecx_id": None, "field": "removals",
                 "before": f"pending: {request.removals if request else '?'} removals",

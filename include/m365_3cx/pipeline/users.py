@@ -18,9 +18,33 @@ import sqlalchemy as sa
 from m365_3cx.errors import DeltaTokenExpiredError, GraphFatalError
 from m365_3cx.pipeline.outcomes import load_changes, record_outcomes
 from m365_3cx.pipeline.preview import log_plan_preview
-from m365_3cx.staging import boundary, repo
+from m365_3cx.staging import boundary, runs
+from m365_3cx.staging.extensions import pbx_row_from_xapi, replace_snapshot, replace_targets
+from m365_3cx.staging.frames import load_frame
+from m365_3cx.staging.numbers import (
+    assign_numbers,
+    grace_expired_user_ids,
+    purge_expired_quarantine,
+    reactivate_numbers,
+    release_numbers,
+    set_threecx_ids,
+    start_removal_clock,
+    stop_removal_clock,
+    sync_removal_clock,
+)
+from m365_3cx.staging.runs import add_notes, add_record_notes, load_plan, save_plan
 from m365_3cx.staging.schema import cur_extensions, extension_map, stg_users, sync_runs
 from m365_3cx.staging.state import DeltaStateStore
+from m365_3cx.staging.users import (
+    GRAPH_USER_SELECT,
+    MergeCounts,
+    mark_missing_deleted,
+    mark_users_deleted,
+    merge_users,
+    set_scope,
+    set_scope_details,
+    user_row_from_graph,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -69,7 +93,7 @@ def start_run(engine: Engine, run: RunInfo, now: datetime) -> dict[str, Any]:
 
     with engine.begin() as conn:
         decision = decide(run.dry_run, writes_enabled(conn))
-        repo.start_run(conn, run.run_key, run.dag_id, run.run_id, run.mode, decision.dry_run, now,
+        runs.start_run(conn, run.run_key, run.dag_id, run.run_id, run.mode, decision.dry_run, now,
                        dry_reason=decision.reason)
     if decision.dry_run:
         log.info("dry run: %s; the plan is stored, nothing is written to 3CX", decision.describe())
@@ -79,7 +103,7 @@ def start_run(engine: Engine, run: RunInfo, now: datetime) -> dict[str, Any]:
 def finish_run(engine: Engine, run_key: str, status: str, counts: dict[str, Any], now: datetime) -> None:
     """Record the run's final status and counts."""
     with engine.begin() as conn:
-        repo.finish_run(conn, run_key, status, counts, now)
+        runs.finish_run(conn, run_key, status, counts, now)
 
 
 def _scope_ids(graph: GraphClient, settings: Settings) -> tuple[set[str] | None, set[str] | None, set[str] | None]:
@@ -137,10 +161,10 @@ def extract_users(
 def _extract_full(
     engine: Engine, graph: GraphClient, store: DeltaStateStore, run_key: str, now: datetime
 ) -> dict[str, Any]:
-    fresh_link = graph.latest_users_delta_link(repo.GRAPH_USER_SELECT)
+    fresh_link = graph.latest_users_delta_link(GRAPH_USER_SELECT)
     totals = {"mode": "full", "pages": 0, "inserted": 0, "updated": 0, "unchanged": 0, "deleted": 0}
     seen: set[str] = set()
-    for items in graph.list_users(select=repo.GRAPH_USER_SELECT):
+    for items in graph.list_users(select=GRAPH_USER_SELECT):
         with engine.begin() as conn:
             merged, staged, _ = stage_users_page(conn, items, run_key, now)
         seen.update(staged)
@@ -149,10 +173,10 @@ def _extract_full(
         totals["updated"] += merged.updated
         totals["unchanged"] += merged.unchanged
     with engine.begin() as conn:
-        if not seen and repo.load_frame(conn, "stg_users", where={"deleted": False}).shape[0]:
+        if not seen and load_frame(conn, "stg_users", where={"deleted": False}).shape[0]:
             raise GraphFatalError("Graph listed no users at all; refusing to mark every staged user deleted",
                                   code="EmptyUserList")
-        totals["deleted"] = repo.mark_missing_deleted(conn, seen, run_key, now)
+        totals["deleted"] = mark_missing_deleted(conn, seen, run_key, now)
         if fresh_link:
             store.save(conn, USERS_RESOURCE, fresh_link, run_key)
     log.info(
@@ -166,10 +190,10 @@ def _extract_delta(
     engine: Engine, graph: GraphClient, store: DeltaStateStore, link: str, run_key: str, now: datetime
 ) -> dict[str, Any]:
     totals = {"mode": "delta", "pages": 0, "inserted": 0, "updated": 0, "unchanged": 0, "deleted": 0}
-    for page in graph.users_delta(link, repo.GRAPH_USER_SELECT):
+    for page in graph.users_delta(link, GRAPH_USER_SELECT):
         with engine.begin() as conn:
             merged, _, removed = stage_users_page(conn, page.items, run_key, now)
-            totals["deleted"] += repo.mark_users_deleted(conn, removed, run_key, now)
+            totals["deleted"] += mark_users_deleted(conn, removed, run_key, now)
             if page.delta_link:
                 store.save(conn, USERS_RESOURCE, page.delta_link, run_key)
         totals["pages"] += 1
@@ -210,7 +234,7 @@ def clean_users(items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list
 
 
 def stage_users_page(conn: Any, items: list[dict[str, Any]], run_key: str,
-                     now: datetime) -> tuple[repo.MergeCounts, list[str], list[str]]:
+                     now: datetime) -> tuple[MergeCounts, list[str], list[str]]:
     """Stage one page of Graph users (full or delta) in the caller's transaction.
 
     The page passes the sanitising boundary (:func:`clean_users`), its users are merged and the
@@ -223,11 +247,11 @@ def stage_users_page(conn: Any, items: list[dict[str, Any]], run_key: str,
 
     clean, notes, keys = clean_users(items)
     removed = [str(item["id"]) for item in clean if "@removed" in item]
-    rows = [repo.user_row_from_graph(item) for item in clean if "@removed" not in item]
-    merged = repo.merge_users(conn, rows, run_key, now)
+    rows = [user_row_from_graph(item) for item in clean if "@removed" not in item]
+    merged = merge_users(conn, rows, run_key, now)
     if keys:
-        repo.add_record_notes(conn, run_key, note_rows(notes, run_key, now), step=SANITIZE_STEP,
-                              object_type="user", object_keys=keys, now=now)
+        add_record_notes(conn, run_key, note_rows(notes, run_key, now), step=SANITIZE_STEP,
+                         object_type="user", object_keys=keys, now=now)
     return merged, [row["user_id"] for row in rows], removed
 
 
@@ -235,8 +259,8 @@ def _apply_scope(engine: Engine, graph: GraphClient, settings: Settings, run_key
     group, matching, protected = _scope_ids(graph, settings)
     ids = group if matching is None else matching if group is None else group & matching
     with engine.begin() as conn:
-        flipped = repo.set_scope(conn, ids, run_key, now)
-        protection = repo.set_scope_details(conn, group, matching, protected, run_key, now)
+        flipped = set_scope(conn, ids, run_key, now)
+        protection = set_scope_details(conn, group, matching, protected, run_key, now)
     return {"scope_changed": flipped, "protection_changed": protection}
 
 
@@ -296,7 +320,7 @@ def grace_due_user_keys(engine: Engine, settings: Settings, now: datetime) -> se
         last_ok = conn.execute(
             sa.select(sa.func.max(sync_runs.c.started_at)).where(sync_runs.c.run_key.in_(_applied_runs()))
         ).scalar()
-        return repo.grace_expired_user_ids(conn, settings.extensions.delete_after_days, now, since=last_ok)
+        return grace_expired_user_ids(conn, settings.extensions.delete_after_days, now, since=last_ok)
 
 
 def snapshot_threecx(
@@ -310,10 +334,10 @@ def snapshot_threecx(
     ``extensions.adopt_existing = "email"`` it adopts existing extensions (see
     :func:`_adopt_existing`).
     """
-    rows = [boundary.storable_row(cur_extensions, repo.pbx_row_from_xapi(user))
+    rows = [boundary.storable_row(cur_extensions, pbx_row_from_xapi(user))
             for page in threecx.list_users() for user in page]
     with engine.begin() as conn:
-        repo.replace_snapshot(conn, rows, run_key, now)
+        replace_snapshot(conn, rows, run_key, now)
         relinked = _relink_lost_creates(conn)
         adopted = _adopt_existing(conn, settings, now) if settings is not None else 0
     log.info("3CX snapshot: %d extensions; %d lost creates re-linked; %d adopted", len(rows), relinked, adopted)
@@ -360,7 +384,7 @@ def _adopt_existing(conn: Any, settings: Settings, now: datetime) -> int:
         if len(users) == 1 and len(extensions := by_mail.get(mail, [])) == 1
     ]
     if adoptions:
-        repo.assign_numbers(conn, adoptions, now)
+        assign_numbers(conn, adoptions, now)
     return len(adoptions)
 
 
@@ -379,7 +403,7 @@ def _relink_lost_creates(conn: Any) -> int:
         )
     )
     pairs = conn.execute(query).all()
-    repo.set_threecx_ids(conn, dict(pairs))
+    set_threecx_ids(conn, dict(pairs))
     return len(pairs)
 
 
@@ -398,25 +422,25 @@ def transform_users(
 
     dry_run = write_gate(engine, run_key, dry_run, step="transform_extensions").dry_run
     with engine.begin() as conn:
-        repo.purge_expired_quarantine(conn, settings.numbering.quarantine_days, now)
-        users = repo.load_frame(conn, "stg_users")
-        mapping = repo.load_frame(conn, "extension_map")
-        pbx = repo.load_frame(conn, "cur_extensions")
+        purge_expired_quarantine(conn, settings.numbering.quarantine_days, now)
+        users = load_frame(conn, "stg_users")
+        mapping = load_frame(conn, "extension_map")
+        pbx = load_frame(conn, "cur_extensions")
     result = desired_extensions(users, mapping, pbx, ExtensionParams.from_settings(settings), now)
     rows = result.frame.to_dict("records")
     with engine.begin() as conn:
-        repo.replace_targets(conn, rows, run_key, now)
+        replace_targets(conn, rows, run_key, now)
         reused_from = [a["replaces_user_id"] for a in result.new_assignments if a.get("replaces_user_id")]
         if reused_from and not dry_run:
             conn.execute(sa.delete(extension_map).where(extension_map.c.user_id.in_(reused_from)))
         if not dry_run:
-            repo.assign_numbers(
+            assign_numbers(
                 conn, [{"user_id": a["user_id"], "number": a["number"]} for a in result.new_assignments], now
             )
-            started, cleared = repo.sync_removal_clock(conn, now)
+            started, cleared = sync_removal_clock(conn, now)
             if started or cleared:
                 log.info("removal grace periods: %d started (extension already disabled), %d ended", started, cleared)
-        repo.add_notes(conn, run_key, note_rows(result.notes, run_key, now), step="transform", now=now)
+        add_notes(conn, run_key, note_rows(result.notes, run_key, now), step="transform", now=now)
     active = int((result.frame["state"] == "active").sum()) if len(result.frame) else 0
     log.info(
         "transform: %d desired extensions (%d active), %d new numbers, %d notes",
@@ -434,16 +458,16 @@ def plan_users(
     from m365_3cx.transform.notes import note_rows
 
     with engine.connect() as conn:
-        desired = repo.load_frame(conn, "tgt_extensions")
-        mapping = repo.load_frame(conn, "extension_map")
-        pbx = repo.load_frame(conn, "cur_extensions")
+        desired = load_frame(conn, "tgt_extensions")
+        mapping = load_frame(conn, "extension_map")
+        pbx = load_frame(conn, "cur_extensions")
         labels = dict(conn.execute(sa.select(stg_users.c.user_id, stg_users.c.user_principal_name)).all())
     result = plan_extensions(
         desired, mapping, pbx, PlanParams.from_settings(settings), only_keys=only_keys, labels=labels, now=now
     )
     with engine.begin() as conn:
-        repo.save_plan(conn, run_key, plan_rows(result.changes, run_key))
-        repo.add_notes(conn, run_key, note_rows(result.notes, run_key, now), step="plan", now=now)
+        save_plan(conn, run_key, plan_rows(result.changes, run_key))
+        add_notes(conn, run_key, note_rows(result.notes, run_key, now), step="plan", now=now)
     counts: dict[str, int] = {"create": 0, "update": 0, "disable": 0, "delete": 0}
     for change in result.changes:
         counts[change.action] += 1
@@ -504,14 +528,14 @@ def apply_users(
                 conn, plan_key=run_key, dry_run=dry_run,
                 outcomes=[(seq_of[id(o.change)], o.result, audit_rows(o, run_key, now)) for o in outcomes])
             done = [o for o, ok in zip(outcomes, reached, strict=True) if ok]
-            repo.set_threecx_ids(conn, {o.change.object_key: o.threecx_id for o in done
-                                        if o.change.action == "create" and o.threecx_id is not None})
+            set_threecx_ids(conn, {o.change.object_key: o.threecx_id for o in done
+                                   if o.change.action == "create" and o.threecx_id is not None})
             deleted = [o.change.object_key for o in done if o.change.action == "delete"]
-            repo.release_numbers(conn, deleted, now)
-            repo.start_removal_clock(conn, [o.change.object_key for o in done if o.change.action == "disable"], now)
-            repo.stop_removal_clock(conn, [*deleted, *(o.change.object_key for o in done if o.change.action == "update"
-                                                       and o.change.fields.get("Enabled") == (False, True))])
-            repo.reactivate_numbers(conn, [o.change.object_key for o in done if o.change.action == "create"])
+            release_numbers(conn, deleted, now)
+            start_removal_clock(conn, [o.change.object_key for o in done if o.change.action == "disable"], now)
+            stop_removal_clock(conn, [*deleted, *(o.change.object_key for o in done if o.change.action == "update"
+                                                  and o.change.fields.get("Enabled") == (False, True))])
+            reactivate_numbers(conn, [o.change.object_key for o in done if o.change.action == "create"])
 
     relinked = {} if dry_run else existing_extensions(threecx, changes)
     done_before = [Outcome(c, OK, RELINKED_NOTE, relinked[id(c)]) for c in changes if id(c) in relinked]
@@ -536,7 +560,7 @@ def review_user_removals(engine: Engine, settings: Settings, run_key: str) -> An
     from m365_3cx.pipeline.safety import review_removals
 
     with engine.connect() as conn:
-        rows = [r for r in repo.load_plan(conn, run_key, statuses=OPEN_STATUSES)
+        rows = [r for r in load_plan(conn, run_key, statuses=OPEN_STATUSES)
                 if (r["object_type"] or "extension") == "extension"]
         managed = _managed_in_snapshot(conn)
     return review_removals(rows, "extension", run_key, managed, settings)

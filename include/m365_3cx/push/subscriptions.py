@@ -206,9 +206,9 @@ def reconcile(engine: Engine, graph: GraphClient, settings: Settings, run_key: s
             })
             counts["created"] += 1
         if notes:
-            from m365_3cx.staging import repo
+            from m365_3cx.staging.runs import add_notes
 
-            repo.add_notes(conn, run_key, note_rows(notes, run_key, now), step="subscriptions", now=now)
+            add_notes(conn, run_key, note_rows(notes, run_key, now), step="subscriptions", now=now)
     client_states.clear()
     log.info("subscriptions: %d desired, %d created, %d renewed, %d deleted, %d re-created after a gap "
              "(%d catch-up deltas queued), %d failed", counts["desired"], counts["created"], counts["renewed"],

@@ -1,6 +1,6 @@
 """Read and write helpers for the phonebook tables: ``stg_contacts``, ``phonebook_map``, ``tgt_phonebook``.
 
-Like :mod:`m365_3cx.staging.repo`, every function takes an open connection and never
+Like :mod:`m365_3cx.staging.bulk`, every function takes an open connection and never
 commits: the caller owns the transaction, so a page round's rows and the delta links
 it produced commit together. All timestamps are aware UTC datetimes.
 """
@@ -17,8 +17,9 @@ from sqlalchemy import and_, bindparam, delete, func, select, tuple_, update
 from sqlalchemy.engine import Connection
 
 from m365_3cx.staging.boundary import CONTACT_PROPERTY_COLUMNS
-from m365_3cx.staging.repo import MergeCounts, upsert
+from m365_3cx.staging.bulk import upsert
 from m365_3cx.staging.schema import delta_state, phonebook_map, stg_contacts, stg_users, tgt_phonebook
+from m365_3cx.staging.users import MergeCounts
 
 __all__ = [
     "CONTACT_SOURCE_COLUMNS",
@@ -145,7 +146,7 @@ def merge_contacts(conn: Connection, rows: Iterable[Mapping[str, Any]], run_key:
     Unchanged rows are not rewritten. When a contact appears twice the last row wins.
 
     :param rows: rows from :func:`contact_row_from_graph`.
-    :returns: :class:`~m365_3cx.staging.repo.MergeCounts`.
+    :returns: :class:`~m365_3cx.staging.users.MergeCounts`.
     :raises ValueError: naive ``now``.
     """
     if now.tzinfo is None:
@@ -389,7 +390,7 @@ def replace_phonebook_targets(conn: Connection, rows: Iterable[Mapping[str, Any]
     :param rows: records with the ``TARGET_COLUMNS`` of :mod:`m365_3cx.transform.phonebook`.
     :returns: rows written (inserted or changed).
     """
-    from m365_3cx.staging.repo import _clean_rows
+    from m365_3cx.staging.bulk import _clean_rows
 
     desired = {str(row["contact_key"]): row for row in _clean_rows(tgt_phonebook, rows)}
     columns = sorted({col for row in desired.values() for col in row} - {"contact_key"})
@@ -559,7 +560,7 @@ def load_entries(conn: Connection, table_name: str, keys: Iterable[str]) -> Any:
     (read 500 keys per statement)."""
     import pandas as pd
 
-    from m365_3cx.staging.repo import load_frame
+    from m365_3cx.staging.frames import load_frame
     from m365_3cx.staging.schema import table
 
     column = table(table_name).c.contact_key

@@ -15,7 +15,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from m365_3cx.staging.repo import upsert
+from m365_3cx.staging.bulk import upsert
 from m365_3cx.staging.schema import sync_approvals, sync_control, sync_control_log
 
 __all__ = [

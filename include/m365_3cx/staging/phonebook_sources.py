@@ -15,7 +15,7 @@ from typing import Any, Final
 from sqlalchemy import and_, delete, select, tuple_
 from sqlalchemy.engine import Connection
 
-from m365_3cx.staging.repo import upsert
+from m365_3cx.staging.bulk import upsert
 from m365_3cx.staging.schema import stg_contacts, tgt_phonebook, tgt_phonebook_sources, transform_state
 
 __all__ = [

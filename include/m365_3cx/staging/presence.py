@@ -1,6 +1,6 @@
 """Staging for calendar presence: ``stg_events``, ``stg_auto_replies``, ``tgt_presence``, ``presence_state``.
 
-Like :mod:`m365_3cx.staging.repo`, every function takes an open connection and never commits:
+Like :mod:`m365_3cx.staging.bulk`, every function takes an open connection and never commits:
 a user's events, automatic replies and calendar delta link are written in one transaction
 (the caller's). No subjects are written unless the extract asked for them (and never those
 of private/confidential events; :func:`m365_3cx.graph.calendar.parse_event` drops them).
@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 
 from m365_3cx.sanitize import Finding, clean_text
 from m365_3cx.staging.boundary import clean_event_row, dedupe, printable_key
-from m365_3cx.staging.repo import _insert_for, upsert
+from m365_3cx.staging.bulk import _insert_for, upsert
 from m365_3cx.staging.schema import (
     extension_map,
     presence_inputs,

@@ -5,7 +5,7 @@ staging rows a page round produced, so the link and its rows commit together and
 a crash never skips a change::
 
     with engine.begin() as conn:
-        repo.merge_users(conn, rows, run_key, now)
+        merge_users(conn, rows, run_key, now)
         store.save(conn, "users", delta_link, run_key)
 
 Delta links are opaque resume tokens, not credentials; they are never logged.
@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from sqlalchemy import Table, delete, select
 from sqlalchemy.engine import Connection
 
-from m365_3cx.staging.repo import upsert
+from m365_3cx.staging.bulk import upsert
 from m365_3cx.staging.schema import delta_state
 
 __all__ = ["DeltaStateStore"]

@@ -10,8 +10,10 @@ import pytest
 from sqlalchemy import Engine
 
 from m365_3cx.console import queries as q
-from m365_3cx.staging import repo
+from m365_3cx.staging.bulk import upsert
 from m365_3cx.staging.db import make_engine
+from m365_3cx.staging.numbers import assign_numbers
+from m365_3cx.staging.runs import add_audit, add_notes, finish_run, record_run_error, save_plan, start_run
 from m365_3cx.staging.schema import create_schema, phonebook_map, stg_users
 
 NOW = dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.UTC)
@@ -30,11 +32,11 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 def _run(conn, dag_id: str, run_id: str, started: dt.datetime, *, status: str = "success", dry: bool = False,
          error: str | None = None) -> str:
     key = f"{dag_id}/{run_id}"
-    repo.start_run(conn, key, dag_id, run_id, "delta", dry, started)
+    start_run(conn, key, dag_id, run_id, "delta", dry, started)
     if status == "success":
-        repo.finish_run(conn, key, "success", {"apply": {"created": 1}}, started + dt.timedelta(minutes=2))
+        finish_run(conn, key, "success", {"apply": {"created": 1}}, started + dt.timedelta(minutes=2))
     elif status == "failed":
-        repo.record_run_error(conn, key, error or "apply_extensions: boom", started + dt.timedelta(minutes=1))
+        record_run_error(conn, key, error or "apply_extensions: boom", started + dt.timedelta(minutes=1))
     return key
 
 
@@ -45,36 +47,36 @@ def _seed(engine: Engine) -> dict[str, str]:
             from m365_3cx.staging import control
 
             control.set_writes_enabled(conn, True, changed_by="ops", now=NOW - dt.timedelta(days=3))
-        repo.upsert(conn, stg_users, [
+        upsert(conn, stg_users, [
             {"user_id": "u1", "user_principal_name": "Ada@Contoso.example", "display_name": "Ada", "row_hash": "h",
              "first_seen_at": NOW, "updated_at": NOW, "in_scope": True, "deleted": False},
             {"user_id": "u2", "user_principal_name": "bob@contoso.example", "display_name": "Bob", "row_hash": "h",
              "first_seen_at": NOW, "updated_at": NOW, "in_scope": True, "deleted": False},
         ], ["user_id"])
-        repo.assign_numbers(conn, [{"user_id": "u1", "number": "201", "threecx_id": 7},
-                                   {"user_id": "u2", "number": "202", "threecx_id": 8}], NOW)
+        assign_numbers(conn, [{"user_id": "u1", "number": "201", "threecx_id": 7},
+                              {"user_id": "u2", "number": "202", "threecx_id": 8}], NOW)
         full = _run(conn, "m365_3cx_full_sync", "scheduled__1", NOW - dt.timedelta(hours=30))
-        repo.save_plan(conn, full, [
+        save_plan(conn, full, [
             {"action": "create", "object_key": "u1", "number": "201", "changes": {"FirstName": [None, "Ada"]},
              "reason": "new user", "status": "applied"},
             {"action": "create", "object_key": "u2", "number": "202", "changes": {"FirstName": [None, "Bob"]},
              "reason": "new user", "status": "applied"}])
-        repo.save_plan(conn, full + "#contacts", [
+        save_plan(conn, full + "#contacts", [
             {"action": "create", "object_type": "contact", "object_key": "k1",
              "changes": {"FirstName": [None, "Carol"], "LastName": [None, "Contact"]}, "status": "applied"},
             {"action": "delete", "object_type": "contact", "object_key": "k2", "status": "applied"}])
-        repo.upsert(conn, phonebook_map, [{"contact_key": "k2", "tag": "m365-sync:k2", "threecx_id": 5,
-                                           "status": "active", "present": True, "created_at": NOW,
-                                           "updated_at": NOW, "current": {"CompanyName": "Gone Ltd"}}],
+        upsert(conn, phonebook_map, [{"contact_key": "k2", "tag": "m365-sync:k2", "threecx_id": 5,
+                                      "status": "active", "present": True, "created_at": NOW,
+                                      "updated_at": NOW, "current": {"CompanyName": "Gone Ltd"}}],
                     ["contact_key"])
-        repo.add_audit(conn, [
+        add_audit(conn, [
             {"run_key": full, "at": NOW - dt.timedelta(hours=30), "action": "create", "object_type": "extension",
              "object_key": "u1", "number": "201", "threecx_id": 7, "field": "FirstName", "before": None,
              "after": "Ada", "result": "ok", "error": None},
             {"run_key": full, "at": NOW - dt.timedelta(hours=30), "action": "create", "object_type": "extension",
              "object_key": "u2", "number": "202", "threecx_id": 8, "field": "FirstName", "before": None,
              "after": "Bob", "result": "failed", "error": "3cx: 400"}])
-        repo.add_notes(conn, full, [
+        add_notes(conn, full, [
             {"object_type": "contact", "object_key": "u1/c1", "record_label": "Ada@Contoso.example",
              "field": "mobilePhone", "severity": "info", "message": "contact c1 of Ada: has no phone number"},
             {"object_type": "user", "object_key": "u2", "record_label": "bob@contoso.example", "field": "number",
@@ -82,19 +84,19 @@ def _seed(engine: Engine) -> dict[str, str]:
             {"object_type": "user", "object_key": "u1", "record_label": "Ada@Contoso.example", "field": "mobile",
              "severity": "warning", "message": "user Ada: mobilePhone not a number"}], step="transform", now=NOW)
         hourly = _run(conn, "m365_3cx_hourly", "scheduled__2", NOW - dt.timedelta(minutes=50))
-        repo.save_plan(conn, hourly + "#presence", [
+        save_plan(conn, hourly + "#presence", [
             {"action": "set_profile", "object_type": "presence", "object_key": "u1", "number": "201",
              "changes": {"CurrentProfileName": ["Available", "Away"]}, "reason": "calendar: busy",
              "status": "applied"}])
-        repo.add_audit(conn, [{"run_key": hourly, "at": NOW - dt.timedelta(minutes=49), "action": "set_profile",
-                               "object_type": "presence", "object_key": "u1", "number": "201", "threecx_id": 7,
-                               "field": "CurrentProfileName", "before": "Available", "after": "Away",
-                               "result": "ok", "error": None}])
+        add_audit(conn, [{"run_key": hourly, "at": NOW - dt.timedelta(minutes=49), "action": "set_profile",
+                          "object_type": "presence", "object_key": "u1", "number": "201", "threecx_id": 7,
+                          "field": "CurrentProfileName", "before": "Available", "after": "Away",
+                          "result": "ok", "error": None}])
         _run(conn, "m365_3cx_delta", "scheduled__3", NOW - dt.timedelta(hours=2), status="failed")
         dry = _run(conn, "m365_3cx_delta", "manual__4", NOW - dt.timedelta(minutes=10), dry=True)
-        repo.save_plan(conn, dry, [{"action": "update", "object_key": "u1", "number": "201",
-                                    "changes": {"LastName": ["Lovelace", "King"]}, "reason": "fields changed",
-                                    "status": "dry_run"}])
+        save_plan(conn, dry, [{"action": "update", "object_key": "u1", "number": "201",
+                               "changes": {"LastName": ["Lovelace", "King"]}, "reason": "fields changed",
+                               "status": "dry_run"}])
     return {"full": full, "hourly": hourly, "dry": dry}
 
 
@@ -273,11 +275,11 @@ def test_scope_explanation_and_protected_users(engine: Engine) -> None:
 
     _seed(engine)
     with engine.begin() as conn:
-        repo.upsert(conn, stg_users, [
+        upsert(conn, stg_users, [
             {"user_id": "u3", "user_principal_name": "cleo@contoso.example", "display_name": "Cleo", "row_hash": "h",
              "first_seen_at": NOW, "updated_at": NOW, "in_scope": False, "scope_miss": "group", "deleted": False,
              "account_enabled": False, "extension_attributes": {"extensionAttribute5": "no-3cx-sync"}}], ["user_id"])
-        repo.upsert(conn, tgt_extensions, [
+        upsert(conn, tgt_extensions, [
             {"user_id": "u1", "number": "201", "state": "active", "removal_reason": None, "protection": None},
             {"user_id": "u3", "number": None, "state": "removed", "removal_reason": "out_of_scope",
              "protection": "opted_out"}], ["user_id"])

@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from m365_3cx.alerts import StaleAlert
 from m365_3cx.pipeline.maintenance import check_staleness
 from m365_3cx.settings import Settings
-from m365_3cx.staging import repo
 from m365_3cx.staging.db import make_engine
+from m365_3cx.staging.runs import finish_run, start_run
 from m365_3cx.staging.schema import create_schema
 
 T0 = dt.datetime(2026, 12, 1, 8, 0, tzinfo=dt.UTC)
@@ -45,8 +45,8 @@ class Outbox:
 def _success(engine: sa.Engine, dag_id: str, at: dt.datetime, mode: str = "delta") -> None:
     key = f"{dag_id}/{at.isoformat()}"
     with engine.begin() as conn:
-        repo.start_run(conn, key, dag_id, at.isoformat(), mode, False, at)
-        repo.finish_run(conn, key, "success", {}, at)
+        start_run(conn, key, dag_id, at.isoformat(), mode, False, at)
+        finish_run(conn, key, "success", {}, at)
 
 
 def test_episodes_open_once_close_once_and_retry_undelivered(engine: sa.Engine) -> None:

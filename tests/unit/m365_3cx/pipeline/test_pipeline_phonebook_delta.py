@@ -24,7 +24,9 @@ from m365_3cx.reconcile.phonebook import plan_phonebook as full_plan
 from m365_3cx.reconcile.plan import plan_rows
 from m365_3cx.settings import Settings
 from m365_3cx.staging import contacts as crepo
-from m365_3cx.staging import repo
+from m365_3cx.staging.bulk import upsert
+from m365_3cx.staging.frames import load_frame
+from m365_3cx.staging.runs import load_plan, set_plan_status
 from m365_3cx.staging.schema import (
     phonebook_map,
     stg_contacts,
@@ -96,7 +98,7 @@ def _as_applied(engine: Engine, now: dt.datetime) -> None:
             rows.append({"contact_key": row["contact_key"], "tag": row["tag"], "threecx_id": i, "status": "active",
                          "present": True, "current": current, "duplicate_ids": [], "created_at": now,
                          "updated_at": now})
-        repo.upsert(conn, phonebook_map, rows, ["contact_key"])
+        upsert(conn, phonebook_map, rows, ["contact_key"])
 
 
 def _plan_signature(engine: Engine, plan_key: str) -> set[tuple[Any, ...]]:
@@ -106,14 +108,14 @@ def _plan_signature(engine: Engine, plan_key: str) -> set[tuple[Any, ...]]:
 
 def _load_plan(engine: Engine, plan_key: str) -> list[dict[str, Any]]:
     with engine.connect() as conn:
-        return repo.load_plan(conn, plan_key)
+        return load_plan(conn, plan_key)
 
 
 def _one_owner_full_run(engine: Engine, seed: int, contacts: int) -> random.Random:
     """Owner u1 with ``contacts`` random contacts, transformed by the successful full run r0."""
     rng = random.Random(seed)
     with engine.begin() as conn:
-        repo.upsert(conn, stg_users, [_user("u1", "US", T0, "r0")], ["user_id"])
+        upsert(conn, stg_users, [_user("u1", "US", T0, "r0")], ["user_id"])
         _stage(conn, "u1", [_contact(rng, f"c{j}") for j in range(contacts)], "r0", T0)
         _run(conn, "r0", "full", T0)
     steps.transform_phonebook(engine, _settings(), "r0", T0, mode="full")
@@ -127,7 +129,7 @@ def test_delta_transform_and_plan_equal_a_full_recomputation(engine: Engine, see
     owners = [f"u{i}" for i in range(6)]
     contacts = {o: [_contact(rng, f"{o}-c{j}") for j in range(rng.randint(3, 12))] for o in owners}
     with engine.begin() as conn:
-        repo.upsert(conn, stg_users, [_user(o, rng.choice(REGIONS), T0, "r0") for o in owners], ["user_id"])
+        upsert(conn, stg_users, [_user(o, rng.choice(REGIONS), T0, "r0") for o in owners], ["user_id"])
         for owner, items in contacts.items():
             _stage(conn, owner, items, "r0", T0)
         _run(conn, "r0", "full", T0)
@@ -161,7 +163,7 @@ def test_delta_transform_and_plan_equal_a_full_recomputation(engine: Engine, see
     delta_plan = _plan_signature(engine, steps.contact_plan_key("r1"))
 
     with engine.connect() as conn:  # the full plan of the same state, without touching staging
-        everything = full_plan(repo.load_frame(conn, "tgt_phonebook"), repo.load_frame(conn, "phonebook_map"))
+        everything = full_plan(load_frame(conn, "tgt_phonebook"), load_frame(conn, "phonebook_map"))
     full_signature = {(r["action"], r["object_key"], str(sorted(r["changes"].items())))
                       for r in plan_rows(everything.changes, "full")}
     assert delta_plan == full_signature
@@ -188,7 +190,7 @@ def test_failed_writes_are_diffed_again_by_the_next_delta(engine: Engine) -> Non
     plan = _load_plan(engine, steps.contact_plan_key("r0"))
     failed = plan[0]
     with engine.begin() as conn:
-        repo.set_plan_status(conn, steps.contact_plan_key("r0"), failed["seq"], "failed")
+        set_plan_status(conn, steps.contact_plan_key("r0"), failed["seq"], "failed")
         _run(conn, "r1", "delta", T0 + dt.timedelta(minutes=5), status="running")
         _stage(conn, "u1", [dict(_contact(rng, "c-extra"), givenName="Zoe", surname="Young",
                                  mobilePhone="650 555 0177")], "r1", T0 + dt.timedelta(minutes=5))
@@ -226,7 +228,7 @@ def test_a_shared_mailbox_moving_region_rekeys_its_entries_in_a_delta(engine: En
     settings = Settings.from_mapping({"contacts": {"personal_contacts": "all", "shared_mailboxes": ["sm@x.example"]}})
     item = {"id": "s1", "givenName": "Ann", "surname": "Lee", "mobilePhone": "020 7946 0018", "categories": []}
     with engine.begin() as conn:
-        repo.upsert(conn, stg_users, [_user("sm", "US", T0, "r0", in_scope=False)], ["user_id"])
+        upsert(conn, stg_users, [_user("sm", "US", T0, "r0", in_scope=False)], ["user_id"])
         rows = [crepo.contact_row_from_graph(item, "shared:sm", None, source="shared")]
         crepo.merge_contacts(conn, rows, "r0", T0)
         _run(conn, "r0", "full", T0)

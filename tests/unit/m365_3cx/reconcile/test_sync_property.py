@@ -108,7 +108,7 @@ def users_frame(raw: list[dict[str, Any]]) -> pd.DataFrame:
         row["user_principal_name"] = f"u{i}@contoso.example"
         row["first_seen_at"] = NOW - timedelta(days=r["seen"])
         rows.append(row)
-    # Same dtypes as staging.repo.load_frame: nullable booleans live in object columns.
+    # Same dtypes as staging.frames.load_frame: nullable booleans live in object columns.
     return pd.DataFrame(rows).astype({"account_enabled": object, "in_scope": object, "deleted": object})
 
 

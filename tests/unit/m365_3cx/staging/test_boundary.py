@@ -9,10 +9,13 @@ from sqlalchemy import Engine, func, select
 
 from m365_3cx.graph.calendar import CalendarEvent, UserCalendar
 from m365_3cx.pipeline.users import SANITIZE_STEP, clean_users
-from m365_3cx.staging import boundary, repo
+from m365_3cx.staging import boundary
 from m365_3cx.staging import contacts as crepo
 from m365_3cx.staging import presence as stage
+from m365_3cx.staging.extensions import pbx_row_from_xapi, replace_snapshot
+from m365_3cx.staging.runs import add_audit, add_record_notes
 from m365_3cx.staging.schema import cur_extensions, stg_contacts, stg_events, stg_users, sync_notes
+from m365_3cx.staging.users import merge_users, user_row_from_graph
 from m365_3cx.transform.notes import note_rows
 
 NOW = dt.datetime(2026, 2, 3, 4, 5, tzinfo=dt.UTC)
@@ -41,11 +44,11 @@ HOSTILE = [
 
 def test_a_page_of_hostile_users_commits_with_notes(engine: Engine) -> None:
     clean, notes, keys = clean_users(HOSTILE)
-    rows = [repo.user_row_from_graph(item) for item in clean]
+    rows = [user_row_from_graph(item) for item in clean]
     with engine.begin() as conn:
-        merged = repo.merge_users(conn, rows, "r1", NOW)
-        repo.add_record_notes(conn, "r1", note_rows(notes, "r1", NOW), step=SANITIZE_STEP, object_type="user",
-                              object_keys=keys, now=NOW)
+        merged = merge_users(conn, rows, "r1", NOW)
+        add_record_notes(conn, "r1", note_rows(notes, "r1", NOW), step=SANITIZE_STEP, object_type="user",
+                         object_keys=keys, now=NOW)
     with engine.connect() as conn:
         staged = {r.user_id: r for r in conn.execute(select(stg_users))}
         noted = conn.execute(select(sync_notes.c.object_key, sync_notes.c.field, sync_notes.c.severity,
@@ -77,12 +80,12 @@ def test_record_notes_are_replaced_per_record_on_a_retried_page(engine: Engine) 
     _clean, notes, keys = clean_users([*HOSTILE[:2], user(9, givenName="ok\x00")])
     for _ in range(2):  # a retry writes the same page again
         with engine.begin() as conn:
-            repo.add_record_notes(conn, "r1", note_rows(notes, "r1", NOW), step=SANITIZE_STEP,
-                                  object_type="user", object_keys=keys, now=NOW)
+            add_record_notes(conn, "r1", note_rows(notes, "r1", NOW), step=SANITIZE_STEP,
+                             object_type="user", object_keys=keys, now=NOW)
     _fixed, fixed_notes, fixed_keys = clean_users([user(9)])  # user 9 was fixed meanwhile
     with engine.begin() as conn:
-        repo.add_record_notes(conn, "r1", note_rows(fixed_notes, "r1", NOW), step=SANITIZE_STEP,
-                              object_type="user", object_keys=fixed_keys, now=NOW)
+        add_record_notes(conn, "r1", note_rows(fixed_notes, "r1", NOW), step=SANITIZE_STEP,
+                         object_type="user", object_keys=fixed_keys, now=NOW)
         count = conn.execute(select(func.count()).select_from(sync_notes)).scalar_one()
         users = {r[0] for r in conn.execute(select(sync_notes.c.object_key))}
     assert count == len(notes) - 1 and user(9)["id"] not in users
@@ -147,11 +150,11 @@ def test_3cx_snapshot_rows_are_storable_and_still_differ(engine: Engine) -> None
     """A hand-made 3CX extension with a NUL or a 300-character name never fails the snapshot."""
     xapi = {"Id": 7, "Number": "207", "FirstName": "Ha\x00nd", "LastName": "L" * 300, "DisplayName": "\ud800",
             "EmailAddress": "a\u200b@x.example", "Tags": ["t\x00"]}
-    row = boundary.storable_row(cur_extensions, repo.pbx_row_from_xapi(xapi))
+    row = boundary.storable_row(cur_extensions, pbx_row_from_xapi(xapi))
     assert row["first_name"] == "Ha\ufffdnd" and len(row["last_name"]) == 256 and row["tags"] == ["t\ufffd"]
     assert row["email"] == "a\u200b@x.example"  # kept as is: it must still differ from the desired address
     with engine.begin() as conn:
-        assert repo.replace_snapshot(conn, [row], "r1", NOW) == 1
+        assert replace_snapshot(conn, [row], "r1", NOW) == 1
 
 
 def test_usable_keys_and_audit_rows_with_3cx_values(engine: Engine) -> None:
@@ -159,7 +162,7 @@ def test_usable_keys_and_audit_rows_with_3cx_values(engine: Engine) -> None:
     assert not boundary.usable_key("a\x00b", 256) and not boundary.usable_key("", 256)
     assert not boundary.usable_key(None, 256)
     with engine.begin() as conn:
-        written = repo.add_audit(conn, [{"run_key": "r1", "at": NOW, "action": "update", "object_type": "contact",
-                                         "object_key": "k", "number": None, "threecx_id": 3, "field": "FirstName",
-                                         "before": "Ha\x00nd", "after": "Hand", "result": "ok", "error": None}])
+        written = add_audit(conn, [{"run_key": "r1", "at": NOW, "action": "update", "object_type": "contact",
+                                    "object_key": "k", "number": None, "threecx_id": 3, "field": "FirstName",
+                                    "before": "Ha\x00nd", "after": "Hand", "result": "ok", "error": None}])
     assert written == 1

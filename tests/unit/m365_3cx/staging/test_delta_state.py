@@ -5,9 +5,9 @@ import datetime as dt
 import pytest
 from sqlalchemy import Engine, select
 
-from m365_3cx.staging import repo
 from m365_3cx.staging.schema import delta_state, stg_users
 from m365_3cx.staging.state import DeltaStateStore
+from m365_3cx.staging.users import merge_users, user_row_from_graph
 
 NOW = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
@@ -31,7 +31,7 @@ def test_rollback_keeps_old_link_and_rows(engine: Engine) -> None:
     with engine.begin() as conn:
         store.save(conn, "users", "link-1", "r1", now=NOW)
     with pytest.raises(RuntimeError), engine.begin() as conn:
-        repo.merge_users(conn, [repo.user_row_from_graph({"id": "u1"})], "r2", NOW)
+        merge_users(conn, [user_row_from_graph({"id": "u1"})], "r2", NOW)
         store.save(conn, "users", "link-2", "r2", now=NOW)
         raise RuntimeError("crash after the page round")
     with engine.connect() as conn:

@@ -8,9 +8,10 @@ from sqlalchemy import Engine, select
 
 from m365_3cx.reconcile.phonebook import SnapshotMatch
 from m365_3cx.staging import contacts as crepo
-from m365_3cx.staging import repo
+from m365_3cx.staging.frames import load_frame
 from m365_3cx.staging.schema import delta_state, phonebook_map, stg_contacts
 from m365_3cx.staging.state import DeltaStateStore
+from m365_3cx.staging.users import merge_users, set_scope, user_row_from_graph
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, tzinfo=dt.UTC)
 
@@ -75,7 +76,7 @@ def test_streams_gone_lose_their_contacts_and_links(engine: Engine) -> None:
 
 
 def _user(uid: str, upn: str, **kw: Any) -> dict[str, Any]:
-    row = repo.user_row_from_graph({"id": uid, "userPrincipalName": upn, "mail": upn, "userType": "Member", **kw})
+    row = user_row_from_graph({"id": uid, "userPrincipalName": upn, "mail": upn, "userType": "Member", **kw})
     return row
 
 
@@ -84,8 +85,8 @@ def test_shards_cut_eligible_users_by_upn(engine: Engine) -> None:
     users.append(_user("g", "guest@x.example", userType="Guest"))
     users.append(_user("n", "nomail@x.example", mail=None))
     with engine.begin() as conn:
-        repo.merge_users(conn, users, "r", NOW)
-        repo.set_scope(conn, None, "r", NOW)
+        merge_users(conn, users, "r", NOW)
+        set_scope(conn, None, "r", NOW)
         shards = crepo.shard_descriptors(conn, 3)
         with_guests = crepo.shard_descriptors(conn, 100, include_guests=True)
         members = [crepo.shard_users(conn, s["first"], s["last"]) for s in shards]
@@ -128,7 +129,7 @@ def test_targets_are_replaced(engine: Engine) -> None:
         assert crepo.replace_phonebook_targets(conn, [row], "r2", NOW) == 0  # only j goes; k is unchanged
         assert crepo.replace_phonebook_targets(conn, [{**row, "first_name": "B"}], "r3", NOW) == 1
         crepo.replace_phonebook_targets(conn, [row], "r4", NOW)
-        frame = repo.load_frame(conn, "tgt_phonebook")
+        frame = load_frame(conn, "tgt_phonebook")
     assert list(frame["contact_key"]) == ["k"] and frame.iloc[0]["owner_ids"] == ["u1"]
 
 

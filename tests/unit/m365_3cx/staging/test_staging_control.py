@@ -13,7 +13,8 @@ from m365_3cx.errors import MassRemovalError
 from m365_3cx.pipeline.safety import guard_removals, write_gate
 from m365_3cx.reconcile.plan import Change
 from m365_3cx.settings import Settings
-from m365_3cx.staging import control, repo
+from m365_3cx.staging import control
+from m365_3cx.staging.runs import save_plan, start_run
 from m365_3cx.staging.schema import sync_control_log, sync_plan, sync_runs
 
 T0 = dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.UTC)
@@ -50,7 +51,7 @@ def test_a_change_must_name_who_made_it(engine: Engine, who: str) -> None:
 
 def _start(engine: Engine, key: str, dry_run: bool = False, reason: str | None = None) -> None:
     with engine.begin() as conn:
-        repo.start_run(conn, key, "m365_3cx_full_sync", key, "full", dry_run, T0, dry_reason=reason)
+        start_run(conn, key, "m365_3cx_full_sync", key, "full", dry_run, T0, dry_reason=reason)
 
 
 def _run_row(engine: Engine, key: str) -> tuple[bool, str | None]:
@@ -96,7 +97,7 @@ def _plan(engine: Engine, key: str, n_removals: int, n_updates: int) -> list[tup
     from m365_3cx.reconcile.plan import plan_rows
 
     with engine.begin() as conn:
-        repo.save_plan(conn, key, plan_rows(changes, key))
+        save_plan(conn, key, plan_rows(changes, key))
     with engine.connect() as conn:
         from m365_3cx.pipeline.outcomes import load_changes
 

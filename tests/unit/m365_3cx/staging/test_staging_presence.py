@@ -9,14 +9,16 @@ from sqlalchemy import Engine, select
 
 from m365_3cx.graph.calendar import AutoRepliesSetting, CalendarEvent, UserCalendar
 from m365_3cx.staging import presence as stage
-from m365_3cx.staging import repo
+from m365_3cx.staging.bulk import upsert
+from m365_3cx.staging.numbers import assign_numbers
 from m365_3cx.staging.schema import stg_events, stg_users, tgt_extensions
+from m365_3cx.staging.users import user_row_from_graph
 
 NOW = dt.datetime(2026, 3, 29, 10, tzinfo=dt.UTC)
 
 
 def _user(uid: str, mail: str | None, *, in_scope: bool = True, deleted: bool = False) -> dict[str, object]:
-    row = repo.user_row_from_graph({"id": uid, "userPrincipalName": f"{uid}@x.test", "mail": mail})
+    row = user_row_from_graph({"id": uid, "userPrincipalName": f"{uid}@x.test", "mail": mail})
     return row | {"in_scope": in_scope, "deleted": deleted}
 
 
@@ -27,10 +29,10 @@ def seeded(engine: Engine) -> Engine:
              _user("u5", "u5@x.test", deleted=True), _user("u6", "u6@x.test")]
     with engine.begin() as conn:
         for row in users:
-            repo.upsert(conn, stg_users, [{**row, "first_seen_at": NOW, "updated_at": NOW}], ["user_id"])
-        repo.assign_numbers(conn, [{"user_id": f"u{i}", "number": f"10{i}", "threecx_id": i} for i in range(1, 6)],
-                            NOW)
-        repo.assign_numbers(conn, [{"user_id": "u6", "number": "106"}], NOW)  # no 3CX id yet
+            upsert(conn, stg_users, [{**row, "first_seen_at": NOW, "updated_at": NOW}], ["user_id"])
+        assign_numbers(conn, [{"user_id": f"u{i}", "number": f"10{i}", "threecx_id": i} for i in range(1, 6)],
+                       NOW)
+        assign_numbers(conn, [{"user_id": "u6", "number": "106"}], NOW)  # no 3CX id yet
     return engine
 
 
@@ -50,8 +52,8 @@ def test_presence_users_are_in_scope_live_with_mail_and_a_3cx_extension(seeded: 
 def test_protected_users_get_no_status(seeded: Engine) -> None:
     """A protected or opted-out user's extension is never changed by the sync, its status included."""
     with seeded.begin() as conn:
-        repo.upsert(conn, tgt_extensions, [{"user_id": "u1", "number": "101", "state": "active",
-                                            "protection": "protected_upn"},
+        upsert(conn, tgt_extensions, [{"user_id": "u1", "number": "101", "state": "active",
+                                       "protection": "protected_upn"},
                                            {"user_id": "u2", "number": "102", "state": "active", "protection": None}],
                     ["user_id"])
     with seeded.connect() as conn:

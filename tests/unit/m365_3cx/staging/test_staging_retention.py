@@ -7,8 +7,8 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from m365_3cx.staging import repo
 from m365_3cx.staging.retention import purge_history
+from m365_3cx.staging.runs import add_audit, add_notes, finish_run, save_plan, start_run
 from m365_3cx.staging.schema import (
     extension_map,
     phonebook_map,
@@ -28,18 +28,18 @@ RECENT = NOW - dt.timedelta(days=10)
 
 def _run(conn: sa.Connection, key: str, at: dt.datetime, status: str = "success") -> None:
     dag_id, run_id = key.split("/", 1)
-    repo.start_run(conn, key, dag_id, run_id, "full", False, at)
+    start_run(conn, key, dag_id, run_id, "full", False, at)
     if status != "running":
-        repo.finish_run(conn, key, status, {}, at)
+        finish_run(conn, key, status, {}, at)
     plan = [{"run_key": key, "seq": 1, "action": "update", "object_type": "extension", "object_key": "u1",
              "number": "100", "changes": {"Mobile": ["a", "b"]}, "reason": "fields changed"}]
-    repo.save_plan(conn, key, plan)
-    repo.save_plan(conn, f"{key}#contacts", [{**plan[0], "run_key": f"{key}#contacts", "object_type": "contact"}])
-    repo.add_audit(conn, [{"run_key": key, "at": at, "action": "update", "object_type": "extension",
-                           "object_key": "u1", "number": "100", "field": "Mobile", "before": "a", "after": "b",
-                           "result": "ok"}])
-    repo.add_notes(conn, key, [{"object_type": "extension", "object_key": "u1", "severity": "warning",
-                                "message": "m", "at": at}], step="transform", now=at)
+    save_plan(conn, key, plan)
+    save_plan(conn, f"{key}#contacts", [{**plan[0], "run_key": f"{key}#contacts", "object_type": "contact"}])
+    add_audit(conn, [{"run_key": key, "at": at, "action": "update", "object_type": "extension",
+                      "object_key": "u1", "number": "100", "field": "Mobile", "before": "a", "after": "b",
+                      "result": "ok"}])
+    add_notes(conn, key, [{"object_type": "extension", "object_key": "u1", "severity": "warning",
+                           "message": "m", "at": at}], step="transform", now=at)
     replace_trace(conn, key, "read", trace_rows(key, "read", [{"user_id": "u1", "upn": "a@x", "outcome": "found"}],
                                                 at))
 
