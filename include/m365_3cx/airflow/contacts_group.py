@@ -31,7 +31,6 @@ from m365_3cx.airflow.dag_defaults import (
 )
 from m365_3cx.airflow.hooks import GraphHook, ThreeCXHook
 from m365_3cx.airflow.runtime import (
-    api_client,
     fatal_errors_fail_the_task,
     feature_lease,
     load_settings,
@@ -39,6 +38,7 @@ from m365_3cx.airflow.runtime import (
     release_feature,
     run_info,
     staging_engine,
+    task_step,
     utcnow,
 )
 
@@ -72,10 +72,8 @@ def run_extract_contacts(mode: str, shard: dict[str, Any]) -> dict[str, Any]:
     context = get_current_context()
     context["shard_label"] = shard_label(shard)  # type: ignore[index]  # rendered by map_index_template
     effective = _effective_mode(context, mode)
-    run = run_info(context, mode)
-    settings = load_settings()
-    with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(GraphHook()) as graph:
-        return extract_contacts(engine, graph, settings, run.run_key, effective, shard, utcnow())
+    with task_step(mode, client=GraphHook) as step:
+        return extract_contacts(step.engine, step.client, step.settings, step.run.run_key, effective, shard, utcnow())
 
 
 def run_extract_contact_sources(mode: str, push: bool = False) -> dict[str, Any]:
@@ -88,23 +86,18 @@ def run_extract_contact_sources(mode: str, push: bool = False) -> dict[str, Any]
     context = get_current_context()
     if on_demand_entries(context) or push:
         return {"skipped": "on-demand and push runs read only the mailboxes they name"}
-    run = run_info(context, mode)
-    settings = load_settings()
-    with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(GraphHook()) as graph:
-        return extract_other_sources(engine, graph, settings, run.run_key, _effective_mode(context, mode), utcnow())
+    with task_step(mode, client=GraphHook) as step:
+        return extract_other_sources(step.engine, step.client, step.settings, step.run.run_key,
+                                     _effective_mode(context, mode), utcnow())
 
 
 def run_snapshot_phonebook(mode: str) -> dict[str, int]:
     """3CX company phonebook (one paged read) -> ``phonebook_map`` matches."""
     from m365_3cx.pipeline.contacts import snapshot_phonebook
 
-    run = run_info(get_current_context(), mode)
-    settings = load_settings()
-    with fatal_errors_fail_the_task(), staging_engine() as engine, \
-            feature_lease(engine, "phonebook", run.run_key, "snapshot", settings), \
-            api_client(ThreeCXHook()) as threecx:
-        return snapshot_phonebook(engine, threecx, settings, run.run_key, utcnow(),
-                                  mode=_effective_mode(get_current_context(), mode))
+    with task_step(mode, lease=("phonebook", "snapshot"), client=ThreeCXHook) as step:
+        return snapshot_phonebook(step.engine, step.client, step.settings, step.run.run_key, utcnow(),
+                                  mode=_effective_mode(step.context, mode))
 
 
 def run_transform_phonebook(mode: str) -> dict[str, int]:
@@ -112,14 +105,10 @@ def run_transform_phonebook(mode: str) -> dict[str, int]:
     from m365_3cx.pipeline.contacts import transform_phonebook
     from m365_3cx.pipeline.ondemand import on_demand_users
 
-    context = get_current_context()
-    run = run_info(context, mode)
-    settings = load_settings()
-    with fatal_errors_fail_the_task(), staging_engine() as engine, \
-            feature_lease(engine, "phonebook", run.run_key, "transform", settings):
-        owners = set(on_demand_users(engine, run.run_key)) if on_demand_entries(context) else None
-        return transform_phonebook(engine, settings, run.run_key, utcnow(), only_owner_ids=owners,
-                                   mode=_effective_mode(context, mode))
+    with task_step(mode, lease=("phonebook", "transform")) as step:
+        owners = set(on_demand_users(step.engine, step.run.run_key)) if on_demand_entries(step.context) else None
+        return transform_phonebook(step.engine, step.settings, step.run.run_key, utcnow(), only_owner_ids=owners,
+                                   mode=_effective_mode(step.context, mode))
 
 
 def run_phonebook_has_work(mode: str, shard_counts: list[dict[str, Any]]) -> bool:
@@ -140,14 +129,10 @@ def run_plan_phonebook(mode: str) -> dict[str, int]:
     from m365_3cx.pipeline.contacts import plan_phonebook
     from m365_3cx.pipeline.ondemand import on_demand_users
 
-    context = get_current_context()
-    run = run_info(context, mode)
-    settings = load_settings()
-    with fatal_errors_fail_the_task(), staging_engine() as engine, \
-            feature_lease(engine, "phonebook", run.run_key, "plan", settings):
-        owners = set(on_demand_users(engine, run.run_key)) if on_demand_entries(context) else None
-        return plan_phonebook(engine, run.run_key, only_owner_ids=owners, now=utcnow(),
-                              preview=settings.logs.plan_preview, mode=_effective_mode(context, mode))
+    with task_step(mode, lease=("phonebook", "plan")) as step:
+        owners = set(on_demand_users(step.engine, step.run.run_key)) if on_demand_entries(step.context) else None
+        return plan_phonebook(step.engine, step.run.run_key, only_owner_ids=owners, now=utcnow(),
+                              preview=step.settings.logs.plan_preview, mode=_effective_mode(step.context, mode))
 
 
 def run_apply_phonebook(mode: str) -> dict[str, int]:
@@ -155,25 +140,22 @@ def run_apply_phonebook(mode: str) -> dict[str, int]:
     from m365_3cx.pipeline.contacts import apply_phonebook, contact_plan_key, owner_keys
     from m365_3cx.pipeline.ondemand import on_demand_users, trace_results
 
-    context = get_current_context()
-    params = context.get("params") or {}
-    run = run_info(context, mode)
-    settings = load_settings()
-    with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(ThreeCXHook()) as threecx:
+    with task_step(mode, client=ThreeCXHook) as step:
+        engine, run_key = step.engine, step.run.run_key
         try:
-            with feature_lease(engine, "phonebook", run.run_key, "apply", settings):
+            with feature_lease(engine, "phonebook", run_key, "apply", step.settings):
                 counts = apply_phonebook(
-                    engine, threecx, settings, run.run_key, utcnow(),
-                    dry_run=bool(params.get("dry_run", False)),
-                    allow_mass_removal=bool(params.get("allow_mass_removal", False)),
-                    mode=_effective_mode(context, mode),
+                    engine, step.client, step.settings, run_key, utcnow(),
+                    dry_run=bool(step.params.get("dry_run", False)),
+                    allow_mass_removal=bool(step.params.get("allow_mass_removal", False)),
+                    mode=_effective_mode(step.context, mode),
                 )
-            release_feature(engine, "phonebook", run.run_key, counts)
+            release_feature(engine, "phonebook", run_key, counts)
             return counts
         finally:
-            if on_demand_entries(context):
-                owners = owner_keys(engine, on_demand_users(engine, run.run_key))
-                trace_results(engine, run.run_key, contact_plan_key(run.run_key), "contact", "phonebook_apply",
+            if on_demand_entries(step.context):
+                owners = owner_keys(engine, on_demand_users(engine, run_key))
+                trace_results(engine, run_key, contact_plan_key(run_key), "contact", "phonebook_apply",
                               utcnow(), owners=owners)
 
 

@@ -40,6 +40,7 @@ from m365_3cx.airflow.runtime import (
     release_feature,
     run_info,
     staging_engine,
+    task_step,
     utcnow,
 )
 
@@ -58,13 +59,11 @@ def plan_calendar_shards_body(push: bool = False) -> list[dict[str, Any]]:
     """
     from m365_3cx.pipeline.presence import plan_shards
 
-    context = get_current_context()
-    settings = load_settings()
-    run_key = run_info(context, _APPLY_MODE).run_key
-    on_demand = run_key if on_demand_entries(context) else None
-    push_run = run_key if push and on_demand is None else None
-    with fatal_errors_fail_the_task(), staging_engine() as engine:
-        return plan_shards(engine, settings, on_demand_run=on_demand, push_run=push_run)
+    with task_step(_APPLY_MODE) as step:
+        run_key = step.run.run_key
+        on_demand = run_key if on_demand_entries(step.context) else None
+        push_run = run_key if push and on_demand is None else None
+        return plan_shards(step.engine, step.settings, on_demand_run=on_demand, push_run=push_run)
 
 
 def extract_calendars_body(mode: str, shard: dict[str, Any]) -> dict[str, Any]:
@@ -73,12 +72,10 @@ def extract_calendars_body(mode: str, shard: dict[str, Any]) -> dict[str, Any]:
 
     context = get_current_context()
     context["shard_label"] = shard_label(shard)  # type: ignore[typeddict-unknown-key]
-    params = context.get("params") or {}
-    run = run_info(context, mode)
-    settings = load_settings()
-    effective = "full" if params.get("full_resync") else mode
-    with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(GraphHook()) as graph:
-        return extract_calendars(engine, graph, settings, run.run_key, effective, shard, utcnow())
+    with task_step(mode, client=GraphHook) as step:
+        effective = "full" if step.params.get("full_resync") else mode
+        return extract_calendars(step.engine, step.client, step.settings, step.run.run_key, effective, shard,
+                                 utcnow())
 
 
 def extract_teams_presence_body(push: bool = False) -> dict[str, Any]:
@@ -109,17 +106,11 @@ def compute_presence_body(incremental: bool = False) -> dict[str, Any]:
     from m365_3cx.pipeline.ondemand import on_demand_users
     from m365_3cx.pipeline.presence import compute_presence
 
-    context = get_current_context()
-    params = context.get("params") or {}
-    run = run_info(context, _APPLY_MODE)
-    settings = load_settings()
-    with fatal_errors_fail_the_task(), staging_engine() as engine, \
-            feature_lease(engine, "presence", run.run_key, "snapshot", settings), \
-            api_client(ThreeCXHook()) as threecx:
-        only = set(on_demand_users(engine, run.run_key)) if on_demand_entries(context) else None
-        return compute_presence(engine, threecx, settings, run.run_key, utcnow(),
-                                dry_run=bool(params.get("dry_run", False)), only_user_ids=only,
-                                incremental=incremental and not params.get("full_resync"))
+    with task_step(_APPLY_MODE, lease=("presence", "snapshot"), client=ThreeCXHook) as step:
+        only = set(on_demand_users(step.engine, step.run.run_key)) if on_demand_entries(step.context) else None
+        return compute_presence(step.engine, step.client, step.settings, step.run.run_key, utcnow(),
+                                dry_run=bool(step.params.get("dry_run", False)), only_user_ids=only,
+                                incremental=incremental and not step.params.get("full_resync"))
 
 
 def apply_presence_body() -> dict[str, Any]:
@@ -127,21 +118,17 @@ def apply_presence_body() -> dict[str, Any]:
     from m365_3cx.pipeline.ondemand import trace_results
     from m365_3cx.pipeline.presence import apply_presence, presence_plan_key
 
-    context = get_current_context()
-    params = context.get("params") or {}
-    run = run_info(context, _APPLY_MODE)
-    settings = load_settings()
-    with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(ThreeCXHook()) as threecx:
+    with task_step(_APPLY_MODE, client=ThreeCXHook) as step:
+        engine, run_key = step.engine, step.run.run_key
         try:
-            with feature_lease(engine, "presence", run.run_key, "apply", settings):
-                counts = apply_presence(engine, threecx, settings, run.run_key, utcnow(),
-                                        dry_run=bool(params.get("dry_run", False)))
-            release_feature(engine, "presence", run.run_key, counts)
+            with feature_lease(engine, "presence", run_key, "apply", step.settings):
+                counts = apply_presence(engine, step.client, step.settings, run_key, utcnow(),
+                                        dry_run=bool(step.params.get("dry_run", False)))
+            release_feature(engine, "presence", run_key, counts)
             return counts
         finally:
-            if on_demand_entries(context):
-                trace_results(engine, run.run_key, presence_plan_key(run.run_key), "presence", "status_apply",
-                              utcnow())
+            if on_demand_entries(step.context):
+                trace_results(engine, run_key, presence_plan_key(run_key), "presence", "status_apply", utcnow())
 
 
 def presence_refresh(mode: str, push: bool = False) -> TaskGroup:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import Variable
+from airflow.sdk import Variable, get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
 from m365_3cx.errors import FatalError
@@ -81,6 +82,43 @@ def api_client(hook: Any) -> Iterator[Any]:
     finally:
         client.close()
 
+
+
+@dataclass(frozen=True)
+class TaskStep:
+    """What a task body works with (see :func:`task_step`)."""
+
+    context: Any
+    run: RunInfo
+    settings: Settings
+    engine: Any
+    client: Any = None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The DAG run's params (``{}`` when it has none)."""
+        return self.context.get("params") or {}
+
+
+@contextlib.contextmanager
+def task_step(mode: str, *, lease: tuple[str, str] | None = None, client: type | None = None) -> Iterator[TaskStep]:
+    """The preamble every task body shares: context -> run info -> settings -> engine -> client.
+
+    Fatal errors inside fail the task without retries (:func:`fatal_errors_fail_the_task`).
+
+    :param mode: the run's mode (:func:`run_info`).
+    :param lease: ``(feature, step)`` to hold while the body runs (:func:`feature_lease`).
+    :param client: a hook class (``GraphHook`` or ``ThreeCXHook``) whose client the body needs,
+        closed at the end (:func:`api_client`).
+    """
+    context = get_current_context()
+    run = run_info(context, mode)
+    settings = load_settings()
+    with fatal_errors_fail_the_task(), staging_engine() as engine, contextlib.ExitStack() as stack:
+        if lease is not None:
+            stack.enter_context(feature_lease(engine, lease[0], run.run_key, lease[1], settings))
+        api = stack.enter_context(api_client(client())) if client is not None else None
+        yield TaskStep(context, run, settings, engine, api)
 
 #: Apply counts that mean 3CX was written.
 _WRITE_COUNTS = ("created", "updated", "disabled", "deleted", "switched")

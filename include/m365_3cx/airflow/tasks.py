@@ -13,13 +13,12 @@ from airflow.sdk import get_current_context
 
 from m365_3cx.airflow.hooks import GraphHook, ThreeCXHook
 from m365_3cx.airflow.runtime import (
-    api_client,
     fatal_errors_fail_the_task,
-    feature_lease,
     load_settings,
     on_demand_entries,
     run_info,
     staging_engine,
+    task_step,
     utcnow,
 )
 
@@ -48,16 +47,13 @@ def extract_users(mode: str) -> dict[str, Any]:
     from m365_3cx.pipeline.users import extract_users as extract
 
     context = get_current_context()
-    params = context.get("params") or {}
-    if params.get("full_resync"):
+    if (context.get("params") or {}).get("full_resync"):
         mode = "full"
-    run = run_info(context, mode)
-    settings = load_settings()
     entries = on_demand_entries(context)
-    with fatal_errors_fail_the_task(), staging_engine() as engine, api_client(GraphHook()) as graph:
+    with task_step(mode, client=GraphHook) as step:
         if entries:
-            return extract_on_demand(engine, graph, settings, run.run_key, entries, utcnow())
-        return extract(engine, graph, settings, run.run_key, mode, utcnow())
+            return extract_on_demand(step.engine, step.client, step.settings, step.run.run_key, entries, utcnow())
+        return extract(step.engine, step.client, step.settings, step.run.run_key, mode, utcnow())
 
 
 def has_pending_users(mode: str) -> bool:
@@ -79,23 +75,16 @@ def snapshot_threecx(mode: str) -> dict[str, int]:
     """3CX users -> ``cur_extensions`` (one paged read); takes the run's ``extensions`` lease."""
     from m365_3cx.pipeline.users import snapshot_threecx as snapshot
 
-    run = run_info(get_current_context(), mode)
-    settings = load_settings()
-    with fatal_errors_fail_the_task(), staging_engine() as engine, \
-            feature_lease(engine, "extensions", run.run_key, "snapshot", settings), \
-            api_client(ThreeCXHook()) as threecx:
-        return snapshot(engine, threecx, run.run_key, utcnow(), settings)
+    with task_step(mode, lease=("extensions", "snapshot"), client=ThreeCXHook) as step:
+        return snapshot(step.engine, step.client, step.run.run_key, utcnow(), step.settings)
 
 
 def transform_extensions(mode: str) -> dict[str, int]:
     """``stg_users`` -> ``tgt_extensions`` (pandas)."""
     from m365_3cx.pipeline.users import transform_users
 
-    run = run_info(get_current_context(), mode)
-    settings = load_settings()
-    with fatal_errors_fail_the_task(), staging_engine() as engine, \
-            feature_lease(engine, "extensions", run.run_key, "transform", settings):
-        return transform_users(engine, settings, run.run_key, utcnow(), dry_run=run.dry_run)
+    with task_step(mode, lease=("extensions", "transform")) as step:
+        return transform_users(step.engine, step.settings, step.run.run_key, utcnow(), dry_run=step.run.dry_run)
 
 
 def plan_extensions(mode: str) -> dict[str, int]:
@@ -103,21 +92,17 @@ def plan_extensions(mode: str) -> dict[str, int]:
     from m365_3cx.pipeline.ondemand import on_demand_users, trace_plan
     from m365_3cx.pipeline.users import grace_due_user_keys, pending_user_keys, plan_users
 
-    context = get_current_context()
-    params = context.get("params") or {}
-    run = run_info(context, mode)
-    settings = load_settings()
-    on_demand = bool(on_demand_entries(context))
-    with fatal_errors_fail_the_task(), staging_engine() as engine, \
-            feature_lease(engine, "extensions", run.run_key, "plan", settings):
+    on_demand = bool(on_demand_entries(get_current_context()))
+    with task_step(mode, lease=("extensions", "plan")) as step:
+        engine, settings, run_key = step.engine, step.settings, step.run.run_key
         only_keys: set[str] | None = None
         if on_demand:
-            only_keys = set(on_demand_users(engine, run.run_key))
-        elif mode == "delta" and not params.get("full_resync"):
-            only_keys = pending_user_keys(engine, run.run_key) | grace_due_user_keys(engine, settings, utcnow())
-        counts = plan_users(engine, settings, run.run_key, only_keys, utcnow())
+            only_keys = set(on_demand_users(engine, run_key))
+        elif mode == "delta" and not step.params.get("full_resync"):
+            only_keys = pending_user_keys(engine, run_key) | grace_due_user_keys(engine, settings, utcnow())
+        counts = plan_users(engine, settings, run_key, only_keys, utcnow())
         if on_demand:
-            trace_plan(engine, settings, run.run_key, utcnow())
+            trace_plan(engine, settings, run_key, utcnow())
         return counts
 
 
