@@ -26,12 +26,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token-lifetime", type=int, default=3600, help="seconds")
     parser.add_argument("--version", dest="pbx_version", default=None,
                         help="PBX version reported by SystemStatus (before 20.0.9 expires_in is in minutes)")
+    parser.add_argument("--extra-users", type=int, default=0,
+                        help="also create N synthetic extensions at start-up (benchmarks)")
+    parser.add_argument("--extra-contacts", type=int, default=0,
+                        help="also create N synthetic phonebook contacts at start-up (benchmarks)")
     args = parser.parse_args(argv)
 
     opts = {"version": args.pbx_version} if args.pbx_version else {}
     tls = ensure_tls(args.tls_dir)
     app, backend = build(seed=args.seed, unmanaged=args.unmanaged, client_id=args.client_id,
                          client_secret=args.client_secret, token_lifetime=args.token_lifetime, **opts)
+    from emulators.threecx.seed import seed_synthetic
+
+    seed_synthetic(backend, users=args.extra_users, contacts=args.extra_contacts)
     serve_forever(app, tls, args.host, args.port, lambda url, _port: backend.announce(url, tls.ca_cert))
 
 

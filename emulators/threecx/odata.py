@@ -12,7 +12,7 @@ quote), integers, ``true false null``. Unknown properties and bad syntax raise :
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -376,7 +376,7 @@ def id_filter_keys(expression: str | None) -> list[int] | None:
     return [int(n) for n in re.findall(r"Id eq (\d+)", expression)]
 
 
-def query_collection(records: list[dict[str, Any]], params: dict[str, str], entity: EntityType,
+def query_collection(records: Sequence[dict[str, Any]], params: dict[str, str], entity: EntityType,
                      *, max_top: int = 100, sorted_by: str | None = None) -> tuple[list[dict[str, Any]], int, Shape]:
     """Apply ``$filter $search $orderby $skip $top $select $expand`` to ``records``.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -91,7 +92,7 @@ def build_router(backend: PbxBackend) -> APIRouter:
         fragment = odata.context_fragment(set_name, shape) + "/$entity"
         return odata_json({"@odata.context": _context(request, fragment), **shape.apply(record)})
 
-    def collection(request: Request, records: list[dict[str, Any]], entity_type: odata.EntityType,
+    def collection(request: Request, records: Sequence[dict[str, Any]], entity_type: odata.EntityType,
                    set_name: str, sorted_by: str | None = None) -> JSONResponse:
         params = _params(request)
         count = odata.wants_count(params)
@@ -120,13 +121,13 @@ def build_router(backend: PbxBackend) -> APIRouter:
     async def list_users(request: Request) -> JSONResponse:
         authorize(request)
         expand = odata.parse_shape(USER_TYPE, None, _params(request).get("$expand")).expand
-        return collection(request, backend.list_users(expand=set(expand)), USER_TYPE, "Users", "Id")
+        return collection(request, backend.user_views(expand=set(expand)), USER_TYPE, "Users", "Id")
 
     @router.get(XAPI + "/Users/$count")
     async def count_users(request: Request) -> PlainTextResponse:
         authorize(request)
         params = {"$filter": request.query_params.get("$filter", ""), "$top": "0"}
-        _, matched, _ = odata.query_collection(backend.list_users(expand=()), params, USER_TYPE)
+        _, matched, _ = odata.query_collection(backend.user_views(expand=()), params, USER_TYPE)
         return PlainTextResponse(str(matched))
 
     @router.get(XAPI + "/Users/Pbx.GetFirstAvailableExtensionNumber()")

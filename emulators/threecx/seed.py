@@ -48,3 +48,15 @@ def seed_backend(backend: PbxBackend, *, unmanaged: bool) -> None:
             body = dict(spec)
             protected = bool(body.pop("_protected", False))
             backend.create_user(body, admin=True, protected=protected)
+
+
+def seed_synthetic(backend: PbxBackend, *, users: int = 0, contacts: int = 0) -> None:
+    """Add ``users`` extensions (numbers from 20000) and ``contacts`` phonebook entries, as a sync would
+    have created them (``Tags``/``Tag`` set), through the backend's own validation; for benchmarks."""
+    for i in range(users):
+        backend.create_user({"Number": str(20000 + i), "FirstName": f"Bench{i}", "LastName": "User",
+                             "EmailAddress": f"bench{i}@contoso.example"}, admin=True)
+    for i in range(contacts):
+        backend.create_contact({"FirstName": f"Contact{i}", "LastName": "Bench", "CompanyName": "Fabrikam",
+                                "PhoneNumber": f"+49 30 {1000000 + i}", "Tag": f"m365:bench:{i}",
+                                "ContactType": "M365"})

@@ -16,9 +16,9 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from emulators.threecx import errors as e
 from emulators.threecx.contacts import ContactStore
@@ -313,6 +313,12 @@ class PbxBackend:
             if expand is None:
                 return [self._user_view(rec, deep=False) for rec in self._sorted_users()]
             return [self._user_view(rec, expand, deep=False) for rec in self._sorted_users()]
+
+    def user_views(self, expand: Collection[str] | None = None) -> Sequence[dict[str, Any]]:
+        """Every user by Id, as :meth:`list_users` gives them, but each view is built when it is read:
+        a ``$top``/``$skip`` page with no ``$filter`` costs O(page) views, not O(PBX)."""
+        with self.lock:
+            return _LazyViews(self._sorted_users(), lambda rec: self._user_view(rec, expand, deep=False), self.lock)
 
     def get_user(self, user_id: int) -> dict[str, Any]:
         """:raises NotFound: when there is no such user."""
@@ -631,6 +637,37 @@ class PbxBackend:
                 "config": asdict(self.config), "seed": self.seed, "unmanaged": self.unmanaged,
                 "client_id": self.client_id, "token_lifetime": self.token_lifetime,
             }
+
+
+class _LazyViews(Sequence[dict[str, Any]]):
+    """A read-only sequence of records, each built from its source (under ``lock``) only when read.
+
+    The sources are the user records of one moment: records are replaced, never changed in place
+    (:meth:`PbxBackend.update_user`), so a view built later still shows that moment.
+    """
+
+    def __init__(self, sources: list[Any], build: Callable[[Any], dict[str, Any]], lock: Any) -> None:
+        self._sources, self._build, self._lock = sources, build, lock
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        with self._lock:
+            if isinstance(index, slice):
+                return [self._build(rec) for rec in self._sources[index]]
+            return self._build(self._sources[index])
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        with self._lock:
+            views = [self._build(rec) for rec in self._sources]
+        return iter(views)
 
 
 def _require_object(body: Any) -> dict[str, Any]:

@@ -300,3 +300,26 @@ def test_admin_console_edits(xapi: Any, threecx_emulator: Any) -> None:
     threecx_emulator.admin("DELETE", f"users/{made['Id']}")
     assert xapi.get(f"/Users({made['Id']})").status_code == 404
     assert xapi.counters()["writes"] == 0  # admin edits are not XAPI writes
+
+
+def test_unfiltered_page_builds_only_its_own_views(xapi: Any, threecx_emulator: Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``$top``/``$skip`` page costs O(page) user views, not O(PBX); filters still see every user."""
+    _add_users(threecx_emulator, 300)
+    backend = threecx_emulator.backend
+    built: list[int] = []
+    original = backend._user_view
+
+    def counting(rec: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        built.append(rec.props["Id"])
+        return original(rec, *args, **kwargs)
+
+    monkeypatch.setattr(backend, "_user_view", counting)
+    page = xapi.get("/Users", **{"$top": 100, "$skip": 200, "$orderby": "Id", "$expand": "Groups",
+                                 "$count": "true"}).json()
+    assert len(built) == 100 and page["@odata.count"] == 304
+    first = page["value"][0]
+    assert first["Groups"] == xapi.get(f"/Users({first['Id']})", **{"$expand": "Groups"}).json()["Groups"]
+    built.clear()
+    found = xapi.get("/Users", **{"$filter": "FirstName eq 'User299'", "$select": "Number"}).json()["value"]
+    assert found == [{"Number": "499"}] and len(built) == 304
