@@ -254,12 +254,12 @@ def _contact_list(request: Request, key: str, folder_id: str | None) -> JSONResp
 
 
 @router.get("/v1.0/users/{key}/contacts")
-def list_contacts(key: str, request: Request) -> JSONResponse:
+async def list_contacts(key: str, request: Request) -> JSONResponse:
     return _contact_list(request, key, None)
 
 
 @router.get("/v1.0/users/{key}/contactFolders/{folder_id}/contacts")
-def list_folder_contacts(key: str, folder_id: str, request: Request) -> JSONResponse:
+async def list_folder_contacts(key: str, folder_id: str, request: Request) -> JSONResponse:
     return _contact_list(request, key, folder_id)
 
 
@@ -310,7 +310,7 @@ def _route_all(paths: list[str]) -> Any:
 
 
 @_route_all(delta_routes("/v1.0/users/{key}/contacts"))
-def contacts_delta(key: str, request: Request) -> JSONResponse:
+async def contacts_delta(key: str, request: Request) -> JSONResponse:
     """Not documented for v1.0 (contact delta is documented per folder): answered as Graph answers a
     segment it does not serve, after the mailbox checks."""
     resolve(request, key)
@@ -318,13 +318,13 @@ def contacts_delta(key: str, request: Request) -> JSONResponse:
 
 
 @_route_all(delta_routes("/v1.0/users/{key}/contactFolders/{folder_id}/contacts"))
-def folder_contacts_delta(key: str, folder_id: str, request: Request) -> JSONResponse:
+async def folder_contacts_delta(key: str, folder_id: str, request: Request) -> JSONResponse:
     return _contacts_delta(request, key, folder_id)
 
 
 @router.get("/v1.0/users/{key}/contacts/{contact_id}")
 @router.get("/v1.0/users/{key}/contactFolders/{folder_id}/contacts/{contact_id}")
-def get_contact(key: str, contact_id: str, request: Request, folder_id: str | None = None) -> JSONResponse:
+async def get_contact(key: str, contact_id: str, request: Request, folder_id: str | None = None) -> JSONResponse:
     mbx = resolve(request, key)
     with mailbox_slot(request, mbx):
         opts = _options(request, {"$select"})
@@ -342,7 +342,7 @@ def get_contact(key: str, contact_id: str, request: Request, folder_id: str | No
 
 
 @router.get("/v1.0/users/{key}/contactFolders")
-def list_contact_folders(key: str, request: Request) -> JSONResponse:
+async def list_contact_folders(key: str, request: Request) -> JSONResponse:
     mbx = resolve(request, key)
     with mailbox_slot(request, mbx):
         opts = _options(request, {"$select", "$top", "$skip"})
@@ -353,7 +353,7 @@ def list_contact_folders(key: str, request: Request) -> JSONResponse:
 
 
 @router.get("/v1.0/users/{key}/contactFolders/{folder_id}")
-def get_contact_folder(key: str, folder_id: str, request: Request) -> JSONResponse:
+async def get_contact_folder(key: str, folder_id: str, request: Request) -> JSONResponse:
     mbx = resolve(request, key)
     with mailbox_slot(request, mbx):
         try:
@@ -386,7 +386,7 @@ def _window(request: Request, *, required: bool = True) -> tuple[dt.datetime, dt
 
 @router.get("/v1.0/users/{key}/calendarView")
 @router.get("/v1.0/users/{key}/calendar/calendarView")
-def calendar_view(key: str, request: Request) -> JSONResponse:
+async def calendar_view(key: str, request: Request) -> JSONResponse:
     mbx = resolve(request, key)
     with mailbox_slot(request, mbx):
         opts = _options(request, {"$select", "$top", "$skip"})
@@ -400,7 +400,7 @@ def calendar_view(key: str, request: Request) -> JSONResponse:
 
 
 @_route_all(delta_routes("/v1.0/users/{key}/calendarView"))
-def calendar_view_delta(key: str, request: Request) -> JSONResponse:
+async def calendar_view_delta(key: str, request: Request) -> JSONResponse:
     mbx = resolve(request, key)
     with mailbox_slot(request, mbx):
         opts = _options(request, {"$skiptoken", "$deltatoken"})
@@ -427,7 +427,7 @@ def calendar_view_delta(key: str, request: Request) -> JSONResponse:
 
 @router.get("/v1.0/users/{key}/events")
 @router.get("/v1.0/users/{key}/calendar/events")
-def list_events(key: str, request: Request) -> JSONResponse:
+async def list_events(key: str, request: Request) -> JSONResponse:
     mbx = resolve(request, key)
     with mailbox_slot(request, mbx):
         opts = _options(request, {"$select", "$top", "$skip"})
@@ -441,7 +441,7 @@ def list_events(key: str, request: Request) -> JSONResponse:
 # ------------------------------------------------------------------ mailbox settings
 
 @router.get("/v1.0/users/{key}/mailboxSettings")
-def mailbox_settings(key: str, request: Request) -> JSONResponse:
+async def mailbox_settings(key: str, request: Request) -> JSONResponse:
     mbx = resolve(request, key)
     with mailbox_slot(request, mbx):
         opts = _options(request, {"$select"})
@@ -453,7 +453,7 @@ def mailbox_settings(key: str, request: Request) -> JSONResponse:
 
 
 @router.get("/v1.0/users/{key}/mailboxSettings/automaticRepliesSetting")
-def automatic_replies(key: str, request: Request) -> JSONResponse:
+async def automatic_replies(key: str, request: Request) -> JSONResponse:
     mbx = resolve(request, key)
     with mailbox_slot(request, mbx):
         _options(request, set())

@@ -27,7 +27,7 @@ def _backend(request: Request) -> TenantBackend:
     return request.app.state.backend
 
 
-def require_token(request: Request) -> None:
+async def require_token(request: Request) -> None:
     """Bearer token check for every Graph route: 401 ``InvalidAuthenticationToken`` otherwise."""
     backend = _backend(request)
     header = request.headers.get("authorization", "")
