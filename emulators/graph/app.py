@@ -125,11 +125,8 @@ def create_app(backend: TenantBackend, *, faults: FaultPlan | None = None,
     api.state.faults = faults or FaultPlan(seed=backend.seed)
     api.state.counters = counters or RequestCounters()
     _install_handlers(api)
-    api.include_router(admin.router)
-    api.include_router(mailbox_admin.router)
-    api.include_router(subscription_admin.router)
-    api.include_router(presence_routes.admin_router)
-    api.include_router(orgcontacts_routes.admin_router)
+    # Routes are matched in order, so the hot ones come first: identity, then Graph ($batch and the
+    # mailbox routes ahead of the rest), then the ``/_emulator`` admin API, which no Graph path reaches.
     api.include_router(identity.router)
     api.include_router(batch.router)
     api.include_router(mailbox_routes.router)
@@ -137,6 +134,11 @@ def create_app(backend: TenantBackend, *, faults: FaultPlan | None = None,
     api.include_router(presence_routes.router)
     api.include_router(orgcontacts_routes.router)
     api.include_router(routes.router)
+    api.include_router(admin.router)
+    api.include_router(mailbox_admin.router)
+    api.include_router(subscription_admin.router)
+    api.include_router(presence_routes.admin_router)
+    api.include_router(orgcontacts_routes.admin_router)
     wrapped = RequestIdMiddleware(FaultMiddleware(
         api, plan=api.state.faults, counters=api.state.counters, route_key=route_key,
         render_error=errors.render_fault,
