@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, overload
 
 from emulators.threecx import errors as e
 from emulators.threecx.errors import BadRequest, NotFound, ValidationError
@@ -56,6 +57,30 @@ def _empty(contact_type: str) -> dict[str, Any]:
     return record
 
 
+class _ContactsView(Sequence[dict[str, Any]]):
+    """The stored records in id order, looked up by id only for the positions read."""
+
+    def __init__(self, records: dict[int, dict[str, Any]], order: list[int]) -> None:
+        self._records, self._order = records, order
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(index, slice):
+            return [self._records[i] for i in self._order[index]]
+        return self._records[self._order[index]]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (self._records[i] for i in self._order)
+
+
 class ContactStore:
     """``Pbx.Contact`` records by id (own id sequence, starting at 1).
 
@@ -66,6 +91,7 @@ class ContactStore:
         if default_type not in CONTACT_SOURCES:
             raise ValueError(f"default_contact_type must be one of {CONTACT_SOURCES}")
         self._contacts: dict[int, dict[str, Any]] = {}
+        self._order: list[int] | None = []  # the ids in id order; None after a delete (rebuilt when read)
         self._next_id = 1
         self.default_type = default_type
 
@@ -80,6 +106,13 @@ class ContactStore:
         insertion order is id order and a page read costs O(page) copies, not O(phonebook).
         """
         return list(self._contacts.values())
+
+    def view(self) -> Sequence[dict[str, Any]]:
+        """Every contact, by id, as :meth:`list` gives them, without copying the phonebook: slicing a page
+        costs O(page). Read it before the store changes (the routes do, under ``backend.lock``)."""
+        if self._order is None:
+            self._order = list(self._contacts)
+        return _ContactsView(self._contacts, self._order)
 
     def by_ids(self, ids: Any) -> list[dict[str, Any]]:
         """The stored records with these ids, by id (read-only); unknown ids are left out."""
@@ -100,6 +133,8 @@ class ContactStore:
         record["Id"] = self._next_id
         self._next_id += 1
         self._contacts[record["Id"]] = record
+        if self._order is not None:
+            self._order.append(record["Id"])
         return copy.deepcopy(record)
 
     def update(self, contact_id: int, body: Any) -> dict[str, Any]:
@@ -116,6 +151,7 @@ class ContactStore:
         """:raises NotFound:"""
         if self._contacts.pop(contact_id, None) is None:
             raise NotFound("Contact")
+        self._order = None
 
     def delete_many(self, ids: Any) -> int:
         """Delete every listed id that exists (unknown ids are ignored); return how many went.
@@ -124,7 +160,10 @@ class ContactStore:
         """
         if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise BadRequest("The parameter 'ids' must be an array of integers.")
-        return sum(1 for i in ids if self._contacts.pop(i, None) is not None)
+        gone = sum(1 for i in ids if self._contacts.pop(i, None) is not None)
+        if gone:
+            self._order = None
+        return gone
 
     @staticmethod
     def _validated(body: Any, current: dict[str, Any], default_type: str) -> dict[str, Any]:

@@ -220,7 +220,7 @@ def build_router(backend: PbxBackend) -> APIRouter:
     async def list_contacts(request: Request) -> JSONResponse:
         authorize(request)
         ids = odata.id_filter_keys(_params(request).get("$filter"))
-        return collection(request, backend.list_contacts(ids), CONTACT_TYPE, "Contacts", "Id")
+        return collection(request, backend.contact_views(ids), CONTACT_TYPE, "Contacts", "Id")
 
     @router.post(XAPI + "/Contacts/Pbx.DeleteContactsById")
     async def delete_contacts_by_id(request: Request) -> Response:

@@ -133,3 +133,29 @@ def test_filter_by_ids_uses_the_index_and_keeps_filter_semantics(xapi: Any) -> N
     assert [c["Id"] for c in picked] == [ids[1], ids[3]] and set(picked[0]) == {"Id", "LastName"}
     descending = xapi.get("/Contacts", **{"$orderby": "Id desc"}).json()["value"]
     assert [c["Id"] for c in descending] == sorted(ids, reverse=True)
+
+
+def test_pages_follow_creates_edits_and_deletes_in_id_order(xapi: Any, threecx_emulator: Any) -> None:
+    """Unfiltered pages are sliced from the store's id order: it must follow every change."""
+    backend = threecx_emulator.backend
+    made = [backend.create_contact({"FirstName": f"Order{i:03d}", "PhoneNumber": f"+49 30 {i:07d}"})["Id"]
+            for i in range(150)]
+    xapi.call("POST", "/Contacts/Pbx.DeleteContactsById", json={"ids": made[10:20]})
+    assert xapi.call("DELETE", f"/Contacts({made[0]})").status_code == 204
+    xapi.call("PATCH", f"/Contacts({made[30]})", json={"Title": "Edited"})
+    late = backend.create_contact({"FirstName": "Late", "PhoneNumber": "+49 30 7654321"})["Id"]
+
+    def pages() -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for skip in range(0, 300, 100):
+            out += xapi.get("/Contacts", **{"$orderby": "Id", "$top": "100", "$skip": str(skip),
+                                            "$select": "Id,Title"}).json()["value"]
+        return out
+
+    seen = pages()
+    expected = sorted(c["Id"] for c in backend.list_contacts())
+    assert [c["Id"] for c in seen] == expected and late == expected[-1]
+    assert made[0] not in expected and not set(made[10:20]) & set(expected)
+    assert next(c for c in seen if c["Id"] == made[30])["Title"] == "Edited"
+    count = xapi.get("/Contacts", **{"$count": "true", "$top": "1"}).json()["@odata.count"]
+    assert count == len(expected)
