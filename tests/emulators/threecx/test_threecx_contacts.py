@@ -159,3 +159,19 @@ def test_pages_follow_creates_edits_and_deletes_in_id_order(xapi: Any, threecx_e
     assert next(c for c in seen if c["Id"] == made[30])["Title"] == "Edited"
     count = xapi.get("/Contacts", **{"$count": "true", "$top": "1"}).json()["@odata.count"]
     assert count == len(expected)
+
+
+def test_synthetic_seed_adds_valid_extensions_and_entries() -> None:
+    """``--extra-users`` / ``--extra-contacts`` (benchmarks) go through the backend's own validation."""
+    from emulators.threecx.seed import seed_synthetic
+    from emulators.threecx.state import PbxBackend
+
+    backend = PbxBackend(seed=7)
+    users, contacts = len(backend.list_users()), len(backend.list_contacts())
+    seed_synthetic(backend, users=30, contacts=250)
+    added = backend.list_users()[users:]
+    assert len(added) == 30 and len({u["Number"] for u in added}) == 30
+    assert all(u["EmailAddress"].endswith("@contoso.example") for u in added)
+    entries = backend.list_contacts()[contacts:]
+    assert len(entries) == 250 and len({c["Tag"] for c in entries}) == 250
+    assert {c["ContactType"] for c in entries} == {"M365"}
