@@ -95,18 +95,19 @@ class Bench:
         graph = self.cluster.graph_admin
         pending: list[tuple[str, float, Any]] = []  # (kind, made at, probe(state) -> bool)
         results: dict[str, list[float]] = {}
+        self.changes: list[dict[str, Any]] = []  # per change: queue kind, user, wall-clock made/seen
         for i in range(changes):
             user = self.users[i % len(self.users)]
             owner = self.users[(i + 7) % len(self.users)]
             surname, first = f"Bench{name.title()}{i}", f"Bench{name.title()}{i}"
             mail = user["mail"].lower()
             graph("PATCH", f"users/{user['id']}", json={"surname": surname})
-            pending.append(("rename", time.monotonic(), lambda s, m=mail, n=surname: any(
+            pending.append(("rename", self._made("users", user["id"]), lambda s, m=mail, n=surname: any(
                 u.get("EmailAddress") == m and u.get("LastName") == n for u in s["users"])))
             time.sleep(interval)
             graph("POST", f"users/{owner['id']}/contacts", json={"givenName": first, "surname": "Bench",
                                                                   "mobilePhone": f"+49 170 55{i:05d}"})
-            pending.append(("contact", time.monotonic(), lambda s, f=first: any(
+            pending.append(("contact", self._made("contacts", owner["id"]), lambda s, f=first: any(
                 c.get("FirstName") == f for c in s["contacts"])))
             time.sleep(interval)
             if name == "push":
@@ -115,11 +116,18 @@ class Bench:
             else:
                 graph("DELETE", f"users/{user['id']}/events/{meetings[user['id']]}")
                 wanted = "Available"
-            pending.append(("meeting", time.monotonic(), lambda s, m=mail, w=wanted: any(
+            pending.append(("meeting", self._made("events", user["id"]), lambda s, m=mail, w=wanted: any(
                 u.get("EmailAddress") == m and u.get("CurrentProfileName") == w for u in s["users"])))
             time.sleep(interval)
             self._collect(pending, results, final=False)
         return self._collect(pending, results, final=True, timeout=timeout)
+
+    def _made(self, queue_kind: str, user_id: str) -> float:
+        """Record a change just made (for the phase breakdown); return its monotonic time."""
+        made = time.monotonic()
+        self.changes.append({"kind": queue_kind, "user_id": user_id, "made": dt.datetime.now(dt.UTC),
+                             "monotonic": made})
+        return made
 
     def _collect(self, pending: list[tuple[str, float, Any]], results: dict[str, list[float]], *, final: bool,
                  timeout: float = 0.0) -> dict[str, list[float]]:
@@ -131,6 +139,9 @@ class Bench:
                 kind, made, probe = item
                 if probe(state):
                     results.setdefault(kind, []).append(now - made)
+                    for change in self.changes:
+                        if change["monotonic"] == made:
+                            change["seen"] = change["made"] + dt.timedelta(seconds=now - made)
                     pending.remove(item)
             if not final or time.monotonic() > deadline:
                 break
@@ -139,6 +150,60 @@ class Bench:
             for kind, _, _ in pending:
                 results.setdefault(f"{kind}_missing", []).append(timeout)
         return results
+
+
+#: The phases of one change, in order: (name, from timestamp, to timestamp).
+PHASES = (
+    ("notify", "made", "received_at"),          # Graph emulator delivery -> receiver -> push_queue
+    ("trigger", "received_at", "signalled_at"),  # the AssetWatcher trigger's poll marks the row
+    ("run_queued", "signalled_at", "queued_at"),  # asset event -> the scheduler creates the run
+    ("run_start", "queued_at", "run_start"),     # queued -> running (waits for the run in progress)
+    ("task_start", "run_start", "task_start"),   # scheduling round + executor + task process start
+    ("claim", "task_start", "claimed_at"),       # task start-up until it drains the queue
+    ("work", "claimed_at", "seen"),              # the push run's deltas/plan/apply -> 3CX write seen
+)
+
+
+def phase_breakdown(changes: list[dict[str, Any]], staging_url: str, meta_url: str) -> dict[str, Any]:
+    """Per change, the seconds spent in each of :data:`PHASES`, from timestamps the system records.
+
+    ``push_queue`` gives received/signalled/claimed (the first row of the change's kind and user
+    received after it was made); the claiming run's ``dag_run`` row gives queued and start, its
+    ``sync_notified`` task instance the task start. Returns p50/p95/max per phase.
+    """
+    staging, meta = sa.create_engine(staging_url), sa.create_engine(meta_url)
+    rows_of: dict[str, list[float]] = {name: [] for name, _, _ in PHASES}
+    unmatched = 0
+    try:
+        with staging.connect() as sconn, meta.connect() as mconn:
+            for change in changes:
+                row = sconn.execute(sa.text(
+                    "SELECT received_at, signalled_at, claimed_at, claimed_by FROM push_queue "
+                    "WHERE kind = :kind AND user_id = :user AND received_at >= :made "
+                    "ORDER BY received_at LIMIT 1"),
+                    {"kind": change["kind"], "user": change["user_id"], "made": change["made"]}).mappings().first()
+                if row is None or not row["claimed_by"] or "seen" not in change:
+                    unmatched += 1
+                    continue
+                run_id = str(row["claimed_by"]).split("/", 1)[1]
+                run = mconn.execute(sa.text(
+                    "SELECT r.queued_at, r.start_date AS run_start, t.start_date AS task_start "
+                    "FROM dag_run r JOIN task_instance t ON t.dag_id = r.dag_id AND t.run_id = r.run_id "
+                    "WHERE r.dag_id = 'm365_3cx_push' AND r.run_id = :run_id AND t.task_id = 'sync_notified'"),
+                    {"run_id": run_id}).mappings().first()
+                if run is None:
+                    unmatched += 1
+                    continue
+                stamps = {**change, **row, **run}
+                for name, start, end in PHASES:
+                    if stamps.get(start) and stamps.get(end):
+                        # a run queued (or started) before this row was signalled: no wait in that phase
+                        rows_of[name].append(max(0.0, (stamps[end] - stamps[start]).total_seconds()))
+    finally:
+        staging.dispose()
+        meta.dispose()
+    return {**{name: summary(values) for name, values in rows_of.items()}, "unmatched": unmatched}
+
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         report["push"]["all"] = summary([v for values in push.values() for v in values])
         report["push"]["runs"] = len(cluster.runs("m365_3cx_push"))
         report["push"]["phase_s"] = round(time.monotonic() - started, 1)
+        report["push"]["phases"] = phase_breakdown(bench.changes, cluster._pg_url(cluster.staging_db),
+                                                   cluster._pg_url(cluster.meta_db))
+        report["load_average"] = [round(v, 2) for v in os.getloadavg()]
 
         if not args.skip_timed:
             cluster._request("PATCH", "/api/v2/dags/m365_3cx_push", json={"is_paused": True})
@@ -214,6 +282,13 @@ def main(argv: list[str] | None = None) -> int:
             if fig and fig.get("n"):
                 print(f"  {phase:<11} {kind:<8} {fig['p50']:>7.2f} / {fig['p95']:>7.2f} / {fig['max']:>7.2f}"
                       f"  n={fig['n']}")
+    phases = report.get("push", {}).get("phases") or {}
+    if phases:
+        print("push phases, seconds (p50 / p95 / max, n) — unmatched changes:", phases.get("unmatched"))
+        for name, _, _ in PHASES:
+            fig = phases.get(name) or {}
+            if fig.get("n"):
+                print(f"  {name:<11} {fig['p50']:>7.2f} / {fig['p95']:>7.2f} / {fig['max']:>7.2f}  n={fig['n']}")
     print(json.dumps(report, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
