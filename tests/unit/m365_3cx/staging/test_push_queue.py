@@ -99,3 +99,32 @@ def test_trigger_fires_for_new_rows_and_not_again_for_waiting_ones(engine: Any, 
     event = asyncio.run(first_event(10.0))
     assert event is not None and event.payload["queued"] == 2
     assert asyncio.run(first_event(1.0)) is None  # the same (still unclaimed) rows do not fire again
+
+
+def test_trigger_keeps_polling_after_an_event_and_fires_again_for_the_next_batch(
+        engine: Any, pg_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One running trigger announces batch after batch: it does not return and wait to be restarted."""
+    from m365_3cx.airflow.push_trigger import PushQueueTrigger
+    from m365_3cx.staging import push
+
+    url = sa.engine.make_url(pg_database)
+    monkeypatch.setenv("AIRFLOW_CONN_M365_3CX_STAGING", json.dumps({
+        "conn_type": "postgres", "host": url.host, "port": url.port, "login": url.username, "schema": url.database}))
+
+    def enqueue(user_id: str) -> None:
+        with engine.begin() as conn:
+            push.enqueue(conn, [{"kind": "users", "user_id": user_id}], datetime.now(UTC))
+
+    async def three_batches() -> list[int]:
+        queued: list[int] = []
+        events = PushQueueTrigger(poll_seconds=0.05).run()
+        try:
+            for user_id in ("u1", "u2", "u3"):
+                await asyncio.to_thread(enqueue, user_id)
+                event = await asyncio.wait_for(anext(events), 10.0)
+                queued.append(event.payload["queued"])
+        finally:
+            await events.aclose()
+        return queued
+
+    assert asyncio.run(three_batches()) == [1, 1, 1]
