@@ -1,8 +1,8 @@
 """The AssetWatcher's trigger: fires when the receiver queued new change notifications.
 
 It polls ``push_queue`` in the staging database for as long as the triggerer runs it and fires once
-per batch of new rows (it does not return after an event: a returned trigger waits for a later
-triggerer loop to be started again, which made the tail of the push latency): the poll
+per batch of new rows (it does not return after an event, so it is never waiting to be started
+again by the triggerer): the poll
 marks the rows it reports (``signalled_at``) in the same statement, so a row that merely waits for
 its run (the DAG is busy, ``max_active_runs=1``) never fires again and again — a persistent
 condition would re-trigger forever (Airflow's event-scheduling docs). A row still unclaimed after
@@ -68,9 +68,8 @@ class PushQueueTrigger(BaseEventTrigger):
                     self.log.warning("push queue poll failed (%s); retrying", type(exc).__name__)
                     marked = 0
                 if marked:
-                    # Keep polling after an event: the triggerer runs every event an asset
-                    # trigger yields, while a trigger that returns is only started again on a
-                    # later triggerer loop (measured: up to 20 s before the next batch fired).
+                    # Keep polling after an event: the triggerer passes on every event an asset
+                    # trigger yields; a trigger that returns is started again on a later loop.
                     yield TriggerEvent({"queued": marked, "at": datetime.now(UTC).isoformat()})
                     continue
                 await asyncio.sleep(self.poll_seconds)
