@@ -55,6 +55,22 @@ def test_a_dag_that_never_ran_waits_for_its_next_tick(dag_id: str) -> None:
 
 
 @pytest.mark.parametrize("dag_id", SYNC_DAGS)
+@pytest.mark.parametrize("paused_for", [None, dt.timedelta(days=3)])
+def test_the_next_tick_stays_put_when_computed_again(dag_id: str, paused_for: dt.timedelta | None) -> None:
+    """The dag processor recomputes ``next_dagrun`` on every parse: the tick must not move ahead each time."""
+    import time
+
+    dag = _deserialized(dag_id)
+    last = None if paused_for is None else _info(dt.datetime.now(dt.UTC) - paused_for)
+    first = dag.next_dagrun_info(last_automated_run_info=last).run_after
+    time.sleep(1.2)
+    computed_again_at = dt.datetime.now(dt.UTC)
+    second = dag.next_dagrun_info(last_automated_run_info=last).run_after
+    # the same tick, unless the first one has come and gone in between
+    assert second == first or first <= computed_again_at, f"{dag_id}: tick moved from {first} to {second}"
+
+
+@pytest.mark.parametrize("dag_id", SYNC_DAGS)
 def test_the_stock_timetable_would_have_run_the_stale_tick(dag_id: str) -> None:
     """The defect, reproduced: Airflow's own trigger timetable schedules the latest past tick (or now)."""
     from airflow.timetables.base import DataInterval

@@ -96,7 +96,12 @@ class FreshCronTriggerTimetable(_FreshTicks, CronTriggerTimetable):
 
 
 class FreshDeltaTriggerTimetable(_FreshTicks, DeltaTriggerTimetable):
-    """``DeltaTriggerTimetable`` whose unpause never runs at once (the first run is one delta from now).
+    """``DeltaTriggerTimetable`` whose unpause never runs at once (the first run is the next tick).
+
+    Without a recent automated run the next tick lies on a fixed grid (multiples of the delta since
+    the Unix epoch), not at "now + delta": the dag processor recomputes ``next_dagrun`` on every
+    parse (every 30 s by default), and a tick one delta after *that* moment kept moving ahead, so a
+    DAG that never ran, or ran last before a long pause, never came due.
 
     :param grace: how old the tick after the last automated run may be and still run.
     """
@@ -107,7 +112,12 @@ class FreshDeltaTriggerTimetable(_FreshTicks, DeltaTriggerTimetable):
         self._grace = grace
 
     def _after(self, now: Any) -> Any:
-        return self._get_next(now)
+        if not isinstance(self._delta, datetime.timedelta) or self._delta <= datetime.timedelta():
+            return self._get_next(now)  # a calendar delta (relativedelta) has no fixed grid
+        epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+        elapsed = datetime.datetime.fromtimestamp(now.timestamp(), datetime.UTC) - epoch  # stdlib, not pendulum
+        ticks = elapsed // self._delta + 1
+        return coerce_datetime(epoch + ticks * self._delta)
 
     @classmethod
     def deserialize(cls, data: dict[str, Any]) -> FreshDeltaTriggerTimetable:
