@@ -83,7 +83,6 @@ def api_client(hook: Any) -> Iterator[Any]:
         client.close()
 
 
-
 @dataclass(frozen=True)
 class TaskStep:
     """What a task body works with (see :func:`task_step`)."""
@@ -119,6 +118,7 @@ def task_step(mode: str, *, lease: tuple[str, str] | None = None, client: type |
             stack.enter_context(feature_lease(engine, lease[0], run.run_key, lease[1], settings))
         api = stack.enter_context(api_client(client())) if client is not None else None
         yield TaskStep(context, run, settings, engine, api)
+
 
 #: Apply counts that mean 3CX was written.
 _WRITE_COUNTS = ("created", "updated", "disabled", "deleted", "switched")

@@ -140,15 +140,7 @@ def start_removal_clock(conn: Connection, user_ids: Iterable[str], now: dt.datet
 
     :returns: rows written.
     """
-    _require_aware(now)
-    count = 0
-    for batch in _chunks(sorted(set(user_ids))):
-        count += conn.execute(
-            update(extension_map)
-            .where(extension_map.c.user_id.in_(list(batch)), extension_map.c.removal_since.is_(None))
-            .values(removal_since=now)
-        ).rowcount
-    return count
+    return _set_removal_clock(conn, user_ids, _require_aware(now))
 
 
 def stop_removal_clock(conn: Connection, user_ids: Iterable[str]) -> int:
@@ -156,12 +148,17 @@ def stop_removal_clock(conn: Connection, user_ids: Iterable[str]) -> int:
 
     :returns: rows written.
     """
+    return _set_removal_clock(conn, user_ids, None)
+
+
+def _set_removal_clock(conn: Connection, user_ids: Iterable[str], since: dt.datetime | None) -> int:
+    """Set ``removal_since`` to ``since`` where it is not set (a start) or set (a stop, ``since=None``)."""
+    clock = extension_map.c.removal_since
+    unchanged = clock.is_(None) if since is not None else clock.is_not(None)
     count = 0
     for batch in _chunks(sorted(set(user_ids))):
         count += conn.execute(
-            update(extension_map)
-            .where(extension_map.c.user_id.in_(list(batch)), extension_map.c.removal_since.is_not(None))
-            .values(removal_since=None)
+            update(extension_map).where(extension_map.c.user_id.in_(list(batch)), unchanged).values(removal_since=since)
         ).rowcount
     return count
 

@@ -16,6 +16,7 @@ from typing import Any, Final
 from sqlalchemy import and_, case, exists, false, literal, null, select, update
 from sqlalchemy.engine import Connection
 
+from m365_3cx.staging.boundary import USER_PROPERTY_COLUMNS
 from m365_3cx.staging.bulk import _chunks, _require_aware, _temp_ids, upsert
 from m365_3cx.staging.schema import stg_users
 
@@ -51,19 +52,7 @@ GRAPH_USER_SELECT: Final[tuple[str, ...]] = (
 )
 
 # Graph property -> stg_users column, for the plain string/bool properties.
-_USER_FIELDS: Final[Mapping[str, str]] = {
-    "userPrincipalName": "user_principal_name",
-    "displayName": "display_name",
-    "givenName": "given_name",
-    "surname": "surname",
-    "mail": "mail",
-    "mobilePhone": "mobile_phone",
-    "accountEnabled": "account_enabled",
-    "userType": "user_type",
-    "usageLocation": "usage_location",
-    "department": "department",
-    "jobTitle": "job_title",
-}
+_USER_FIELDS: Final[Mapping[str, str]] = {**USER_PROPERTY_COLUMNS, "accountEnabled": "account_enabled"}
 _EXTENSION_ATTRIBUTES: Final = tuple(f"extensionAttribute{i}" for i in range(1, 16))
 
 #: stg_users columns that come from Graph (and feed ``row_hash``).
