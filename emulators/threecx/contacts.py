@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterator, Sequence
-from typing import Any, overload
+from collections.abc import Sequence
+from typing import Any
 
 from emulators.threecx import errors as e
 from emulators.threecx.errors import BadRequest, NotFound, ValidationError
-from emulators.threecx.odata import EntityType, register
+from emulators.threecx.odata import EntityType, LazyViews, register
 
 CONTACT_SOURCES = ("3CX", "CRM", "Google", "M365")
 """``Pbx.ContactSource`` (20.0.9+)."""
@@ -57,30 +57,6 @@ def _empty(contact_type: str) -> dict[str, Any]:
     return record
 
 
-class _ContactsView(Sequence[dict[str, Any]]):
-    """The stored records in id order, looked up by id only for the positions read."""
-
-    def __init__(self, records: dict[int, dict[str, Any]], order: list[int]) -> None:
-        self._records, self._order = records, order
-
-    def __len__(self) -> int:
-        return len(self._order)
-
-    @overload
-    def __getitem__(self, index: int) -> dict[str, Any]: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
-
-    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
-        if isinstance(index, slice):
-            return [self._records[i] for i in self._order[index]]
-        return self._records[self._order[index]]
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return (self._records[i] for i in self._order)
-
-
 class ContactStore:
     """``Pbx.Contact`` records by id (own id sequence, starting at 1).
 
@@ -112,7 +88,7 @@ class ContactStore:
         costs O(page). Read it before the store changes (the routes do, under ``backend.lock``)."""
         if self._order is None:
             self._order = list(self._contacts)
-        return _ContactsView(self._contacts, self._order)
+        return LazyViews(self._order, self._contacts.__getitem__)
 
     def by_ids(self, ids: Any) -> list[dict[str, Any]]:
         """The stored records with these ids, by id (read-only); unknown ids are left out."""

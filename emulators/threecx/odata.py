@@ -11,10 +11,11 @@ quote), integers, ``true false null``. Unknown properties and bad syntax raise :
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from emulators.threecx.errors import BadRequest
 
@@ -419,3 +420,38 @@ def context_fragment(set_name: str, shape: Shape) -> str:
         return set_name
     names = list(shape.select) + [f"{n}()" for n in shape.expand]
     return f"{set_name}({','.join(names)})" if names else set_name
+
+
+class LazyViews(Sequence[dict[str, Any]]):
+    """A read-only sequence of records, each built from its source (under ``lock``) only when read,
+    so a ``$top``/``$skip`` page over it costs O(page), not O(collection).
+
+    The sources are the records (or ids) of one moment; the caller makes sure ``build`` still gives
+    that moment's record (user records are replaced, never changed in place; the contacts view is
+    read under the backend lock).
+    """
+
+    def __init__(self, sources: Sequence[Any], build: Callable[[Any], dict[str, Any]],
+                 lock: Any = None) -> None:
+        self._sources, self._build = sources, build
+        self._lock = lock if lock is not None else contextlib.nullcontext()
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        with self._lock:
+            if isinstance(index, slice):
+                return [self._build(rec) for rec in self._sources[index]]
+            return self._build(self._sources[index])
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        with self._lock:
+            views = [self._build(rec) for rec in self._sources]
+        return iter(views)

@@ -16,14 +16,14 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, overload
+from typing import Any
 
 from emulators.threecx import errors as e
 from emulators.threecx.contacts import ContactStore
 from emulators.threecx.errors import BadRequest, NotFound, ValidationError, XapiError
-from emulators.threecx.odata import EntityType, register
+from emulators.threecx.odata import EntityType, LazyViews, register
 from emulators.threecx.seed import client_secret_for, random_text, seed_backend
 
 PROFILE_NAMES = ("Available", "Away", "Out of office", "Custom 1", "Custom 2")
@@ -318,7 +318,7 @@ class PbxBackend:
         """Every user by Id, as :meth:`list_users` gives them, but each view is built when it is read:
         a ``$top``/``$skip`` page with no ``$filter`` costs O(page) views, not O(PBX)."""
         with self.lock:
-            return _LazyViews(self._sorted_users(), lambda rec: self._user_view(rec, expand, deep=False), self.lock)
+            return LazyViews(self._sorted_users(), lambda rec: self._user_view(rec, expand, deep=False), self.lock)
 
     def get_user(self, user_id: int) -> dict[str, Any]:
         """:raises NotFound: when there is no such user."""
@@ -642,37 +642,6 @@ class PbxBackend:
                 "config": asdict(self.config), "seed": self.seed, "unmanaged": self.unmanaged,
                 "client_id": self.client_id, "token_lifetime": self.token_lifetime,
             }
-
-
-class _LazyViews(Sequence[dict[str, Any]]):
-    """A read-only sequence of records, each built from its source (under ``lock``) only when read.
-
-    The sources are the user records of one moment: records are replaced, never changed in place
-    (:meth:`PbxBackend.update_user`), so a view built later still shows that moment.
-    """
-
-    def __init__(self, sources: list[Any], build: Callable[[Any], dict[str, Any]], lock: Any) -> None:
-        self._sources, self._build, self._lock = sources, build, lock
-
-    def __len__(self) -> int:
-        return len(self._sources)
-
-    @overload
-    def __getitem__(self, index: int) -> dict[str, Any]: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
-
-    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
-        with self._lock:
-            if isinstance(index, slice):
-                return [self._build(rec) for rec in self._sources[index]]
-            return self._build(self._sources[index])
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        with self._lock:
-            views = [self._build(rec) for rec in self._sources]
-        return iter(views)
 
 
 def _require_object(body: Any) -> dict[str, Any]:
