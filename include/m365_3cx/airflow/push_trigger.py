@@ -71,7 +71,6 @@ class PushQueueTrigger(BaseEventTrigger):
                     # Keep polling after an event: the triggerer passes on every event an asset
                     # trigger yields; a trigger that returns is started again on a later loop.
                     yield TriggerEvent({"queued": marked, "at": datetime.now(UTC).isoformat()})
-                    continue
                 await asyncio.sleep(self.poll_seconds)
         finally:
             if engine is not None:
