@@ -96,6 +96,16 @@ def _status_kib(pid: int, field_name: str) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (``/proc/<pid>/stat``), in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class RssSampler:
     """Samples the RSS of this process and the emulator processes (the tree) every 0.2 s."""
 
@@ -219,7 +229,8 @@ class Harness:
         g = self.graph_info
         return GraphClient(GraphCredentials(
             tenant_id=g["tenant_id"], client_id=g["client_id"], client_secret=g["client_secret"],
-            authority_host=g["authority"].rsplit("/", 1)[0], graph_url=g["graph_url"], ca_bundle=g["ca_bundle"]))
+            authority_host=g["authority"].rsplit("/", 1)[0], graph_url=g["graph_url"], ca_bundle=g["ca_bundle"]),
+            batch_concurrency=self.settings.graph.batch_concurrency)
 
     def threecx(self) -> ThreeCXClient:
         p = self.pbx_info
@@ -357,6 +368,17 @@ def graph_minimum(c: dict[str, int], mode: str, users_changed: int, clients: int
     contact_batches = math.ceil(contact_items / BATCH)
     calendar_batches = math.ceil(2 * c["mailboxes"] / BATCH)
     return users + folder_batches + contact_batches + calendar_batches + 2 * clients
+
+
+def graph_floor(g_min: int, c: dict[str, int], mode: str, clients: int, lat: float, slots: int,
+                batch_concurrency: int) -> float:
+    """Seconds the fewest Graph requests need on ``slots`` parallel tasks: a plain request costs one
+    latency; a ``$batch`` costs two (the emulator adds the latency to the batch and, concurrently, to
+    each of its items, as a real service spends time on the inner requests) and ``batch_concurrency``
+    of them are in flight per task."""
+    batches = g_min - 2 * clients - (math.ceil(c["users"] / PAGE_USERS) + 1 if mode.endswith("full") else 1)
+    plain = g_min - max(0, batches)
+    return (plain * lat + max(0, batches) * 2 * lat / max(1, batch_concurrency)) / max(1, slots)
 
 
 def _step_facts(step: StepResult) -> dict[str, Any]:
@@ -535,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--churn", type=float, default=0.01)
     parser.add_argument("--graph-slots", type=int, default=4, help="parallel mapped tasks (graph_api pool)")
     parser.add_argument("--write-concurrency", type=int, default=None, help="threecx.write_concurrency")
+    parser.add_argument("--batch-concurrency", type=int, default=None, help="graph.batch_concurrency")
     parser.add_argument("--naive-users", type=int, default=50, help="users the naive baseline samples (0: skip)")
     parser.add_argument("--staging", default=None, help="SQLAlchemy URL (default: a throwaway PostgreSQL database)")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "bench_reference.json"))
@@ -574,9 +597,13 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.write_concurrency is not None:
             raw["threecx"] = {"write_concurrency": args.write_concurrency}
+        if args.batch_concurrency is not None:
+            raw["graph"] = {"batch_concurrency": args.batch_concurrency}
         settings = Settings.from_mapping(raw)
         write_concurrency = settings.threecx.write_concurrency
+        batch_concurrency = settings.graph.batch_concurrency
         report["write_concurrency"] = write_concurrency
+        report["batch_concurrency"] = batch_concurrency
         h = Harness(engine, SqlCounter(engine), graph_emu.info, pbx_emu.info, settings, args.graph_slots)
         facts: dict[str, Any] = {}
         before_census: dict[str, int] = {}
@@ -590,9 +617,14 @@ def main(argv: list[str] | None = None) -> int:
             h.steps = []
             sampler.reset()
             hwm_before = _status_kib(os.getpid(), "VmHWM")
+            cpu_before = {"product": cpu_seconds(os.getpid()), "graph_emulator": cpu_seconds(graph_emu.proc.pid),
+                          "threecx_emulator": cpu_seconds(pbx_emu.proc.pid)}
             started = time.perf_counter()
             applied = run_pipeline(h, mode, mode_name)
             wall = time.perf_counter() - started
+            cpu = {"product": cpu_seconds(os.getpid()), "graph_emulator": cpu_seconds(graph_emu.proc.pid),
+                   "threecx_emulator": cpu_seconds(pbx_emu.proc.pid)}
+            cpu = {k: round(v - cpu_before[k], 1) for k, v in cpu.items()}
             g_req, p_req = diff(graph_emu.counters(), g0), diff(pbx_emu.counters(), p0)
             c = census(engine)
             report["census"] = c
@@ -608,7 +640,8 @@ def main(argv: list[str] | None = None) -> int:
             p_min = pbx_minimum_reads(before_census, c, mode_name, users_changed, entries_updated)
             before_census = c
             lat = args.latency_ms / 1000.0
-            floor = (g_min * lat / max(1, args.graph_slots) + p_min * lat + changes * lat / write_concurrency)
+            floor = (graph_floor(g_min, c, mode_name, clients, lat, args.graph_slots, batch_concurrency)
+                     + p_min * lat + changes * lat / write_concurrency)
             entry = {
                 "wall_s": round(wall, 2),
                 "steps": [{"step": s.name, "wall_s": round(s.wall, 2), "sql": s.sql, **_step_facts(s)}
@@ -621,13 +654,15 @@ def main(argv: list[str] | None = None) -> int:
                             "by_endpoint": p_req},
                 "applied": applied,
                 "latency_floor_s": round(floor, 2),
+                "cpu_s": cpu,
                 "ratio_to_floor": round(wall / max(floor, 1e-9), 2),
                 "peak_rss_product_mib": mib(max(_status_kib(os.getpid(), "VmHWM"), hwm_before)),
                 "peak_rss_tree_mib": mib(sampler.peak_tree_kib),
                 "load_after": _loadavg(),
             }
             if mode_name == "initial_full":
-                target = 1.5 * (writes * lat / write_concurrency) + g_min * lat / max(1, args.graph_slots)
+                target = 1.5 * (writes * lat / write_concurrency) + graph_floor(
+                    g_min, c, mode_name, clients, lat, args.graph_slots, batch_concurrency)
                 entry["target_initial_s"] = round(target, 1)
             if facts and mode_name == "delta_churn":
                 entry["churn"] = facts
@@ -678,6 +713,9 @@ def print_mode(name: str, e: dict[str, Any]) -> None:
     print(f"   graph {g['wire']} requests ({g['inner_batch_items']} batch items), minimum {g['minimum']} "
           f"(x{g['ratio']}); 3CX reads {p['reads']} (minimum {p['reads_minimum']}), writes {p['writes']} "
           f"for {p['real_changes']} real changes")
+    cpu = e.get("cpu_s") or {}
+    print(f"   CPU: product {cpu.get('product')} s, Graph emulator {cpu.get('graph_emulator')} s, "
+          f"3CX emulator {cpu.get('threecx_emulator')} s (on {os.cpu_count()} cores)")
     for s in e["steps"]:
         facts = "".join(f"  {k}={s[k]}" for k in ("decided", "scope") if k in s)
         print(f"   {s['step']:<28} {s['wall_s']:8.2f} s  {s['sql']:7d} SQL{facts}")

@@ -185,6 +185,19 @@ class ThreeCXSettings:
 
 
 @dataclass(frozen=True)
+class GraphSettings:
+    """How the extract steps talk to Microsoft Graph.
+
+    :param batch_concurrency: ``$batch`` requests in flight at once inside one extract task.
+        Items of one mailbox never exceed Outlook's 4 concurrent requests between them; each
+        inner 429/503 is retried after its ``Retry-After``. The ``graph_api`` pool bounds the
+        tasks, so at most pool slots x this many batches are in flight.
+    """
+
+    batch_concurrency: int = 4
+
+
+@dataclass(frozen=True)
 class GuardSettings:
     """Safety guards of the apply step.
 
@@ -516,6 +529,7 @@ _SECTIONS: Final[dict[str, tuple[type, dict[str, Callable[[object], Any]]]]] = {
         },
     ),
     "threecx": (ThreeCXSettings, {"write_concurrency": _int(1, 32)}),
+    "graph": (GraphSettings, {"batch_concurrency": _int(1, 16)}),
     "extensions": (
         ExtensionsSettings,
         {
@@ -715,6 +729,7 @@ class Settings:
     :param retention: :class:`RetentionSettings`.
     :param logs: :class:`LogSettings`.
     :param threecx: :class:`ThreeCXSettings`.
+    :param graph: :class:`GraphSettings`.
     :param push: :class:`PushSettings`.
     """
 
@@ -729,6 +744,7 @@ class Settings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     logs: LogSettings = field(default_factory=LogSettings)
     threecx: ThreeCXSettings = field(default_factory=ThreeCXSettings)
+    graph: GraphSettings = field(default_factory=GraphSettings)
     push: PushSettings = field(default_factory=PushSettings)
 
     @classmethod
@@ -816,7 +832,7 @@ class Settings:
         """Return the settings as a JSON-serialisable dict (round-trips through :meth:`from_mapping`)."""
         result: dict[str, Any] = {}
         for name in ("scope", "numbering", "extensions", "guards", "alerts", "timezone", "contacts", "presence",
-                     "retention", "logs", "threecx", "push"):
+                     "retention", "logs", "threecx", "graph", "push"):
             value = getattr(self, name)
             if isinstance(value, str):
                 result[name] = value

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from m365_3cx.graph.client import GraphClient
+    from m365_3cx.settings import Settings
     from m365_3cx.threecx.client import ThreeCXClient
 
 
@@ -82,11 +83,15 @@ class GraphHook(BaseHook):
             disable_instance_discovery=None if discovery is None else str(discovery).lower() in ("1", "true"),
         )
 
-    def get_client(self) -> GraphClient:
-        """Return a ready :class:`~m365_3cx.graph.client.GraphClient`."""
+    def get_client(self, settings: Settings | None = None) -> GraphClient:
+        """Return a ready :class:`~m365_3cx.graph.client.GraphClient`.
+
+        :param settings: the sync settings (``graph.batch_concurrency``); ``None``: one batch at a time.
+        """
         from m365_3cx.graph.client import GraphClient
 
-        return GraphClient(self.get_credentials())
+        concurrency = settings.graph.batch_concurrency if settings is not None else 1
+        return GraphClient(self.get_credentials(), batch_concurrency=concurrency)
 
     def test_connection(self) -> tuple[bool, str]:
         """Acquire a token and read one user; return (ok, message)."""
@@ -131,8 +136,12 @@ class ThreeCXHook(BaseHook):
             ca_bundle=_extra(conn, "ca_bundle"),
         )
 
-    def get_client(self) -> ThreeCXClient:
-        """Return a ready :class:`~m365_3cx.threecx.client.ThreeCXClient`."""
+    def get_client(self, settings: Settings | None = None) -> ThreeCXClient:
+        """Return a ready :class:`~m365_3cx.threecx.client.ThreeCXClient`.
+
+        :param settings: accepted like :meth:`GraphHook.get_client`'s (write concurrency is a per-call
+            argument of the apply steps).
+        """
         from m365_3cx.threecx.client import ThreeCXClient
 
         return ThreeCXClient(self.get_credentials())

@@ -74,9 +74,9 @@ def staging_engine() -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def api_client(hook: Any) -> Iterator[Any]:
-    """A hook's client (Graph or 3CX), closed at the end of the step."""
-    client = hook.get_client()
+def api_client(hook: Any, settings: Settings | None = None) -> Iterator[Any]:
+    """A hook's client (Graph or 3CX), configured from ``settings``, closed at the end of the step."""
+    client = hook.get_client(settings)
     try:
         yield client
     finally:
@@ -116,7 +116,7 @@ def task_step(mode: str, *, lease: tuple[str, str] | None = None, client: type |
     with fatal_errors_fail_the_task(), staging_engine() as engine, contextlib.ExitStack() as stack:
         if lease is not None:
             stack.enter_context(feature_lease(engine, lease[0], run.run_key, lease[1], settings))
-        api = stack.enter_context(api_client(client())) if client is not None else None
+        api = stack.enter_context(api_client(client(), settings)) if client is not None else None
         yield TaskStep(context, run, settings, engine, api)
 
 

@@ -192,6 +192,7 @@ class GraphTokenProvider:
         self._transport = transport or HttpTransport(policy, ca_bundle=credentials.ca_bundle)
         self._http_client = MsalHttpClient(self._transport)
         self._lock = threading.Lock()
+        self._token_lock = threading.Lock()  # one token request at a time: threads share the first one
         self._app: msal.ConfidentialClientApplication | None = None
 
     def __repr__(self) -> str:
@@ -249,7 +250,8 @@ class GraphTokenProvider:
         """
         app = self.app()
         try:
-            result = app.acquire_token_for_client(scopes=[self.credentials.scope])
+            with self._token_lock:
+                result = app.acquire_token_for_client(scopes=[self.credentials.scope])
         except GraphError:
             raise
         except Exception as exc:  # msal raises requests.HTTPError for 5xx, ValueError for non-JSON

@@ -9,8 +9,10 @@ items for one mailbox makes the extra ones fail (``reference/graph.md`` §6, §7
 
 * packs the requests into chunks of at most :data:`MAX_BATCH_SIZE`, with at most
   ``max_per_mailbox`` items for the same mailbox in one chunk (order kept otherwise);
-* posts the chunks one after the other (so no mailbox ever sees more than
-  ``max_per_mailbox`` of our requests at once);
+* posts the chunks in *waves*: the chunks of one wave hold at most ``max_per_mailbox``
+  items of any mailbox between them and are posted up to the client's
+  ``batch_concurrency`` at a time; waves follow one another (so no mailbox ever sees
+  more than ``max_per_mailbox`` of our requests at once, however many are in flight);
 * re-sends only the items answered 429/503/504, after the longest ``Retry-After``
   among them (or the client's exponential backoff), for up to ``max_rounds`` rounds;
 * returns the final :class:`BatchResponse` of every id, failures included.
@@ -46,8 +48,10 @@ __all__ = [
     "BatchClient",
     "BatchRequest",
     "BatchResponse",
+    "ConcurrentBatchClient",
     "chunk_requests",
     "classify_item",
+    "concurrent_waves",
     "execute_batch",
     "raise_for_item",
     "relative_url",
@@ -142,6 +146,16 @@ class BatchClient(Protocol):
         ...
 
 
+class ConcurrentBatchClient(BatchClient, Protocol):
+    """A client that can post several ``$batch`` bodies at once (``GraphClient`` is one)."""
+
+    batch_concurrency: int
+
+    def post_json_many(self, path: str, bodies: Sequence[Any]) -> list[dict[str, Any]]:
+        """POST each body (up to ``batch_concurrency`` at a time); the decoded objects, in order."""
+        ...
+
+
 def relative_url(absolute_link: str, graph_url: str) -> str:
     """Turn an ``@odata.nextLink``/``@odata.deltaLink`` into a batch-relative URL.
 
@@ -216,6 +230,38 @@ def chunk_requests(
     return chunks
 
 
+def concurrent_waves(chunks: Sequence[Sequence[BatchRequest]], *, max_per_mailbox: int = 4,
+                     ) -> list[list[Sequence[BatchRequest]]]:
+    """Group consecutive chunks into waves that may be in flight together.
+
+    A wave holds at most ``max_per_mailbox`` items of any one mailbox across all its chunks,
+    so posting a wave's chunks at the same time never exceeds Outlook's per-mailbox limit.
+
+    :param chunks: the output of :func:`chunk_requests`, in order.
+    :param max_per_mailbox: items per mailbox in flight at once (>= 1).
+    :return: the waves, in order, none empty; together they hold every chunk once.
+    """
+    waves: list[list[Sequence[BatchRequest]]] = []
+    in_wave: Counter[str] = Counter()
+    for chunk in chunks:
+        counts = Counter(r.mailbox for r in chunk if r.mailbox is not None)
+        if not waves or any(in_wave[m] + n > max_per_mailbox for m, n in counts.items()):
+            waves.append([])
+            in_wave = Counter()
+        waves[-1].append(chunk)
+        in_wave.update(counts)
+    return waves
+
+
+def _post_wave(client: BatchClient, wave: Sequence[Sequence[BatchRequest]]) -> list[dict[str, Any]]:
+    """Post a wave's chunks: at once through ``post_json_many`` where the client has it."""
+    bodies = [{"requests": [r.as_json() for r in chunk]} for chunk in wave]
+    many = getattr(client, "post_json_many", None)
+    if many is not None and len(bodies) > 1:
+        return list(many("/$batch", bodies))
+    return [client.post_json("/$batch", body) for body in bodies]
+
+
 def _parse_responses(body: Mapping[str, Any], sent: Mapping[str, BatchRequest]) -> dict[str, BatchResponse]:
     items = body.get("responses")
     if not isinstance(items, list):
@@ -259,7 +305,8 @@ def execute_batch(
     they succeed or ``max_rounds`` rounds were made; their last failure is returned then. The
     total wait stays under ``client.policy.max_total_wait``.
 
-    :param client: the Graph client (see :class:`BatchClient`).
+    :param client: the Graph client (see :class:`BatchClient`); one with ``post_json_many``
+        (:class:`ConcurrentBatchClient`) gets a wave's chunks at once.
     :param requests: inner requests with unique ids.
     :param max_per_mailbox: inner requests for one mailbox per batch (Outlook allows 4 concurrent).
     :param max_rounds: rounds in total, the first one included (>= 1).
@@ -276,13 +323,14 @@ def execute_batch(
     waited = 0.0
     for round_no in range(1, max_rounds + 1):
         retry: list[BatchRequest] = []
-        for chunk in chunk_requests(pending, max_per_mailbox=max_per_mailbox):
-            sent = {r.id: r for r in chunk}
-            body = client.post_json("/$batch", {"requests": [r.as_json() for r in chunk]})
-            for rid, response in _parse_responses(body, sent).items():
-                final[rid] = response
-                if response.status in RETRY_STATUSES:
-                    retry.append(sent[rid])
+        chunks = chunk_requests(pending, max_per_mailbox=max_per_mailbox)
+        for wave in concurrent_waves(chunks, max_per_mailbox=max_per_mailbox):
+            for chunk, body in zip(wave, _post_wave(client, wave), strict=True):
+                sent = {r.id: r for r in chunk}
+                for rid, response in _parse_responses(body, sent).items():
+                    final[rid] = response
+                    if response.status in RETRY_STATUSES:
+                        retry.append(sent[rid])
         if not retry:
             break
         if round_no == max_rounds:

@@ -123,6 +123,9 @@ def test_all_problems_reported_at_once() -> None:
         ({"presence": {"store_subjects": "yes"}}, "presence.store_subjects: must be true or false"),
         ({"presence": {"shard_size": 0}}, "presence.shard_size: must be >= 1"),
         ({"extensions": {"delete_after_days": 0}}, "extensions.delete_after_days: must be >= 1"),
+        ({"graph": {"batch_concurrency": 0}}, "graph.batch_concurrency: must be >= 1"),
+        ({"graph": {"batch_concurrency": 17}}, "graph.batch_concurrency: must be <= 16"),
+        ({"graph": {"batch_size": 20}}, "graph.batch_size: unknown key"),
         ({"extensions": {"delete_after_days": "30"}}, "extensions.delete_after_days: must be an integer"),
         ({"extensions": {"clear_on_empty": {"Enabled": False}}}, "extensions.clear_on_empty: unknown field 'Enabled'"),
         ({"extensions": {"clear_on_empty": {"Mobile": "no"}}}, "extensions.clear_on_empty: Mobile must be true or"),
@@ -179,3 +182,10 @@ def test_removal_protection_and_clear_on_empty_defaults_and_round_trip() -> None
     assert custom.extensions.clear_on_empty["Mobile"] is False and custom.extensions.clear_on_empty["FirstName"]
     assert custom.scope.protected_upns == ("ceo@contoso.com",)
     assert Settings.from_json(json.dumps(custom.to_dict())) == custom
+
+
+def test_graph_batch_concurrency_defaults_to_four_and_round_trips() -> None:
+    assert Settings().graph.batch_concurrency == 4
+    settings = Settings.from_mapping({"graph": {"batch_concurrency": 2}})
+    assert settings.graph.batch_concurrency == 2
+    assert Settings.from_mapping(settings.to_dict()) == settings

@@ -39,6 +39,17 @@ def test_graph_hook_certificate_from_files(monkeypatch: pytest.MonkeyPatch, tmp_
     assert "KEY" not in repr(creds)
 
 
+def test_graph_hook_client_takes_the_batch_concurrency_of_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from m365_3cx.settings import Settings
+
+    _set_conn(monkeypatch, "m365_graph", conn_type="m365_graph", login="app-id", password="x",
+              extra={"tenant_id": "tid"})
+    with GraphHook().get_client(Settings.from_mapping({"graph": {"batch_concurrency": 3}})) as client:
+        assert client.batch_concurrency == 3
+    with GraphHook().get_client() as client:  # no settings (connection test): one batch at a time
+        assert client.batch_concurrency == 1
+
+
 def test_graph_hook_requires_tenant(monkeypatch: pytest.MonkeyPatch) -> None:
     _set_conn(monkeypatch, "m365_graph", conn_type="m365_graph", login="app-id", password="x")
     with pytest.raises(ConfigError, match="tenant_id"):

@@ -19,6 +19,7 @@ from m365_3cx.graph.batch import (
     BatchResponse,
     chunk_requests,
     classify_item,
+    concurrent_waves,
     execute_batch,
     raise_for_item,
     relative_url,
@@ -242,3 +243,64 @@ def test_raise_for_item_maps_statuses_and_codes(status: int, code: str | None, e
 def test_success_is_not_an_error() -> None:
     assert classify_item(_resp(200)) is None
     raise_for_item(_resp(204))
+
+
+# ------------------------------------------------------------------------------- concurrent waves
+
+
+class ConcurrentFakeClient(FakeClient):
+    """A FakeClient that also takes a wave of bodies at once and records each wave."""
+
+    def __init__(self, answer: Callable[[dict[str, Any], int], dict[str, Any]]) -> None:
+        super().__init__(answer)
+        self.waves: list[list[list[dict[str, Any]]]] = []
+
+    def post_json_many(self, path: str, bodies: list[Any]) -> list[dict[str, Any]]:
+        self.waves.append([body["requests"] for body in bodies])
+        return [self.post_json(path, body) for body in bodies]
+
+
+def _mailbox_of(items: list[dict[str, Any]], by_id: dict[str, BatchRequest]) -> Counter[str]:
+    return Counter(by_id[i["id"]].mailbox for i in items if by_id[i["id"]].mailbox is not None)
+
+
+def test_waves_of_distinct_mailboxes_hold_every_chunk_at_once() -> None:
+    chunks = chunk_requests(reqs(95))
+    waves = concurrent_waves(chunks)
+    assert len(waves) == 1 and [list(c) for c in waves[0]] == chunks
+
+
+@pytest.mark.parametrize("per_mailbox", [1, 2, 4])
+def test_waves_never_put_more_than_the_mailbox_limit_in_flight(per_mailbox: int) -> None:
+    # 3 busy mailboxes with 9 items each, among 40 one-item mailboxes
+    busy = [BatchRequest(id=f"b{m}-{k}", url=f"/users/b{m}/contactFolders/f{k}/contacts/delta", mailbox=f"b{m}")
+            for k in range(9) for m in range(3)]
+    requests = busy + reqs(40)
+    chunks = chunk_requests(requests, max_per_mailbox=per_mailbox)
+    waves = concurrent_waves(chunks, max_per_mailbox=per_mailbox)
+    assert [c for wave in waves for c in wave] == chunks  # every chunk once, in order
+    by_id = {r.id: r for r in requests}
+    for wave in waves:
+        in_flight = Counter(by_id[r.id].mailbox for chunk in wave for r in chunk)
+        assert max(in_flight[f"b{m}"] for m in range(3)) <= per_mailbox
+    assert len(waves) >= math.ceil(9 / per_mailbox)
+
+
+def test_execute_batch_posts_a_wave_at_once_and_keeps_every_answer_and_retry() -> None:
+    def answer(item: dict[str, Any], attempt: int) -> dict[str, Any]:
+        if item["id"] in ("3", "41") and attempt == 1:
+            return {"status": 429, "headers": {"Retry-After": "2"}, "body": {}}
+        return ok(item, attempt)
+
+    client = ConcurrentFakeClient(answer)
+    busy = [BatchRequest(id=f"b-{k}", url=f"/users/b/contactFolders/f{k}/contacts/delta", mailbox="b")
+            for k in range(10)]
+    requests = reqs(70) + busy
+    result = execute_batch(client, requests)
+    assert set(result) == {r.id for r in requests}
+    assert all(r.status == 200 for r in result.values())
+    assert client.sent["3"] == client.sent["41"] == 2 and client.waits == [2.0]
+    by_id = {r.id: r for r in requests}
+    assert client.waves and max(len(w) for w in client.waves) >= 4  # several chunks went at once
+    for wave in client.waves:
+        assert _mailbox_of([i for body in wave for i in body], by_id)["b"] <= 4
