@@ -158,3 +158,27 @@ def test_calendar_delta_tracks_changes_cancellations_moves_and_recovers_from_an_
     assert sum(c["restarted"] for c in counts) == 1
     assert set(_events(env, second["id"])) == {other, later}
     assert set(_events(env, first["id"])) == {added}
+
+
+def test_a_delta_right_after_the_hourly_refresh_is_incremental_and_still_sees_changes(env: dict[str, Any]) -> None:
+    """The refresh re-anchors every mailbox's delta link on the current window, so the next delta
+    run follows links (no initial round, no event re-read) and still picks up a new meeting."""
+    handle = env["graph"]
+    user = _members(handle)[0]
+    _clear_calendar(handle, user["id"])
+    now = dt.datetime.now(dt.UTC)
+    kept = _create_event(handle, user["id"], now + dt.timedelta(hours=1), 30)
+    handle.admin("DELETE", "counters")
+    _extract(env, "full", "hourly/anchor")
+    refreshed = handle.admin("GET", "counters").json()["requests"]
+    assert refreshed.get("GET /v1.0/users/{id}/calendarView", 0) == 0  # an initial delta round instead
+    assert set(_events(env, user["id"])) == {kept}
+    with env["engine"].connect() as conn:
+        stored = DeltaStateStore().get(conn, stage.events_resource(user["id"]))
+    assert stored is not None and "deltatoken" in stored.lower()
+
+    added = _create_event(handle, user["id"], now + dt.timedelta(hours=3), 30)
+    counts = _extract(env, "delta", "delta/after-refresh")
+    assert sum(c["events"] for c in counts) == 1  # only the new meeting: nobody's window was re-read
+    assert sum(c["restarted"] for c in counts) == 0
+    assert set(_events(env, user["id"])) == {kept, added}

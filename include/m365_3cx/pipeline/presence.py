@@ -92,12 +92,13 @@ def extract_calendars(
 ) -> dict[str, Any]:
     """Stage the calendars of one shard's users.
 
-    ``full`` (hourly): ``calendarView`` over the whole window plus automatic replies; each
-    user's calendar delta link is dropped with the refreshed rows, so the next delta run
-    re-anchors it on the current window. ``delta``: follow each user's delta link (initial round
-    when missing or expired). The users one batch round completes are staged (rows and links) with
-    a few bulk statements in one transaction. Users
-    without a mailbox get a note in ``sync_notes`` and are skipped.
+    ``full`` (hourly, nightly): an initial ``calendarView/delta`` round over the current window
+    for every user (as complete as ``calendarView``) plus automatic replies; the round's new delta
+    link replaces the stored one, so the window is re-anchored and the next delta run is
+    incremental at once. ``delta``: follow each user's delta link (initial round when missing or
+    expired). On-demand runs read ``calendarView`` afresh and drop the user's link. The users one
+    batch round completes are staged (rows and links) with a few bulk statements in one
+    transaction. Users without a mailbox get a note in ``sync_notes`` and are skipped.
 
     :param mode: ``full`` or ``delta``.
     :param shard: a descriptor from :func:`plan_shards`.
@@ -161,8 +162,9 @@ def extract_calendars(
                 totals["staged"] += staged[calendar.user_id].upserted
                 totals["deleted"] += staged[calendar.user_id].deleted
 
+    read_mode = "view" if shard.get("on_demand") else "delta"  # full: links is empty, so initial rounds
     counts: dict[str, Any] = read_calendars(
-        graph, [u.user_id for u in users], window, mode="view" if mode == "full" else "delta", delta_links=links,
+        graph, [u.user_id for u in users], window, mode=read_mode, delta_links=links,
         # Automatic replies have no delta query: read them on every run (one batched item per user),
         # so turning them on or off reaches 3CX within one delta interval.
         read_auto_replies=True, on_users=on_users, default_time_zone=settings.timezone,
