@@ -234,7 +234,8 @@ class Harness:
 
     def threecx(self) -> ThreeCXClient:
         p = self.pbx_info
-        return ThreeCXClient(ThreeCXCredentials(p["base_url"], p["client_id"], p["client_secret"], p["ca_bundle"]))
+        return ThreeCXClient(ThreeCXCredentials(p["base_url"], p["client_id"], p["client_secret"], p["ca_bundle"]),
+                             read_concurrency=self.settings.threecx.read_concurrency)
 
     def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         fresh_process()
@@ -558,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--graph-slots", type=int, default=4, help="parallel mapped tasks (graph_api pool)")
     parser.add_argument("--write-concurrency", type=int, default=None, help="threecx.write_concurrency")
     parser.add_argument("--batch-concurrency", type=int, default=None, help="graph.batch_concurrency")
+    parser.add_argument("--read-concurrency", type=int, default=None, help="threecx.read_concurrency")
     parser.add_argument("--naive-users", type=int, default=50, help="users the naive baseline samples (0: skip)")
     parser.add_argument("--staging", default=None, help="SQLAlchemy URL (default: a throwaway PostgreSQL database)")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "bench_reference.json"))
@@ -595,8 +597,8 @@ def main(argv: list[str] | None = None) -> int:
             "contacts": {"personal_contacts": "all"},
             "presence": {"enabled": True},
         }
-        if args.write_concurrency is not None:
-            raw["threecx"] = {"write_concurrency": args.write_concurrency}
+        raw["threecx"] = {k: v for k, v in (("write_concurrency", args.write_concurrency),
+                                             ("read_concurrency", args.read_concurrency)) if v is not None}
         if args.batch_concurrency is not None:
             raw["graph"] = {"batch_concurrency": args.batch_concurrency}
         settings = Settings.from_mapping(raw)
@@ -604,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_concurrency = settings.graph.batch_concurrency
         report["write_concurrency"] = write_concurrency
         report["batch_concurrency"] = batch_concurrency
+        report["read_concurrency"] = settings.threecx.read_concurrency
         h = Harness(engine, SqlCounter(engine), graph_emu.info, pbx_emu.info, settings, args.graph_slots)
         facts: dict[str, Any] = {}
         before_census: dict[str, int] = {}

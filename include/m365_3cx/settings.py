@@ -179,9 +179,12 @@ class ThreeCXSettings:
     :param write_concurrency: 3CX writes in flight at once inside one apply task (over the one
         shared token; throttling answers, 429/503 with ``Retry-After``, are honoured per request).
         The ``threecx_api`` pool still keeps apply tasks of different runs apart.
+    :param read_concurrency: pages of a collection (users, phonebook, profiles) read at once by a
+        snapshot, over the same token (``$orderby=Id&$top=100&$skip`` offsets read ahead).
     """
 
     write_concurrency: int = 4
+    read_concurrency: int = 4
 
 
 @dataclass(frozen=True)
@@ -528,7 +531,7 @@ _SECTIONS: Final[dict[str, tuple[type, dict[str, Callable[[object], Any]]]]] = {
             "quarantine_days": _int(0, 3650),
         },
     ),
-    "threecx": (ThreeCXSettings, {"write_concurrency": _int(1, 32)}),
+    "threecx": (ThreeCXSettings, {"write_concurrency": _int(1, 32), "read_concurrency": _int(1, 16)}),
     "graph": (GraphSettings, {"batch_concurrency": _int(1, 16)}),
     "extensions": (
         ExtensionsSettings,

@@ -83,6 +83,29 @@ def test_paging_over_more_than_100_users(pbx: ThreeCXClient, threecx_emulator: A
     assert [u["Id"] for u in found] == [created[0]["Id"]]
 
 
+@pytest.mark.parametrize("read_concurrency", [2, 4, 16])
+def test_pages_read_ahead_are_the_same_pages_in_order_with_at_most_a_window_of_extra_reads(
+        read_concurrency: int, pbx: ThreeCXClient, threecx_emulator: Any) -> None:
+    if len(_state(threecx_emulator)["users"]) < 30:
+        _create(pbx, 30)
+    sequential = list(pbx.iter_collection("Users", select=["Id", "Number"], page_size=7))
+    assert len(sequential) >= 4
+    threecx_emulator.admin("DELETE", "counters")
+    with ThreeCXClient(_credentials(threecx_emulator.info), FAST, read_concurrency=read_concurrency) as ahead:
+        pages = list(ahead.iter_collection("Users", select=["Id", "Number"], page_size=7))
+        single = list(ahead.iter_collection("Users", select=["Id"], filter=f"Id eq {sequential[0][0]['Id']}"))
+    assert pages == sequential
+    assert [[u["Id"] for u in p] for p in single] == [[sequential[0][0]["Id"]]]
+    reads = threecx_emulator.admin("GET", "counters").json()["requests"]["GET /xapi/v1/Users"]
+    needed = len(sequential) + (1 if sum(map(len, sequential)) % 7 == 0 else 0)  # + the empty last page
+    assert needed + 1 <= reads <= needed + 1 + read_concurrency - 1  # + the filtered read: 1 request
+
+
+def test_read_concurrency_must_be_positive(threecx_emulator: Any) -> None:
+    with pytest.raises(ValueError, match="read_concurrency"):
+        ThreeCXClient(_credentials(threecx_emulator.info), FAST, read_concurrency=0)
+
+
 def test_crud_round_trip(pbx: ThreeCXClient) -> None:
     user = _create(pbx, 1)[0]
     pbx.update_user(user["Id"], {"FirstName": "Changed"})

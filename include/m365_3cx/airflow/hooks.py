@@ -139,12 +139,13 @@ class ThreeCXHook(BaseHook):
     def get_client(self, settings: Settings | None = None) -> ThreeCXClient:
         """Return a ready :class:`~m365_3cx.threecx.client.ThreeCXClient`.
 
-        :param settings: accepted like :meth:`GraphHook.get_client`'s (write concurrency is a per-call
-            argument of the apply steps).
+        :param settings: the sync settings (``threecx.read_concurrency``; write concurrency is a
+            per-call argument of the apply steps); ``None``: one page at a time.
         """
         from m365_3cx.threecx.client import ThreeCXClient
 
-        return ThreeCXClient(self.get_credentials())
+        concurrency = settings.threecx.read_concurrency if settings is not None else 1
+        return ThreeCXClient(self.get_credentials(), read_concurrency=concurrency)
 
     def test_connection(self) -> tuple[bool, str]:
         """Authenticate and read the PBX version; return (ok, message)."""

@@ -126,6 +126,7 @@ def test_all_problems_reported_at_once() -> None:
         ({"graph": {"batch_concurrency": 0}}, "graph.batch_concurrency: must be >= 1"),
         ({"graph": {"batch_concurrency": 17}}, "graph.batch_concurrency: must be <= 16"),
         ({"graph": {"batch_size": 20}}, "graph.batch_size: unknown key"),
+        ({"threecx": {"read_concurrency": 0}}, "threecx.read_concurrency: must be >= 1"),
         ({"extensions": {"delete_after_days": "30"}}, "extensions.delete_after_days: must be an integer"),
         ({"extensions": {"clear_on_empty": {"Enabled": False}}}, "extensions.clear_on_empty: unknown field 'Enabled'"),
         ({"extensions": {"clear_on_empty": {"Mobile": "no"}}}, "extensions.clear_on_empty: Mobile must be true or"),
@@ -186,6 +187,7 @@ def test_removal_protection_and_clear_on_empty_defaults_and_round_trip() -> None
 
 def test_graph_batch_concurrency_defaults_to_four_and_round_trips() -> None:
     assert Settings().graph.batch_concurrency == 4
+    assert Settings().threecx.read_concurrency == 4
     settings = Settings.from_mapping({"graph": {"batch_concurrency": 2}})
     assert settings.graph.batch_concurrency == 2
     assert Settings.from_mapping(settings.to_dict()) == settings

@@ -66,6 +66,17 @@ def test_threecx_hook(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "api-key-value" not in repr(creds)
 
 
+def test_threecx_hook_client_takes_the_read_concurrency_of_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from m365_3cx.settings import Settings
+
+    _set_conn(monkeypatch, "threecx_xapi", conn_type="threecx_xapi", host="https://pbx.example.com",
+              login="900", password="k")
+    with ThreeCXHook().get_client(Settings.from_mapping({"threecx": {"read_concurrency": 6}})) as client:
+        assert client.read_concurrency == 6
+    with ThreeCXHook().get_client() as client:
+        assert client.read_concurrency == 1
+
+
 def test_threecx_hook_host_without_scheme(monkeypatch: pytest.MonkeyPatch) -> None:
     _set_conn(monkeypatch, "threecx_xapi", conn_type="threecx_xapi", host="pbx.example.com", port=5001,
               login="900", password="k")
