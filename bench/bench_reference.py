@@ -13,7 +13,9 @@ Mapped tasks (contact and calendar shards) run on ``--graph-slots`` threads, lik
 pool's 4 slots. Per mode it prints and writes to JSON: wall time, per-step wall and SQL statements
 (a SQLAlchemy ``before_cursor_execute`` listener: one per round trip, an executemany counts once),
 Graph and 3CX requests per endpoint, 3CX reads and writes against the changes that were really
-needed, peak RSS of the product process and of the whole process tree, the theoretical minimum
+needed, peak RSS of the product per step (its ``VmHWM`` is reset before each step: in Airflow every
+task is a process of its own) and of the whole process tree, CPU seconds of the product and of each
+emulator, the theoretical minimum
 request counts and the latency floor, and the ratio to each. Then a *naive* client (sequential, no
 ``$batch``, no delta, GET-then-PATCH per record) repeats the no-change pass over a sample of users;
 its time is scaled to the whole tenant (it is linear in the records by construction).
@@ -104,6 +106,25 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def reset_peak_rss() -> bool:
+    """Give freed memory back (``gc``, glibc ``malloc_trim``), then reset this process's ``VmHWM`` to
+    its current RSS (Linux: ``5`` into ``/proc/self/clear_refs``), so a step's peak is its own plus
+    what earlier steps still hold (caches, the emulators' clients), not their garbage."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return True
 
 
 class RssSampler:
@@ -213,6 +234,7 @@ class StepResult:
     wall: float
     sql: int
     result: Any
+    peak_kib: int = 0
 
 
 @dataclass
@@ -239,6 +261,7 @@ class Harness:
 
     def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         fresh_process()
+        reset_peak_rss()  # each step's own peak, as if it ran in a process of its own (it does in Airflow)
         before, started = self.sql.count, time.perf_counter()
         if name in os.environ.get("BENCH_PROFILE", "").split(","):  # profile one step: BENCH_PROFILE=step,...
             import cProfile
@@ -249,7 +272,8 @@ class Harness:
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
         else:
             result = fn(*args, **kwargs)
-        self.steps.append(StepResult(name, time.perf_counter() - started, self.sql.count - before, result))
+        self.steps.append(StepResult(name, time.perf_counter() - started, self.sql.count - before, result,
+                                     _status_kib(os.getpid(), "VmHWM")))
         return result
 
     def mapped(self, name: str, fn: Callable[..., Any], shards: list[dict[str, Any]], make_client: Callable[[], Any],
@@ -260,6 +284,7 @@ class Harness:
                 return fn(self.engine, client, self.settings, *args[:2], shard, *args[2:])
 
         fresh_process()
+        reset_peak_rss()  # the shards' threads together: Airflow runs them in separate processes
         before, started = self.sql.count, time.perf_counter()
         if name in os.environ.get("BENCH_PROFILE", "").split(","):  # the shards one after another, profiled
             import cProfile
@@ -272,7 +297,7 @@ class Harness:
             with ThreadPoolExecutor(max_workers=max(1, min(self.graph_slots, len(shards) or 1))) as pool:
                 results = list(pool.map(one, shards))
         self.steps.append(StepResult(f"{name} x{len(shards)}", time.perf_counter() - started,
-                                     self.sql.count - before, None))
+                                     self.sql.count - before, None, _status_kib(os.getpid(), "VmHWM")))
         return results
 
 
@@ -619,7 +644,6 @@ def main(argv: list[str] | None = None) -> int:
             g0, p0 = graph_emu.counters(), pbx_emu.counters()
             h.steps = []
             sampler.reset()
-            hwm_before = _status_kib(os.getpid(), "VmHWM")
             cpu_before = {"product": cpu_seconds(os.getpid()), "graph_emulator": cpu_seconds(graph_emu.proc.pid),
                           "threecx_emulator": cpu_seconds(pbx_emu.proc.pid)}
             started = time.perf_counter()
@@ -647,8 +671,8 @@ def main(argv: list[str] | None = None) -> int:
                      + p_min * lat + changes * lat / write_concurrency)
             entry = {
                 "wall_s": round(wall, 2),
-                "steps": [{"step": s.name, "wall_s": round(s.wall, 2), "sql": s.sql, **_step_facts(s)}
-                          for s in h.steps],
+                "steps": [{"step": s.name, "wall_s": round(s.wall, 2), "sql": s.sql,
+                           "peak_rss_mib": mib(s.peak_kib), **_step_facts(s)} for s in h.steps],
                 "sql_total": sum(s.sql for s in h.steps),
                 "graph": {"wire": g_wire["total"], "inner_batch_items": g_wire["inner_batch_items"],
                           "minimum": g_min, "ratio": round(g_wire["total"] / max(1, g_min), 3),
@@ -659,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
                 "latency_floor_s": round(floor, 2),
                 "cpu_s": cpu,
                 "ratio_to_floor": round(wall / max(floor, 1e-9), 2),
-                "peak_rss_product_mib": mib(max(_status_kib(os.getpid(), "VmHWM"), hwm_before)),
+                "peak_rss_product_mib": mib(max((st.peak_kib for st in h.steps), default=0)),
                 "peak_rss_tree_mib": mib(sampler.peak_tree_kib),
                 "load_after": _loadavg(),
             }
@@ -721,7 +745,7 @@ def print_mode(name: str, e: dict[str, Any]) -> None:
           f"3CX emulator {cpu.get('threecx_emulator')} s (on {os.cpu_count()} cores)")
     for s in e["steps"]:
         facts = "".join(f"  {k}={s[k]}" for k in ("decided", "scope") if k in s)
-        print(f"   {s['step']:<28} {s['wall_s']:8.2f} s  {s['sql']:7d} SQL{facts}")
+        print(f"   {s['step']:<28} {s['wall_s']:8.2f} s  {s['sql']:7d} SQL  {s.get('peak_rss_mib', 0):7.0f} MiB{facts}")
     sys.stdout.flush()
 
 
