@@ -2,7 +2,8 @@
 
 Layers, outermost first: :class:`RequestIdMiddleware` (``request-id`` / ``client-request-id``
 headers and the error context), :class:`~emulators.common.faults.FaultMiddleware` (counters and
-faults), then FastAPI with the identity, Graph and admin routers.
+faults), then FastAPI with the identity, Graph and admin routers. ``$batch`` items run through the same
+two layers over :class:`~emulators.graph.inner.InnerApp`, which answers as the FastAPI app does.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from emulators.graph import (
     subscription_routes,
 )
 from emulators.graph.errors import JSONResponse
+from emulators.graph.inner import InnerApp
 from emulators.graph.state import TenantBackend
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -139,10 +141,14 @@ def create_app(backend: TenantBackend, *, faults: FaultPlan | None = None,
     api.include_router(subscription_admin.router)
     api.include_router(presence_routes.admin_router)
     api.include_router(orgcontacts_routes.admin_router)
-    wrapped = RequestIdMiddleware(FaultMiddleware(
-        api, plan=api.state.faults, counters=api.state.counters, route_key=route_key,
-        render_error=errors.render_fault,
-    ))
+    def stack(app: Any) -> RequestIdMiddleware:
+        return RequestIdMiddleware(FaultMiddleware(
+            app, plan=api.state.faults, counters=api.state.counters, route_key=route_key,
+            render_error=errors.render_fault,
+        ))
+
+    wrapped = stack(api)
     wrapped.fastapi = api  # type: ignore[attr-defined]
-    api.state.asgi = wrapped  # $batch replays inner requests through the whole stack
+    # $batch replays inner requests through the same request ids, counters and faults, over InnerApp
+    api.state.asgi = stack(InnerApp(api))
     return wrapped
