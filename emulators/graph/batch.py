@@ -1,8 +1,10 @@
 """``POST /v1.0/$batch``: JSON batching over the emulator's own ASGI stack.
 
-Each inner request is replayed in-process through the outermost app (request ids, counters,
-fault plan, bearer check, routing), carrying the batch's ``Authorization`` header, so it is
-counted under its own route key as well as ``POST /v1.0/$batch``. Items without ``dependsOn`` run
+Each inner request is replayed in-process through the app's request ids, counters and fault plan
+over :class:`~emulators.graph.inner.InnerApp` (routing, bearer check, the route), carrying the
+batch's ``Authorization`` header, so it is counted under its own route key as well as
+``POST /v1.0/$batch``. An inner JSON body is embedded in the batch answer as the text it was sent
+as, not parsed and written again. Items without ``dependsOn`` run
 concurrently; with ``dependsOn`` they run in dependency order and an item whose dependency failed
 answers 424. Items addressed to the same mailbox reserve that mailbox's 4 concurrency slots up
 front: the excess items of a wave answer 429 with ``Retry-After: 1``.
@@ -21,7 +23,7 @@ from fastapi import APIRouter, Depends, Request
 from emulators.graph import errors
 from emulators.graph.errors import JSONResponse
 from emulators.graph.mailbox import MailboxError
-from emulators.graph.routes import graph_json, require_token
+from emulators.graph.routes import require_token
 
 if TYPE_CHECKING:
     from emulators.graph.state import TenantBackend
@@ -109,7 +111,7 @@ async def _dispatch(app: Callable[..., Awaitable[None]], outer: Request, item: d
         "scheme": outer.url.scheme, "path": unquote(raw_path), "raw_path": raw_path.encode(),
         "query_string": query.encode(), "root_path": "", "headers": headers,
         "client": outer.scope.get("client"), "server": outer.scope.get("server"),
-        "state": {"mailbox_slot": slot} if slot else {},
+        "state": {"mailbox_slot": slot} if slot else {}, errors.RENDERED_JSON: None,
     }
     sent = False
 
@@ -144,7 +146,11 @@ async def _dispatch(app: Callable[..., Awaitable[None]], outer: Request, item: d
                                                                     "in time.").body()).encode()]
     entry: dict[str, Any] = {"id": item["id"], "status": status, "headers": out_headers}
     raw = b"".join(chunks)
-    if raw:
+    if raw and raw == scope[errors.RENDERED_JSON] and b"\\ud" not in raw:
+        # dumps() wrote it, so it reads back to a value dumps() writes the same way: embed it as it is
+        # (unless it escapes surrogates, whose pairs would read back as one character)
+        entry["body"] = errors.RawJSON(raw)
+    elif raw:
         try:
             entry["body"] = json.loads(raw)
         except ValueError:
@@ -210,4 +216,18 @@ async def batch(request: Request) -> JSONResponse:
         for entry in await _run_wave(request, runnable):
             results[entry["id"]] = entry
         pending = [i for i in pending if i["id"] not in results]
-    return graph_json({"responses": [results[i["id"]] for i in items]})
+    return JSONResponse(errors.RawJSON(_render([results[i["id"]] for i in items])), media_type=errors.JSON_MEDIA_TYPE)
+
+
+def _render(entries: list[dict[str, Any]]) -> bytes:
+    """``{"responses": entries}`` as :func:`errors.dumps` writes it, with the inner bodies that are already
+    JSON text (:class:`errors.RawJSON`, always an entry's last key) embedded as they are."""
+    parts: list[bytes] = []
+    for entry in entries:
+        body = entry.get("body")
+        if isinstance(body, errors.RawJSON):
+            head = errors.dumps({k: v for k, v in entry.items() if k != "body"})
+            parts.append(head[:-1] + b',"body":' + body.text + b"}")
+        else:
+            parts.append(errors.dumps(entry))
+    return b'{"responses":[' + b",".join(parts) + b"]}"

@@ -27,11 +27,33 @@ def dumps(content: Any) -> bytes:
     return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode("utf-8")
 
 
+class RawJSON:
+    """JSON text :func:`dumps` wrote, for a :class:`JSONResponse` to send as it is."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: bytes) -> None:
+        self.text = text
+
+
+RENDERED_JSON = "graph.rendered_json"
+"""Scope key a ``$batch`` item sets: the :class:`JSONResponse` answering it stores there the body it sends
+when :func:`dumps` wrote it, so the batch can embed that text instead of parsing it back."""
+
+
 class JSONResponse(_StarletteJSONResponse):
     """Every JSON answer of the Graph emulator (API, ``$batch`` and admin): :func:`dumps`."""
 
+    _rendered: bytes | None = None
+
     def render(self, content: Any) -> bytes:
-        return dumps(content)
+        self._rendered = content.text if isinstance(content, RawJSON) else dumps(content)
+        return self._rendered
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if RENDERED_JSON in scope and self.body is self._rendered:
+            scope[RENDERED_JSON] = self.body
+        await super().__call__(scope, receive, send)
 
 
 JSON_MEDIA_TYPE = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"
