@@ -34,7 +34,7 @@ from fastapi.routing import APIRoute
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match
+from starlette.routing import Match, Route
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[Any]]
@@ -55,11 +55,11 @@ class Plain:
 
 def template_literals(routes: list[Any]) -> frozenset[str] | None:
     """The literal segments of the route templates, or ``None`` when some route's match could not be
-    told from the path shape (another route kind, a converter other than ``str``, a parameter sharing
+    told from the path shape (not an HTTP ``Route``, a converter other than ``str``, a parameter sharing
     a segment with text, or ``:path`` before the last segment)."""
     literals: set[str] = set()
     for route in routes:
-        if not isinstance(route, APIRoute):
+        if not isinstance(route, Route):
             return None
         segments = route.path.split("/")
         for index, segment in enumerate(segments):
@@ -115,7 +115,7 @@ class InnerApp:
         self.api = api
         self._routes_seen = -1
         self._literals: frozenset[str] | None = None
-        self._shapes: dict[tuple[str, tuple[str, ...]], APIRoute | None] = {}
+        self._shapes: dict[tuple[str, tuple[str, ...]], Route | None] = {}
         self._plain: dict[int, Plain | None] = {}
         self._exceptions: ExceptionMiddleware | None = None
 
@@ -130,7 +130,7 @@ class InnerApp:
         self._literals = template_literals(routes) if own_stack else None
         self._exceptions = ExceptionMiddleware(self._run, handlers=dict(handlers), debug=self.api.debug)
 
-    def route_for(self, scope: Scope) -> APIRoute | None:
+    def route_for(self, scope: Scope) -> Route | None:
         """The route Starlette would fully match for ``scope``, or ``None`` (no full match, or shapes off)."""
         if len(self.api.router.routes) != self._routes_seen:
             self._refresh()
@@ -161,7 +161,7 @@ class InnerApp:
         await self._exceptions(scope, receive, send)
 
     async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route: APIRoute = scope["route"]
+        route: Route = scope["route"]
         call = self._plain.get(id(route))
         if call is None:
             async with AsyncExitStack() as stack:

@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+from emulators.graph import errors
+
 pytestmark = pytest.mark.integration
 
 
@@ -121,3 +123,69 @@ def test_request_ids_are_not_case_sensitive_but_must_be_unique(caller: Any, grap
     assert answers.status_code == 200, answers.text
     assert sorted(r["id"] for r in answers.json()["responses"]) == ["First", "second"]
     assert all(r["status"] == 200 for r in answers.json()["responses"])
+
+
+def _comparable(status: int, headers: Any, body: Any) -> tuple[int, dict[str, str], Any]:
+    """An answer without what differs per request (request ids, the error's date)."""
+    kept = {name: headers[name] for name in ("Content-Type", "Retry-After", "Location", "Preference-Applied",
+                                             "WWW-Authenticate", "OData-Version", "Cache-Control") if name in headers}
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        body["error"].get("innerError", {}).pop("date", None)
+        body["error"].get("innerError", {}).pop("request-id", None)
+        body["error"].get("innerError", {}).pop("client-request-id", None)
+    return status, kept, body
+
+
+def test_inner_answers_are_the_answers_of_the_same_requests_sent_alone(caller: Any, graph: Any) -> None:
+    """Plain routes, routes FastAPI's own handler runs, ids that spell route literals, unknown paths."""
+    uid = _members(graph)[0]["id"]
+    folder = caller.get(f"/v1.0/users/{uid}/contactFolders").json()["value"][0]["id"]
+    contact = caller.get(f"/v1.0/users/{uid}/contacts?$top=1").json()["value"][0]["id"]
+    urls = [f"/users/{uid}/mailboxSettings/automaticRepliesSetting", f"/users/{uid}/contactFolders",
+            f"/users/{uid}/contactFolders/{folder}/contacts", f"/users/{uid}/contacts/{contact}",
+            f"/users/{uid}/contacts/{contact}?folder_id=x", f"/users/{uid}", "/users?$top=2",
+            f"/users/{uid}/contactFolders/delta/contacts/delta", "/users/contacts/contacts", "/users/$batch",
+            f"/users/{uid}/calendarView/delta", f"/users/{uid}/contacts?$bogus=1", "/nothing/here", "/users//x"]
+    for url in urls:  # one batch each: a mailbox takes 4 items of a batch at a time
+        inner = _batch(caller, {"requests": [{"id": "1", "method": "GET", "url": url}]}).json()["responses"][0]
+        alone = caller.get(f"/v1.0{url}")
+        body = alone.json() if alone.content else None
+        assert _comparable(inner["status"], inner["headers"], inner.get("body")) == \
+            _comparable(alone.status_code, alone.headers, body), url
+
+
+def test_batch_answer_is_written_as_graph_writes_json(caller: Any, graph: Any) -> None:
+    """Inner bodies are embedded as sent; the whole answer still reads back to the same text, also with an
+    inner body that escapes a lone surrogate and one that is not JSON at all."""
+    uid = _members(graph)[0]["id"]
+    graph.admin("POST", f"/users/{uid}/contacts", json={"displayName": "Cut \ud83d", "givenName": "A"})
+    graph.admin("POST", "/faults", json={"kind": "status", "status": 503, "path": "/events", "count": 1})
+    response = _batch(caller, {"requests": [
+        {"id": "1", "method": "GET", "url": f"/users/{uid}/contacts?$top=999"},
+        {"id": "2", "method": "GET", "url": f"/users/{uid}/mailboxSettings/automaticRepliesSetting"},
+        {"id": "3", "method": "GET", "url": f"/users/{uid}/events"},
+        {"id": "4", "method": "GET", "url": "/nothing/here"},
+    ]})
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == errors.JSON_MEDIA_TYPE
+    assert response.content == errors.dumps(response.json())
+    assert b"Cut \\ud83d" in response.content
+    statuses = {r["id"]: r["status"] for r in response.json()["responses"]}
+    assert statuses == {"1": 200, "2": 200, "3": 503, "4": 400}
+
+
+def test_a_revoked_token_refuses_the_inner_request_and_what_follows(caller: Any, graph: Any) -> None:
+    uid = _members(graph)[0]["id"]
+    graph.admin("POST", "/faults", json={"kind": "revoke_token", "path": "/automaticRepliesSetting", "count": 1})
+    url = f"/users/{uid}/mailboxSettings/automaticRepliesSetting"
+    response = _batch(caller, {"requests": [{"id": "1", "method": "GET", "url": url}]})
+    assert response.status_code == 200
+    inner = response.json()["responses"][0]
+    assert inner["status"] == 401 and inner["body"]["error"]["code"] == "InvalidAuthenticationToken"
+    assert inner["headers"]["WWW-Authenticate"].startswith("Bearer ")
+    alone = caller.get(f"/v1.0{url}")
+    assert alone.status_code == 401
+    assert _comparable(401, inner["headers"], inner["body"]) == _comparable(401, alone.headers, alone.json())
+    assert _batch(caller, {"requests": [{"id": "1", "method": "GET", "url": url}]}).status_code == 401
+    assert graph.admin("GET", "/counters").json()["faults"] == {
+        "GET /v1.0/users/{id}/mailboxSettings/automaticRepliesSetting": 1}
