@@ -120,8 +120,10 @@ def build_router(backend: PbxBackend) -> APIRouter:
     @router.get(XAPI + "/Users")
     async def list_users(request: Request) -> JSONResponse:
         authorize(request)
-        expand = odata.parse_shape(USER_TYPE, None, _params(request).get("$expand")).expand
-        return collection(request, backend.user_views(expand=set(expand)), USER_TYPE, "Users", "Id")
+        params = _params(request)
+        expand = odata.parse_shape(USER_TYPE, None, params.get("$expand")).expand
+        ids = odata.id_filter_keys(params.get("$filter"))
+        return collection(request, backend.user_views(expand=set(expand), ids=ids), USER_TYPE, "Users", "Id")
 
     @router.get(XAPI + "/Users/$count")
     async def count_users(request: Request) -> PlainTextResponse:

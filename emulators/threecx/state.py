@@ -314,11 +314,17 @@ class PbxBackend:
                 return [self._user_view(rec, deep=False) for rec in self._sorted_users()]
             return [self._user_view(rec, expand, deep=False) for rec in self._sorted_users()]
 
-    def user_views(self, expand: Collection[str] | None = None) -> Sequence[dict[str, Any]]:
+    def user_views(self, expand: Collection[str] | None = None,
+                   ids: Collection[int] | None = None) -> Sequence[dict[str, Any]]:
         """Every user by Id, as :meth:`list_users` gives them, but each view is built when it is read:
-        a ``$top``/``$skip`` page with no ``$filter`` costs O(page) views, not O(PBX)."""
+        a ``$top``/``$skip`` page with no ``$filter`` costs O(page) views, not O(PBX).
+
+        :param ids: only these ids (an index lookup, for ``$filter=Id eq ..`` reads).
+        """
         with self.lock:
-            return LazyViews(self._sorted_users(), lambda rec: self._user_view(rec, expand, deep=False), self.lock)
+            records = (self._sorted_users() if ids is None
+                       else [self._users[i] for i in sorted(set(ids)) if i in self._users])
+            return LazyViews(records, lambda rec: self._user_view(rec, expand, deep=False), self.lock)
 
     def get_user(self, user_id: int) -> dict[str, Any]:
         """:raises NotFound: when there is no such user."""

@@ -12,7 +12,8 @@ the real current time, never the DAG run's logical date.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+import math
+from collections.abc import Collection, Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
     from m365_3cx.graph.calendar import UserCalendar
     from m365_3cx.graph.client import GraphClient
+    from m365_3cx.pipeline.presence_decide import Decisions
     from m365_3cx.settings import Settings
     from m365_3cx.threecx.client import ThreeCXClient
 
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 STEP_EXTRACT = "presence_extract"
 STEP_COMPUTE = "presence_compute"
 STEP_TEAMS = "presence_teams"
+BY_ID_CHUNK = 40
+"""User ids per filtered ``CurrentProfileName`` read of a delta run (``Id eq 1 or Id eq 2 ...``)."""
 
 
 def plan_shards(engine: Engine, settings: Settings, *, on_demand_run: str | None = None,
@@ -241,7 +245,8 @@ def compute_presence(
     """Decide the managed users' profiles at ``now``, store ``tgt_presence`` and plan every user's switch.
 
     Reads the PBX's profile names (the mapping is checked against them) and every user's
-    ``CurrentProfileName`` in one paged read, then applies the respect/override rule of
+    ``CurrentProfileName`` in one paged read (a delta run: only the users whose plan can need it,
+    by id; see :func:`_read_current`), then applies the respect/override rule of
     :mod:`m365_3cx.reconcile.presence`. The plan goes to ``sync_plan`` (object type ``presence``,
     run key :func:`presence_plan_key`) before anything is written. Users whose 3CX status already
     equals the desired default while ``presence_state`` holds another profile get the default
@@ -251,7 +256,8 @@ def compute_presence(
     :param dry_run: record no baselines.
     :param only_user_ids: an on-demand run's users: decide and plan only theirs, and trace it.
     :param incremental: a delta run: decide only the users whose decision can differ from the stored
-        one (:mod:`m365_3cx.pipeline.presence_decide`); the others keep it. The plan covers everyone.
+        one (:mod:`m365_3cx.pipeline.presence_decide`); the others keep it. The plan covers everyone;
+        a status changed by hand in 3CX for a user with no such change is left to the next whole read.
     :return: counts: users, decided (afresh), scope, switch, unchanged, respected, and the reasons' tallies.
     :raises ConfigError: the mapping names a profile the PBX does not have.
     """
@@ -271,8 +277,6 @@ def compute_presence(
     teams_mapping = dict(presence.teams.mapping) if presence.teams.enabled else {}
     check_mapping_against_pbx({**mapping, **{f"teams.{k}": v for k, v in teams_mapping.items()}},
                               threecx.profile_names())
-    current = {int(u["Id"]): u.get("CurrentProfileName") for page in threecx.list_user_profiles() for u in page
-               if isinstance(u.get("Id"), int)}
     with engine.connect() as conn:
         users = stage.presence_users(conn)
         if only_user_ids is not None:
@@ -281,7 +285,9 @@ def compute_presence(
         state = stage.load_state(conn)
     decisions = decide_users(engine, settings, users, now, incremental=incremental and only_user_ids is None)
     last_set = {uid: row["profile"] for uid, row in state.items()}
-    plan = plan_switches(decisions.desired, current, last_set, str(mapping["default"]), presence.mode)
+    current, unread = _read_current(threecx, decisions, state, len(users))
+    plan = plan_switches(decisions.desired, current, last_set, str(mapping["default"]), presence.mode,
+                         unread=unread)
     with engine.begin() as conn:
         store_decisions(conn, decisions, run_key, now, all_users=only_user_ids is None)
         save_plan(conn, presence_plan_key(run_key), [plan_row(s) for s in plan.switches])
@@ -299,6 +305,37 @@ def compute_presence(
     log.info("presence: %d users, %d switches planned, %d unchanged, %d manual statuses respected",
              counts["users"], counts["switch"], counts["unchanged"], counts["respected"])
     return counts
+
+
+def _read_current(threecx: ThreeCXClient, decisions: Decisions, state: dict[str, dict[str, Any]],
+                  managed: int) -> tuple[dict[int, str | None], set[str]]:
+    """The users' ``CurrentProfileName`` by 3CX id, and the Graph ids of the users left unread.
+
+    A run that decided everyone (full, hourly, on demand, changed settings) reads every user (one
+    paged read). An incremental one reads by id only the users :func:`needs_current` names (decided
+    afresh, desired profile not the one the sync last set on that 3CX user, no state), unless that
+    takes as many requests as the paged read; the others are planned as unchanged.
+
+    :param managed: the number of managed users (a lower bound of the paged read's users).
+    """
+    from m365_3cx.reconcile.presence import needs_current
+    from m365_3cx.threecx.paging import MAX_PAGE_SIZE
+
+    def profiles(pages: Iterable[list[dict[str, Any]]]) -> dict[int, str | None]:
+        return {int(u["Id"]): u.get("CurrentProfileName") for page in pages for u in page
+                if isinstance(u.get("Id"), int)}
+
+    if decisions.scope == "incremental":
+        fresh = {t["user_id"] for t in decisions.targets}
+        last = {uid: (row["threecx_id"], row["profile"]) for uid, row in state.items()}
+        wanted = [w for w in decisions.desired if needs_current(w, last.get(w.user_id), w.user_id in fresh)]
+        if math.ceil(len(wanted) / BY_ID_CHUNK) <= math.ceil(managed / MAX_PAGE_SIZE):
+            current = profiles(threecx.user_profiles_by_ids({w.threecx_id for w in wanted}, chunk=BY_ID_CHUNK))
+            unread = {w.user_id for w in decisions.desired} - {w.user_id for w in wanted}
+            log.info("presence: current profile of %d of %d users read by id; %d planned as unchanged",
+                     len(wanted), len(decisions.desired), len(unread))
+            return current, unread
+    return profiles(threecx.list_user_profiles()), set()
 
 
 def _trace_decisions(engine: Engine, run_key: str, now: datetime, decided: dict[str, dict[str, Any]],

@@ -12,11 +12,13 @@ shape decisions are the same (a fingerprint in ``transform_state``, feature ``pr
 
 An incremental decision therefore re-decides: users never decided (or decided by older code),
 users whose version moved, users whose ``recheck_at`` is due, users whose Teams decision aged out,
-and everyone when the fingerprint changed. Everyone else keeps the stored decision, and the plan
-(:func:`m365_3cx.reconcile.presence.plan_switches`) still compares every user's desired profile
-with the 3CX current profile of the one paged read, so a status changed in 3CX by hand is seen
-as before. The version is read before the inputs, so a change staged meanwhile (an overlapping
-run's extract) leaves the stored version behind and the next run decides that user again.
+and everyone when the fingerprint changed. Everyone else keeps the stored decision; the plan
+(:func:`m365_3cx.reconcile.presence.plan_switches`) reads the 3CX current profile of the users
+decided afresh and of those whose desired profile is not what the sync last set
+(:func:`m365_3cx.reconcile.presence.needs_current`), so a status changed in 3CX by hand for a
+user with no change is seen by the next hourly or full run (a whole read), not by the delta.
+The version is read before the inputs, so a change staged meanwhile (an overlapping run's extract)
+leaves the stored version behind and the next run decides that user again.
 """
 
 from __future__ import annotations

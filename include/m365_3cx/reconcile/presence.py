@@ -13,6 +13,11 @@ The rule (:func:`decide_switch`), with D the desired profile, C the user's curre
   switches them neither to a calendar status nor back to the default, until the user's status
   and the calendar agree again (then the baseline rule above hands control back).
 
+A delta run reads C only of the users whose plan can depend on it (:func:`needs_current`): for
+a user whose stored decision stands and whose D is what the sync last set on that same 3CX user,
+C is L unless someone changed the status by hand (C == D: nothing to write), so the plan treats
+the status as unchanged; the hourly and full runs read everyone and see such hand changes.
+
 Every switch sets L := D. :func:`apply_switches` writes through a :class:`ProfileWriter` (the
 3CX client) and reports every outcome as it happens so the caller can audit it.
 """
@@ -20,7 +25,7 @@ Every switch sets L := D. :func:`apply_switches` writes through a :class:`Profil
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -40,6 +45,7 @@ __all__ = [
     "apply_switches",
     "audit_row",
     "decide_switch",
+    "needs_current",
     "plan_row",
     "plan_switches",
 ]
@@ -113,12 +119,26 @@ class PresencePlan:
     unchanged: int
 
 
+def needs_current(want: DesiredProfile, last_set: tuple[int | None, str] | None, decided: bool) -> bool:
+    """Whether the plan of this user can depend on its current 3CX status when nobody changed it by hand.
+
+    Not when the stored decision stands (``decided`` false) and the desired profile is the one the
+    sync last set (or took as baseline) on the same 3CX user: then C == L == D, a ``keep``.
+
+    :param last_set: ``(threecx_id, profile)`` of the user's ``presence_state`` row, ``None`` without one.
+    :param decided: the user was decided afresh in this run.
+    """
+    return decided or last_set is None or last_set != (want.threecx_id, want.profile)
+
+
 def plan_switches(
     desired: Iterable[DesiredProfile],
     current: Mapping[int, str | None],
     last_set: Mapping[str, str],
     default: str,
     mode: str,
+    *,
+    unread: Collection[str] = (),
 ) -> PresencePlan:
     """Apply :func:`decide_switch` to every managed user present in 3CX.
 
@@ -127,13 +147,25 @@ def plan_switches(
     :param last_set: ``presence_state.profile`` by Graph user id.
     :param default: the default profile.
     :param mode: ``respect`` or ``override``.
-    :raises ValueError: unknown ``mode``.
+    :param unread: Graph ids of users whose current profile was not read (a delta run's users for
+        whom :func:`needs_current` is false): their status counts as the sync's last set one, i.e.
+        as their desired profile, so they are unchanged.
+    :raises ValueError: unknown ``mode``; an unread user whose desired profile is not its last set one.
     """
     switches: list[ProfileSwitch] = []
     baselines: list[tuple[str, int, str]] = []
     respected: list[str] = []
     unchanged = 0
+    if mode not in ("respect", "override"):
+        raise ValueError(f"mode must be respect or override, got {mode!r}")
+    skip = frozenset(unread)
     for want in sorted(desired, key=lambda d: d.user_id):
+        if want.user_id in skip:
+            if last_set.get(want.user_id) != want.profile:
+                raise ValueError(f"user {want.user_id}: desired {want.profile!r} differs from the last set "
+                                 f"{last_set.get(want.user_id)!r}; its current profile must be read")
+            unchanged += 1
+            continue
         if want.threecx_id not in current:
             continue
         now_current = current[want.threecx_id]

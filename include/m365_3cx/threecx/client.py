@@ -535,6 +535,17 @@ class ThreeCXClient:
         """
         return self.iter_collection("Users", select=("Id", "Number", "CurrentProfileName"))
 
+    def user_profiles_by_ids(self, ids: Iterable[int], chunk: int = 40) -> Iterator[list[dict[str, Any]]]:
+        """Yield the ``Id``, ``Number`` and ``CurrentProfileName`` of the users with the given ids,
+        ``chunk`` ids per filtered read (``$filter=Id eq 1 or Id eq 2 ...``); unknown ids are not returned.
+
+        :raises ThreeCXError: any classified error.
+        """
+        wanted = sorted({int(i) for i in ids})
+        for start in range(0, len(wanted), chunk):
+            expression = " or ".join(f"Id eq {i}" for i in wanted[start:start + chunk])
+            yield from self.iter_collection("Users", select=("Id", "Number", "CurrentProfileName"), filter=expression)
+
     def profile_names(self) -> set[str]:
         """The forwarding-profile ``Name`` values the PBX reports (read from one user, expanded).
 

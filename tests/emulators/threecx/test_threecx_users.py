@@ -82,6 +82,19 @@ def test_filter_variants(xapi: Any, expression: str, numbers: list[str]) -> None
     assert [u["Number"] for u in response.json()["value"]] == numbers
 
 
+def test_filter_by_ids_joined_with_or(xapi: Any, threecx_emulator: Any) -> None:
+    _add_users(threecx_emulator, 150)
+    ids = sorted(u["Id"] for u in threecx_emulator.backend.list_users(expand=()))
+    wanted = [ids[0], ids[77], ids[-1], 999_999]  # an unknown id is simply not returned
+    expression = " or ".join(f"Id eq {i}" for i in wanted)
+    body = xapi.get("/Users", **{"$filter": expression, "$select": "Id,CurrentProfileName", "$top": 100,
+                                 "$skip": 0, "$count": "true"}).json()
+    assert [u["Id"] for u in body["value"]] == wanted[:3] and body["@odata.count"] == 3
+    assert all(set(u) == {"Id", "CurrentProfileName"} for u in body["value"])
+    mixed = f"Id eq {ids[0]} or Id eq {ids[1]} and Number eq 'nope'"  # not a plain id list: filtered as usual
+    assert [u["Id"] for u in xapi.get("/Users", **{"$filter": mixed, "$select": "Id"}).json()["value"]] == ids[:1]
+
+
 def test_filter_string_literal_escaping(xapi: Any, threecx_emulator: Any) -> None:
     threecx_emulator.backend.create_user({"Number": "300", "FirstName": "Sean", "LastName": "O'Brien"})
     body = xapi.get("/Users", **{"$filter": "LastName eq 'O''Brien'", "$select": "Number"}).json()

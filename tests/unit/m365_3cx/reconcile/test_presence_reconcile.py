@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from m365_3cx.errors import ThreeCXFatalError, ThreeCXRetriableError
@@ -12,6 +14,7 @@ from m365_3cx.reconcile.presence import (
     apply_switches,
     audit_row,
     decide_switch,
+    needs_current,
     plan_row,
     plan_switches,
 )
@@ -70,6 +73,49 @@ def test_plan_switches_sorts_users_and_skips_those_missing_in_3cx() -> None:
     assert plan.respected == ("u3",)
     assert plan.baselines == (("u4", 14, "Available"),)
     assert plan.unchanged == 2
+
+
+@pytest.mark.parametrize(("last_set", "decided", "expected"), [
+    ((11, "Away"), False, False),  # kept decision, the sync's own status on this 3CX user: no read
+    ((11, "Away"), True, True),  # decided afresh
+    ((11, "Available"), False, True),  # a switch not (yet) made: apply failed or skipped, or a dry run
+    ((12, "Away"), False, True),  # set on another 3CX user (the extension was re-created)
+    (None, False, True),  # never set: may need a baseline
+])
+def test_needs_current(last_set: tuple[int, str] | None, decided: bool, expected: bool) -> None:
+    assert needs_current(DesiredProfile("u1", 11, "101", "Away", "busy"), last_set, decided) is expected
+
+
+@pytest.mark.parametrize("mode", ["respect", "override"])
+@pytest.mark.parametrize("seed", range(20))
+def test_plan_with_unread_users_equals_the_whole_read_when_nobody_edited_3cx(mode: str, seed: int) -> None:
+    rng = random.Random(seed)
+    profiles = ["Available", "Away", "Out of office", "Custom 1", None]
+    desired, state, current, decided = [], {}, {}, set()
+    for i in range(40):
+        want = DesiredProfile(f"u{i:02d}", 100 + i, str(200 + i), rng.choice(profiles[:4]), "r")
+        desired.append(want)
+        if rng.random() < 0.2:
+            decided.add(want.user_id)
+        if rng.random() < 0.8:
+            state[want.user_id] = (rng.choice([want.threecx_id, want.threecx_id, 999]), rng.choice(profiles[:4]))
+        # nobody edited 3CX by hand: a user's status is what the sync last set on it (else anything)
+        set_here = state.get(want.user_id, (None, None))
+        current[want.threecx_id] = set_here[1] if set_here[0] == want.threecx_id else rng.choice(profiles)
+    last_set = {uid: profile for uid, (_, profile) in state.items()}
+    read = [w for w in desired if needs_current(w, state.get(w.user_id), w.user_id in decided)]
+    unread = {w.user_id for w in desired} - {w.user_id for w in read}
+    partial = {w.threecx_id: current[w.threecx_id] for w in read}
+    assert (plan_switches(desired, partial, last_set, D, mode, unread=unread)
+            == plan_switches(desired, current, last_set, D, mode))
+
+
+def test_plan_refuses_an_unread_user_whose_desired_profile_is_not_the_last_set() -> None:
+    desired = [DesiredProfile("u1", 11, "101", "Away", "busy")]
+    with pytest.raises(ValueError, match="must be read"):
+        plan_switches(desired, {}, {"u1": "Available"}, D, "respect", unread={"u1"})
+    with pytest.raises(ValueError, match="respect or override"):
+        plan_switches(desired, {}, {"u1": "Away"}, D, "sometimes", unread={"u1"})
 
 
 class Writer:
