@@ -420,17 +420,18 @@ def graph_clients(steps: list[StepResult]) -> int:
 
 
 def pbx_minimum_reads(before: dict[str, int], after: dict[str, int], mode: str, users_changed: int,
-                      entries_updated: int) -> int:
-    """Fewest 3CX reads: full runs page through the users and the phonebook as they were before the run
-    (at least one page each); every run reads the current profiles after the apply (paged) and the profile
-    names once; a delta reads the users only when users changed, and only the phonebook entries it updates
-    (40 ids per filtered read)."""
+                      entries_updated: int, decided: int = 0) -> int:
+    """Fewest 3CX reads: full runs page through the users, the phonebook and the current profiles as they
+    were before the run (at least one page each) plus the profile names; a delta reads the profile names,
+    the statuses of the users it decided afresh (40 ids per filtered read), the users only when users
+    changed, and only the phonebook entries it updates (40 ids per filtered read)."""
     def pages(n: int) -> int:
         return max(1, math.ceil(n / PAGE_3CX))
 
-    profiles = pages(after["pbx_users"]) + 1
     if mode.endswith("full"):
+        profiles = pages(after["pbx_users"]) + 1
         return pages(before.get("pbx_users", 0)) + pages(before.get("phonebook_entries", 0)) + profiles
+    profiles = 1 + math.ceil(decided / 40)  # the profile names, and the statuses of the users decided afresh
     users = pages(before.get("pbx_users", 0)) if users_changed else 0
     return users + math.ceil(entries_updated / 40) + profiles
 
@@ -664,7 +665,8 @@ def main(argv: list[str] | None = None) -> int:
             entries_updated = int(phonebook.get("updated") or 0) + int(phonebook.get("verified") or 0)
             g_wire = graph_wire(g_req, batched=True)
             g_min = graph_minimum(c, mode_name, users_changed, clients)
-            p_min = pbx_minimum_reads(before_census, c, mode_name, users_changed, entries_updated)
+            decided = sum(int(_step_facts(st).get("decided", 0)) for st in h.steps)
+            p_min = pbx_minimum_reads(before_census, c, mode_name, users_changed, entries_updated, decided)
             before_census = c
             lat = args.latency_ms / 1000.0
             floor = (graph_floor(g_min, c, mode_name, clients, lat, args.graph_slots, batch_concurrency)
