@@ -487,10 +487,19 @@ class ThreeCXClient:
 
         :raises ThreeCXError: any classified error.
         """
+        return self.iter_by_ids("Contacts", ids, select=select, chunk=chunk)
+
+    def iter_by_ids(self, entity: str, ids: Iterable[int], *, select: Sequence[str] | None,
+                    chunk: int = 40) -> Iterator[list[dict[str, Any]]]:
+        """Yield the entities with the given ids, ``chunk`` ids per filtered read
+        (``$filter=Id eq 1 or Id eq 2 ...``); ids that do not exist are simply not returned.
+
+        :raises ThreeCXError: any classified error.
+        """
         wanted = sorted({int(i) for i in ids})
         for start in range(0, len(wanted), chunk):
             expression = " or ".join(f"Id eq {i}" for i in wanted[start:start + chunk])
-            yield from self.iter_collection("Contacts", select=select, filter=expression)
+            yield from self.iter_collection(entity, select=select, filter=expression)
 
     def create_contact(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """Create a company-phonebook contact; returns it (with its ``Id``).
@@ -541,10 +550,7 @@ class ThreeCXClient:
 
         :raises ThreeCXError: any classified error.
         """
-        wanted = sorted({int(i) for i in ids})
-        for start in range(0, len(wanted), chunk):
-            expression = " or ".join(f"Id eq {i}" for i in wanted[start:start + chunk])
-            yield from self.iter_collection("Users", select=("Id", "Number", "CurrentProfileName"), filter=expression)
+        return self.iter_by_ids("Users", ids, select=("Id", "Number", "CurrentProfileName"), chunk=chunk)
 
     def profile_names(self) -> set[str]:
         """The forwarding-profile ``Name`` values the PBX reports (read from one user, expanded).
