@@ -16,7 +16,8 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -175,6 +176,45 @@ def _default_classify(response: requests.Response) -> ServiceError:
         status=response.status_code,
         retry_after=parse_retry_after(response.headers.get("Retry-After")),
     )
+
+
+class CallPool:
+    """Up to ``size`` calls at once on threads that live as long as the pool, so each thread
+    keeps its HTTPS session (:class:`HttpTransport` holds one per thread).
+
+    :param size: threads (>= 1); with 1 the calls run one after the other in the caller's thread.
+    :param name: what the size is called (errors) and the thread name prefix.
+    """
+
+    def __init__(self, size: int, name: str) -> None:
+        if size < 1:
+            raise ValueError(f"{name} must be at least 1")
+        self.size = size
+        self._name = name
+        self._executor: ThreadPoolExecutor | None = None
+
+    def map(self, call: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+        """The results of ``call`` over ``items``, in order; a failure is raised when its turn comes,
+        and the calls not started yet are cancelled when the caller stops early."""
+        work = list(items)
+        if self.size == 1 or len(work) < 2:
+            yield from map(call, work)
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix=self._name)
+        futures = [self._executor.submit(call, item) for item in work]
+        try:
+            for future in futures:
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+
+    def close(self) -> None:
+        """Wait for running calls and stop the threads."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
 
 class HttpTransport:

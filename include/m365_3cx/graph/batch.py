@@ -48,7 +48,6 @@ __all__ = [
     "BatchClient",
     "BatchRequest",
     "BatchResponse",
-    "ConcurrentBatchClient",
     "chunk_requests",
     "classify_item",
     "concurrent_waves",
@@ -143,16 +142,6 @@ class BatchClient(Protocol):
 
     def wait(self, seconds: float) -> None:
         """Sleep (through the client's transport, so tests can record it)."""
-        ...
-
-
-class ConcurrentBatchClient(BatchClient, Protocol):
-    """A client that can post several ``$batch`` bodies at once (``GraphClient`` is one)."""
-
-    batch_concurrency: int
-
-    def post_json_many(self, path: str, bodies: Sequence[Any]) -> list[dict[str, Any]]:
-        """POST each body (up to ``batch_concurrency`` at a time); the decoded objects, in order."""
         ...
 
 
@@ -306,7 +295,7 @@ def execute_batch(
     total wait stays under ``client.policy.max_total_wait``.
 
     :param client: the Graph client (see :class:`BatchClient`); one with ``post_json_many``
-        (:class:`ConcurrentBatchClient`) gets a wave's chunks at once.
+        (:class:`~m365_3cx.graph.client.GraphClient`) gets a wave's chunks at once.
     :param requests: inner requests with unique ids.
     :param max_per_mailbox: inner requests for one mailbox per batch (Outlook allows 4 concurrent).
     :param max_rounds: rounds in total, the first one included (>= 1).

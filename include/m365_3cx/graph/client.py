@@ -10,8 +10,6 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import wait as wait_all
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -30,7 +28,7 @@ from m365_3cx.errors import (
 )
 from m365_3cx.graph.auth import GraphCredentials, GraphTokenProvider
 from m365_3cx.graph.paging import NextLinkPaginator
-from m365_3cx.http import HttpTransport, RetryPolicy, mask_url, parse_retry_after
+from m365_3cx.http import CallPool, HttpTransport, RetryPolicy, mask_url, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +128,8 @@ class GraphClient:
         token_provider: GraphTokenProvider | None = None,
         batch_concurrency: int = 1,
     ) -> None:
-        if batch_concurrency < 1:
-            raise ValueError("batch_concurrency must be at least 1")
         self.credentials = credentials
-        self.batch_concurrency = batch_concurrency
-        self._pool: ThreadPoolExecutor | None = None
+        self._batches = CallPool(batch_concurrency, "batch_concurrency")
         self.policy = policy or RetryPolicy()
         self._transport = transport or HttpTransport(self.policy, ca_bundle=credentials.ca_bundle)
         self._tokens = token_provider or GraphTokenProvider(credentials, self.policy)
@@ -303,20 +298,17 @@ class GraphClient:
         """
         return self._json(self._request("POST", path, json=body, headers={"Content-Type": "application/json"}))
 
+    @property
+    def batch_concurrency(self) -> int:
+        """``$batch`` requests :meth:`post_json_many` keeps in flight."""
+        return self._batches.size
+
     def post_json_many(self, path: str, bodies: Sequence[Any]) -> list[dict[str, Any]]:
         """POST several JSON bodies, up to ``batch_concurrency`` at a time; the objects in order.
 
-        The pool's threads live as long as the client, so each keeps its HTTPS connection.
-
-        :raises GraphError: the first failure in order, once every request has ended.
+        :raises GraphError: the first failure in order (bodies not sent yet are not sent).
         """
-        if self.batch_concurrency == 1 or len(bodies) < 2:
-            return [self.post_json(path, body) for body in bodies]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self.batch_concurrency, thread_name_prefix="graph-batch")
-        futures = [self._pool.submit(self.post_json, path, body) for body in bodies]
-        wait_all(futures)
-        return [future.result() for future in futures]
+        return list(self._batches.map(lambda body: self.post_json(path, body), bodies))
 
     def wait(self, seconds: float) -> None:
         """Sleep for a backoff outside the transport (e.g. between ``$batch`` retry rounds).
@@ -342,9 +334,7 @@ class GraphClient:
 
     def close(self) -> None:
         """Close the HTTP sessions (and the ``$batch`` threads)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        self._batches.close()
         self._transport.close()
         self._tokens.close()
 

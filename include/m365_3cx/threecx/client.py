@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,7 +28,7 @@ from m365_3cx.errors import (
     ThreeCXFatalError,
     ThreeCXRetriableError,
 )
-from m365_3cx.http import HttpTransport, RetryPolicy, mask_url, parse_retry_after
+from m365_3cx.http import CallPool, HttpTransport, RetryPolicy, mask_url, parse_retry_after
 from m365_3cx.threecx.paging import MAX_PAGE_SIZE, SkipTopPaginator
 
 log = logging.getLogger(__name__)
@@ -212,11 +211,8 @@ class ThreeCXClient:
         clock: Callable[[], float] = time.monotonic,
         read_concurrency: int = 1,
     ) -> None:
-        if read_concurrency < 1:
-            raise ValueError("read_concurrency must be at least 1")
         self.credentials = credentials
-        self.read_concurrency = read_concurrency
-        self._pool: ThreadPoolExecutor | None = None
+        self._reads = CallPool(read_concurrency, "read_concurrency")
         self.policy = policy or RetryPolicy()
         self._transport = transport or HttpTransport(self.policy, ca_bundle=credentials.ca_bundle)
         self._clock = clock
@@ -360,10 +356,15 @@ class ThreeCXClient:
             base["$expand"] = expand
         if filter:
             base["$filter"] = filter
+        base.update(paginator.params())  # $orderby and $top; each read sets its own $skip
+
+        def read(skip: int) -> Any:
+            return self._json(self._request("GET", entity, params={**base, "$skip": skip}))
+
         ahead = 1  # a small collection costs one read; the window widens to read_concurrency pages
         while not paginator.finished:
             skips = [paginator.skip + i * paginator.page_size for i in range(ahead)]
-            for body in self._read_pages(entity, base, paginator, skips):
+            for body in self._reads.map(read, skips):
                 if not isinstance(body, dict):
                     raise ThreeCXFatalError("collection response is not an object", code="INVALID_RESPONSE")
                 paginator.advance(body)
@@ -375,25 +376,10 @@ class ThreeCXClient:
             ahead = min(self.read_concurrency, ahead * 2)
         log.debug("3CX %s: %d page(s), %d item(s)", entity, paginator.page_count, paginator.skip)
 
-    def _read_pages(self, entity: str, base: Mapping[str, Any], paginator: SkipTopPaginator,
-                    skips: Sequence[int]) -> Iterator[Any]:
-        """The bodies of the pages at ``skips`` (``$orderby`` and ``$top`` from ``paginator``), in order;
-        more than one are read at once on the client's pool."""
-        def read(skip: int) -> Any:
-            return self._json(self._request("GET", entity, params={**base, **paginator.params(), "$skip": skip}))
-
-        if len(skips) == 1:
-            yield read(skips[0])
-            return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self.read_concurrency, thread_name_prefix="threecx-read")
-        futures = [self._pool.submit(read, skip) for skip in skips]
-        try:
-            for future in futures:
-                yield future.result()
-        finally:
-            for future in futures:
-                future.cancel()
+    @property
+    def read_concurrency(self) -> int:
+        """Pages of a collection :meth:`iter_collection` reads at once."""
+        return self._reads.size
 
     def list_users(self, select: Sequence[str] = USER_SELECT, expand: str | None = None,
                    filter: str | None = None) -> Iterator[list[dict[str, Any]]]:
@@ -598,9 +584,7 @@ class ThreeCXClient:
 
     def close(self) -> None:
         """Close the HTTP sessions and read threads (the shared token stays cached for other clients)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        self._reads.close()
         self._transport.close()
 
     def __enter__(self) -> ThreeCXClient:

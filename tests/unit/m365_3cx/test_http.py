@@ -296,3 +296,42 @@ def test_sessions_are_per_thread_and_closed() -> None:
     assert seen[0] is seen[1] and seen[2] is seen[3] and seen[0] is not seen[2]
     transport.close()
     assert transport.session() is not seen[0]
+
+
+def test_call_pool_keeps_order_runs_at_once_and_cancels_what_an_early_stop_leaves() -> None:
+    import threading
+
+    from m365_3cx.http import CallPool
+
+    pool = CallPool(3, "reads")
+    started: list[int] = []
+    gate = threading.Barrier(3, timeout=5)  # only passes when 3 calls run at the same time
+
+    def call(n: int) -> int:
+        started.append(n)
+        if n < 3:
+            gate.wait()
+        return n * 10
+
+    try:
+        assert list(pool.map(call, range(6))) == [0, 10, 20, 30, 40, 50]
+        started.clear()
+        release = threading.Event()
+
+        def slow(n: int) -> int:
+            started.append(n)
+            if n:
+                release.wait(5)
+            return n
+
+        results = pool.map(slow, range(30))
+        assert next(results) == 0
+        results.close()  # the caller stops early: calls not started yet never run
+        release.set()
+    finally:
+        pool.close()
+    assert len(started) < 30
+    assert list(CallPool(1, "reads").map(lambda n: threading.current_thread().name, [1, 2])) == \
+        [threading.current_thread().name] * 2
+    with pytest.raises(ValueError, match="reads must be at least 1"):
+        CallPool(0, "reads")
