@@ -144,45 +144,42 @@ def test_revoked_token_is_renewed(graph: GraphClient, graph_emulator: Any) -> No
     assert graph.get("/users", params={"$top": 1, "$select": "id"})["value"]
 
 
-def test_concurrent_batches_stay_within_each_mailboxs_four_slots(graph_emulator: Any) -> None:
-    """4 batches in flight at once, 6 items per mailbox: the emulator's per-mailbox slots
-    (4 at once, else 429) never refuse one, so no item is sent twice."""
+def _batched_under_latency(graph_emulator: Any, boxes: int, per_box: int,
+                           slow_path: str) -> tuple[list[BatchRequest], dict[str, Any], dict[str, int]]:
+    """``per_box`` automatic-replies items for each of ``boxes`` mailboxes, sent by a fresh client
+    with batch concurrency 4 while requests to ``slow_path`` take 0.3 s; the requests, the answers
+    and the emulator's counters."""
     state = graph_emulator.admin("GET", "state").json()
-    boxes = [u["id"] for u in state["users"] if u.get("mail") and u.get("userType", "Member") == "Member"][:12]
-    assert len(boxes) == 12
+    users = [u["id"] for u in state["users"] if u.get("mail") and u.get("userType", "Member") == "Member"][:boxes]
+    assert len(users) == boxes
     requests = [BatchRequest(id=f"{n}-{k}", url=f"/users/{user}/mailboxSettings/automaticRepliesSetting",
-                             mailbox=user) for n, user in enumerate(boxes) for k in range(6)]
+                             mailbox=user) for n, user in enumerate(users) for k in range(per_box)]
     graph_emulator.admin("DELETE", "counters")
-    # every item holds its mailbox slot for 0.3 s, so batches posted together overlap in the emulator
-    graph_emulator.admin("POST", "faults", json={"kind": "latency", "latency": 0.3, "path": "automaticReplies"})
+    graph_emulator.admin("POST", "faults", json={"kind": "latency", "latency": 0.3, "path": slow_path})
     client = GraphClient(_credentials(graph_emulator.info), FAST, batch_concurrency=4)
     try:
         result = execute_batch(client, requests)
     finally:
         client.close()
         graph_emulator.admin("DELETE", "faults")
+    return requests, result, graph_emulator.admin("GET", "counters").json()["requests"]
+
+
+def test_concurrent_batches_stay_within_each_mailboxs_four_slots(graph_emulator: Any) -> None:
+    """4 batches in flight at once, 6 items per mailbox: the emulator's per-mailbox slots
+    (4 at once, else 429) never refuse one, so no item is sent twice."""
+    # every item holds its mailbox slot for 0.3 s, so batches posted together overlap in the emulator
+    requests, result, counted = _batched_under_latency(graph_emulator, 12, 6, "automaticReplies")
     assert {rid: r.status for rid, r in result.items()} == {r.id: 200 for r in requests}
-    counted = graph_emulator.admin("GET", "counters").json()["requests"]
     inner = sum(v for k, v in counted.items() if "automaticRepliesSetting" in k)
     assert inner == len(requests)  # none refused with 429 and re-sent
     assert counted["POST /v1.0/$batch"] == 5  # 72 items, 4 per mailbox per batch: 20+20+20+8+4
 
 
 def test_batches_in_flight_together_share_one_token_request(graph_emulator: Any) -> None:
-    state = graph_emulator.admin("GET", "state").json()
-    boxes = [u["id"] for u in state["users"] if u.get("mail") and u.get("userType", "Member") == "Member"][:20]
-    requests = [BatchRequest(id=f"{n}-{k}", url=f"/users/{user}/mailboxSettings/automaticRepliesSetting",
-                             mailbox=user) for n, user in enumerate(boxes) for k in range(4)]
-    graph_emulator.admin("DELETE", "counters")
-    graph_emulator.admin("POST", "faults", json={"kind": "latency", "latency": 0.3, "path": "oauth2/v2.0/token"})
-    client = GraphClient(_credentials(graph_emulator.info), FAST, batch_concurrency=4)
-    try:
-        result = execute_batch(client, requests)  # 4 batches, one wave: 4 threads need a token at once
-    finally:
-        client.close()
-        graph_emulator.admin("DELETE", "faults")
+    # 4 batches, one wave: 4 threads need a token at once while the token endpoint is slow
+    _requests, result, counted = _batched_under_latency(graph_emulator, 20, 4, "oauth2/v2.0/token")
     assert all(r.status == 200 for r in result.values()) and len(result) == 80
-    counted = graph_emulator.admin("GET", "counters").json()["requests"]
     assert counted["POST /v1.0/$batch"] == 4
     assert counted["POST /{tenant}/oauth2/v2.0/token"] == 1
 
