@@ -179,3 +179,43 @@ def test_phonebook_ownership_does_not_depend_on_the_pbx_default_contact_type(
         threecx.close()
         engine.dispose()
         clear_token_cache()
+
+
+@pytest.mark.parametrize("read_concurrency", [2, 4])
+def test_concurrent_lookups_find_exactly_what_sequential_ones_find(read_concurrency: int,
+                                                                   threecx_emulator: Any) -> None:
+    from m365_3cx.reconcile.existing import CHUNK, existing_by
+
+    pbx = threecx_emulator.info
+    clear_token_cache()
+
+    def client(concurrency: int) -> ThreeCXClient:
+        return ThreeCXClient(ThreeCXCredentials(pbx["base_url"], pbx["client_id"], pbx["client_secret"],
+                                                ca_bundle=pbx["ca_bundle"]), FAST, read_concurrency=concurrency)
+
+    tags = [f"m365-sync:lookup-{i:03d}" for i in range(3 * CHUNK + 7)]
+    with client(1) as seed:
+        for i, tag in enumerate(tags):  # the first chunk's 20 tags are held 6 times each: 120 records, 2 pages
+            for copy in range(6 if i < CHUNK else i % 2):
+                seed.create_contact({"FirstName": f"Lookup {i}", "LastName": f"copy {copy}", "Tag": tag})
+    wanted = [*tags, "m365-sync:absent", "m365-sync:o'brien", ""]
+    expected: dict[str, list[int]] = {}
+    for contact in sorted(threecx_emulator.admin("GET", "state").json()["contacts"], key=lambda c: c["Id"]):
+        if contact.get("Tag") and contact["Tag"] in wanted:
+            expected.setdefault(contact["Tag"], []).append(contact["Id"])
+
+    threecx_emulator.admin("DELETE", "counters")
+    with client(1) as sequential_client:
+        sequential = existing_by(sequential_client, "Contacts", "Tag", wanted, ["Tag", "FirstName"])
+    reads_one_by_one = _counter(threecx_emulator, "GET /xapi/v1/Contacts")
+    threecx_emulator.admin("DELETE", "counters")
+    with client(read_concurrency) as concurrent_client:
+        concurrent = existing_by(concurrent_client, "Contacts", "Tag", wanted, ["Tag", "FirstName"])
+    assert concurrent == sequential
+    assert {tag: [r["Id"] for r in records] for tag, records in concurrent.items()} == expected
+    assert len(expected[tags[0]]) == 6 and tags[CHUNK] not in expected
+    assert _counter(threecx_emulator, "GET /xapi/v1/Contacts") == reads_one_by_one == -(-(len(wanted) - 1) // CHUNK) + 1
+
+
+def _counter(handle: Any, route: str) -> int:
+    return int(handle.admin("GET", "counters").json()["requests"].get(route, 0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -99,6 +100,25 @@ def test_pages_read_ahead_are_the_same_pages_in_order_with_at_most_a_window_of_e
     reads = threecx_emulator.admin("GET", "counters").json()["requests"]["GET /xapi/v1/Users"]
     needed = len(sequential) + (1 if sum(map(len, sequential)) % 7 == 0 else 0)  # + the empty last page
     assert needed + 1 <= reads <= needed + 1 + read_concurrency - 1  # + the filtered read: 1 request
+
+
+def test_filtered_reads_go_several_at_once_and_come_back_in_order(pbx: ThreeCXClient, threecx_emulator: Any) -> None:
+    if len(_state(threecx_emulator)["users"]) < 16:
+        _create(pbx, 16)
+    ids = sorted(u["Id"] for u in _state(threecx_emulator)["users"])[:16]
+    filters = [f"Id eq {ids[i]} or Id eq {ids[i + 1]}" for i in range(0, 16, 2)] + ["Id eq -1"]
+    sequential = list(pbx.read_filtered("Users", filters, select=["Id", "Number"]))
+    assert [[u["Id"] for u in found] for found in sequential] == [ids[i:i + 2] for i in range(0, 16, 2)] + [[]]
+    threecx_emulator.admin("POST", "faults", json={"kind": "latency", "latency": 0.3, "path": "/xapi/v1/Users$"})
+    try:
+        with ThreeCXClient(_credentials(threecx_emulator.info), FAST, read_concurrency=4) as ahead:
+            started = time.monotonic()
+            concurrent = list(ahead.read_filtered("Users", filters, select=["Id", "Number"]))
+            elapsed = time.monotonic() - started
+    finally:
+        threecx_emulator.admin("DELETE", "faults")
+    assert concurrent == sequential
+    assert elapsed < 0.3 * len(filters) / 2  # one after the other would take 9 x 0.3 s
 
 
 def test_read_concurrency_must_be_positive(threecx_emulator: Any) -> None:

@@ -6,7 +6,8 @@ again. Before a chunk of creates is sent, one filtered OData read per chunk
 (``$filter=Tag eq 'a' or Tag eq 'b' …``, at most :data:`CHUNK` values) finds the records that
 already carry our identity — the phonebook entry's ``Tag``, the extension's ``Number`` with the
 user's own e-mail address — and the create is re-linked to that record instead of sent again.
-Never one read per record.
+Never one read per record; the chunks' reads go ``threecx.read_concurrency`` at a time
+(:meth:`~m365_3cx.threecx.client.ThreeCXClient.read_filtered`).
 """
 
 from __future__ import annotations
@@ -45,16 +46,16 @@ def existing_by(threecx: ThreeCXClient, entity: str, field: str, values: Iterabl
     from m365_3cx.threecx.client import odata_quote
 
     wanted = sorted({v for v in values if v})
-    found: dict[str, list[dict[str, Any]]] = {}
     columns = list(dict.fromkeys(["Id", field, *select]))
-    for start in range(0, len(wanted), CHUNK):
-        chunk = wanted[start:start + CHUNK]
-        expression = " or ".join(f"{field} eq {odata_quote(v)}" for v in chunk)
-        for page in threecx.iter_collection(entity, select=columns, filter=expression):
-            for record in page:
-                key = record.get(field)
-                if isinstance(key, str) and key in chunk:
-                    found.setdefault(key, []).append(dict(record))
+    chunks = [wanted[start:start + CHUNK] for start in range(0, len(wanted), CHUNK)]
+    filters = [" or ".join(f"{field} eq {odata_quote(v)}" for v in chunk) for chunk in chunks]
+    found: dict[str, list[dict[str, Any]]] = {}
+    for chunk, records in zip(chunks, threecx.read_filtered(entity, filters, select=columns), strict=True):
+        asked = set(chunk)
+        for record in records:
+            key = record.get(field)
+            if isinstance(key, str) and key in asked:
+                found.setdefault(key, []).append(dict(record))
     return found
 
 

@@ -348,7 +348,11 @@ class ThreeCXClient:
         :raises ThreeCXFatalError: when the server repeats a page.
         :raises ThreeCXError: any classified error.
         """
-        paginator = SkipTopPaginator(page_size)
+        base = self._collection_params(select, expand, filter)
+        return self._pages(entity, base, page_size, self.read_concurrency)
+
+    @staticmethod
+    def _collection_params(select: Sequence[str] | None, expand: str | None, filter: str | None) -> dict[str, Any]:
         base: dict[str, Any] = {}
         if select:
             base["$select"] = ",".join(select)
@@ -356,15 +360,21 @@ class ThreeCXClient:
             base["$expand"] = expand
         if filter:
             base["$filter"] = filter
-        base.update(paginator.params())  # $orderby and $top; each read sets its own $skip
+        return base
+
+    def _pages(self, entity: str, base: Mapping[str, Any], page_size: int,
+               window: int) -> Iterator[list[dict[str, Any]]]:
+        """Non-empty pages of one read, up to ``window`` offsets at once (1: in the caller's thread only)."""
+        paginator = SkipTopPaginator(page_size)
+        params = {**base, **paginator.params()}  # $orderby and $top; each read sets its own $skip
 
         def read(skip: int) -> Any:
-            return self._json(self._request("GET", entity, params={**base, "$skip": skip}))
+            return self._json(self._request("GET", entity, params={**params, "$skip": skip}))
 
         ahead = 1  # a small collection costs one read; the window widens to read_concurrency pages
         while not paginator.finished:
             skips = [paginator.skip + i * paginator.page_size for i in range(ahead)]
-            for body in self._reads.map(read, skips):
+            for body in (self._reads.map(read, skips) if ahead > 1 else map(read, skips)):
                 if not isinstance(body, dict):
                     raise ThreeCXFatalError("collection response is not an object", code="INVALID_RESPONSE")
                 paginator.advance(body)
@@ -373,8 +383,28 @@ class ThreeCXClient:
                     yield items
                 if paginator.finished:
                     break  # pages read ahead beyond a short page are dropped
-            ahead = min(self.read_concurrency, ahead * 2)
+            ahead = min(window, ahead * 2)
         log.debug("3CX %s: %d page(s), %d item(s)", entity, paginator.page_count, paginator.skip)
+
+    def read_filtered(self, entity: str, filters: Iterable[str], *,
+                      select: Sequence[str] | None = None) -> Iterator[list[dict[str, Any]]]:
+        """For each ``$filter`` expression in turn, every entity matching it (all its pages, by ``Id``),
+        up to :attr:`read_concurrency` expressions read at once on the client's read threads.
+
+        An expression matching more than a page reads its further pages one after the other on the
+        same thread (the read threads never wait on each other).
+
+        :param entity: entity set, e.g. ``Contacts``.
+        :param filters: ``$filter`` expressions (quote literals with :func:`odata_quote`).
+        :param select: properties to return.
+        :return: one list per expression, in the order given (empty when nothing matches).
+        :raises ThreeCXError: any classified error (the reads not started yet are dropped).
+        """
+        def read_all(expression: str) -> list[dict[str, Any]]:
+            base = self._collection_params(select, None, expression)
+            return [item for page in self._pages(entity, base, MAX_PAGE_SIZE, 1) for item in page]
+
+        return self._reads.map(read_all, filters)
 
     @property
     def read_concurrency(self) -> int:
@@ -478,14 +508,17 @@ class ThreeCXClient:
     def iter_by_ids(self, entity: str, ids: Iterable[int], *, select: Sequence[str] | None,
                     chunk: int = 40) -> Iterator[list[dict[str, Any]]]:
         """Yield the entities with the given ids, ``chunk`` ids per filtered read
-        (``$filter=Id eq 1 or Id eq 2 ...``); ids that do not exist are simply not returned.
+        (``$filter=Id eq 1 or Id eq 2 ...``, :meth:`read_filtered`: up to :attr:`read_concurrency` at
+        once); ids that do not exist are simply not returned.
 
         :raises ThreeCXError: any classified error.
         """
         wanted = sorted({int(i) for i in ids})
-        for start in range(0, len(wanted), chunk):
-            expression = " or ".join(f"Id eq {i}" for i in wanted[start:start + chunk])
-            yield from self.iter_collection(entity, select=select, filter=expression)
+        filters = [" or ".join(f"Id eq {i}" for i in wanted[start:start + chunk])
+                   for start in range(0, len(wanted), chunk)]
+        for found in self.read_filtered(entity, filters, select=select):
+            if found:
+                yield found
 
     def create_contact(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """Create a company-phonebook contact; returns it (with its ``Id``).
