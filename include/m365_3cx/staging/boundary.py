@@ -25,6 +25,7 @@ turns findings into ``sync_notes`` rows naming the record. The rest of the page 
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -236,9 +237,15 @@ def _storable_text(value: str, limit: int | None) -> str:
     return value[:limit] if limit is not None else value
 
 
+_SCALARS: Final = frozenset({type(None), bool, int, float, dt.date, dt.datetime})
+"""Exact types :func:`_storable` keeps as they are without the (slower) ``Mapping`` check."""
+
+
 def _storable(value: Any, limit: int | None = None) -> Any:
     if isinstance(value, str):
         return _storable_text(value, limit)
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, Mapping):
         return {_storable_text(str(k), None): _storable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -257,8 +264,14 @@ def storable_row(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
     :param row: the row (keys are column names).
     :return: a copy.
     """
-    return {key: _storable(value, column_limit(table, key) if key in table.c else None)
-            for key, value in row.items()}
+    limits = _limits(table)
+    return {key: _storable(value, limits.get(key)) for key, value in row.items()}
+
+
+@functools.cache
+def _limits(table: Table) -> dict[str, int | None]:
+    """``{column: String length or None}`` of a table (once per table: every audit row needs it)."""
+    return {column.key: _limit(table, column.key) for column in table.c}
 
 
 def printable_key(raw: object, limit: int = 256) -> str:

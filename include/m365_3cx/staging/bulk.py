@@ -44,9 +44,14 @@ def _chunks(items: Sequence[Any], size: int = BATCH_SIZE) -> Iterator[Sequence[A
         yield items[start : start + size]
 
 
+_PLAIN: Final = frozenset({type(None), str, bool, int, dt.datetime, list, dict})
+"""Exact types :func:`_py` returns as they are (looked up before the ``isinstance`` checks: this
+runs once per value of every row written)."""
+
+
 def _py(value: Any) -> Any:
     """Turn pandas/numpy scalars (NaN, NaT, NA, numpy ints, Timestamps) into plain Python values."""
-    if value is None or isinstance(value, str | bool | int | dt.datetime | list | dict):
+    if type(value) in _PLAIN or value is None or isinstance(value, str | bool | int | dt.datetime | list | dict):
         return value
     if isinstance(value, float):
         return None if math.isnan(value) else value
