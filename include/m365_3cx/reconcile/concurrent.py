@@ -79,7 +79,9 @@ def run_chunked(
     :param record: stores outcomes in plan order: once per chunk, and once for everything left when
         the run stops after an error.
     :param before_chunk: runs before the first write of each chunk (e.g. records pending creates);
-        with ``concurrency`` > 1 it may run while the previous chunk's writes are in flight.
+        with ``concurrency`` > 1 it may run while the previous chunk's writes are in flight. When it
+        raises, no write of its chunk is sent: the previous chunk is finished and recorded, then the
+        error propagates (the chunk and the later ones are not recorded).
     :param concurrency: writes in flight at once (1 = one after the other, in the caller's thread,
         no pipelining).
     :param chunk_size: items per chunk.
@@ -200,8 +202,12 @@ class _Pipeline(Generic[T, R]):
                 if index not in self.sent:  # the first chunk, or the first of a new phase
                     self._send(pool, index)
                 following = index + 1
+                unprepared: Exception | None = None
                 if following < len(self.chunks) and self.chunks[following][0] == key and not self.stop.is_set():
-                    self._send(pool, following)  # queued behind this chunk: no gap at the boundary
+                    try:
+                        self._send(pool, following)  # queued behind this chunk: no gap at the boundary
+                    except Exception as exc:  # raised once this chunk is recorded, as if prepared after it
+                        unprepared = exc
                 outcomes, error = self._collect(index)
                 if error is not None:
                     next_sent = following in self.sent
@@ -215,6 +221,8 @@ class _Pipeline(Generic[T, R]):
                     raise error
                 self.record(outcomes)  # the next chunk's writes are in flight meanwhile
                 results.extend(outcomes)
+                if unprepared is not None:
+                    raise unprepared
         finally:
             self.stop.set()  # whatever is still queued (record or before_chunk raised) is not sent
             pool.shutdown(wait=True, cancel_futures=True)

@@ -174,6 +174,24 @@ def test_an_error_in_the_next_chunk_while_one_is_recorded_records_everything_onc
     assert [chunk[0][0] for kind, chunk in events if kind == "before"] == [0, 3]  # chunks 2 and 3 never prepared
 
 
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_a_failing_before_chunk_sends_nothing_of_its_chunk_after_recording_the_previous_one(
+        concurrency: int) -> None:
+    recorder = Recorder()
+
+    def before(chunk: list[int]) -> None:
+        if chunk[0] == 4:
+            raise ThreeCXRetriableError("busy", status=503)  # e.g. the idempotent-create lookup
+
+    recorded: list[list[tuple[int, str]]] = []
+    with pytest.raises(ThreeCXRetriableError):
+        run_chunked(list(range(12)), recorder.write, failed=lambda i, e: (i, "failed"),
+                    skipped=lambda i: (i, "skipped"), record=recorded.append, before_chunk=before,
+                    concurrency=concurrency, chunk_size=4)
+    assert recorded == [[(i, "ok") for i in range(4)]]
+    assert sorted(recorder.sent) == [0, 1, 2, 3]
+
+
 def test_phases_never_overlap_in_flight() -> None:
     lock = threading.Lock()
     running: dict[int, int] = {}
