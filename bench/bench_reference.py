@@ -354,43 +354,59 @@ def real_changes(applied: dict[str, Any]) -> int:
 
 
 def census(engine: sa.engine.Engine) -> dict[str, int]:
-    """What the tenant holds, from staging after the initial run (mailboxes, streams and their pages)."""
+    """What the tenant holds, from staging after a run: users, mailboxes (presence reads those with an
+    extension, the contacts extract every eligible member with a mail address), contact streams and
+    their pages, and the default-folder probes the documented API needs.
+
+    A default Contacts folder's id is only learnt from a subfolder's ``parentFolderId`` or a contact's
+    (``GET /users/{id}/contacts?$top=1``): Graph v1.0 documents no well-known name for it. So a mailbox
+    without subfolders costs one probe before its first delta round, and one every run while its
+    default folder is empty (the probe is then the stream's one request)."""
     with engine.connect() as conn:
         users = conn.execute(sa.text("select count(*) from stg_users where not deleted")).scalar_one()
         mailboxes = conn.execute(sa.text("select count(*) from stg_auto_replies where mailbox")).scalar_one()
+        eligible = {uid for (uid,) in conn.execute(sa.text(
+            "select user_id from stg_users where in_scope and not deleted and mail is not null"
+            " and user_principal_name is not null and coalesce(user_type, 'Member') <> 'Guest'"))}
         streams = conn.execute(sa.text(
-            "select folder_id is null, count(*) from stg_contacts where not deleted group by owner_id, folder_id"
-        )).all()
-        default_streams = mailboxes
-        folder_streams = conn.execute(sa.text(
-            "select count(*) from delta_state where resource like :streams and resource not like :default"
-        ), {"streams": "contacts:%", "default": "%:default"}).scalar_one()
-        contact_pages = sum(max(1, math.ceil(n / PAGE_CONTACTS)) for _default, n in streams)
-        empty_streams = max(0, default_streams + folder_streams - len(streams))
+            "select owner_id, folder_id is null, count(*) from stg_contacts where not deleted"
+            " group by owner_id, folder_id")).all()
+        resources = [r for (r,) in conn.execute(sa.text(
+            "select resource from delta_state where resource like :streams"), {"streams": "contacts:%"})]
         contacts = conn.execute(sa.text("select count(*) from stg_contacts where not deleted")).scalar_one()
         entries = conn.execute(sa.text("select count(*) from phonebook_map")).scalar_one()
         extensions = conn.execute(sa.text("select count(*) from cur_extensions")).scalar_one()
         events = conn.execute(sa.text("select count(*) from stg_events where not deleted")).scalar_one()
-    return {"users": users, "mailboxes": mailboxes, "streams": default_streams + folder_streams,
-            "contact_pages": contact_pages + empty_streams, "contacts": contacts, "phonebook_entries": entries,
+    folder_owners = {r.split(":")[1] for r in resources if not r.endswith(":default")}
+    folder_streams = sum(1 for r in resources if not r.endswith(":default"))
+    default_streams = len(eligible)
+    nonempty_pages = sum(max(1, math.ceil(n / PAGE_CONTACTS)) for _owner, _default, n in streams)
+    empty_streams = max(0, default_streams + folder_streams - len(streams))
+    # non-empty default folders of mailboxes without subfolders: their first round needs a probe first
+    first_probes = sum(1 for owner, default, _n in streams if default and owner not in folder_owners)
+    return {"users": users, "mailboxes": mailboxes, "contact_mailboxes": default_streams,
+            "streams": default_streams + folder_streams, "contact_pages": nonempty_pages + empty_streams,
+            "first_probes": first_probes, "contacts": contacts, "phonebook_entries": entries,
             "pbx_users": extensions, "events": events}
 
 
 def graph_minimum(c: dict[str, int], mode: str, users_changed: int, clients: int) -> int:
-    """Fewest Graph requests the data needs: users pages (+1 delta link), and per mailbox a folder
-    listing, one request per page of each contact stream, a calendar read and the automatic replies,
-    packed 20 per ``$batch`` over the whole tenant (folders first: the streams depend on them), plus
-    per Graph client -- one per task process in Airflow (the users extract and every mapped shard) --
-    one token request and MSAL's one OIDC discovery of the tenant. Neither can be shared between
-    processes without sharing a token or persisting MSAL's ``http_cache`` (whose index may hold a hash
-    of the token request, secret included), which the product does not do."""
+    """Fewest Graph requests the data needs: users pages (+1 delta link), and per contacts mailbox a
+    folder listing, one request per page of each contact stream (an empty default folder's probe is
+    its one request; the initial run also probes the non-empty default folders of mailboxes without
+    subfolders), per presence mailbox a calendar read and the automatic replies, packed 20 per
+    ``$batch`` over the whole tenant (folders first: the streams depend on them), plus per Graph
+    client -- one per task process in Airflow (the users extract and every mapped shard) -- one token
+    request and MSAL's one OIDC discovery of the tenant. Neither can be shared between processes
+    without sharing a token or persisting MSAL's ``http_cache`` (whose index may hold a hash of the
+    token request, secret included), which the product does not do."""
     if mode.endswith("full"):
         users = math.ceil(c["users"] / PAGE_USERS) + 1
-        contact_items = c["contact_pages"]
+        contact_items = c["contact_pages"] + (c.get("first_probes", 0) if mode == "initial_full" else 0)
     else:
         users = max(1, math.ceil(users_changed / PAGE_USERS))
         contact_items = c["streams"]
-    folder_batches = math.ceil(c["mailboxes"] / BATCH)
+    folder_batches = math.ceil(c.get("contact_mailboxes", c["mailboxes"]) / BATCH)
     contact_batches = math.ceil(contact_items / BATCH)
     calendar_batches = math.ceil(2 * c["mailboxes"] / BATCH)
     return users + folder_batches + contact_batches + calendar_batches + 2 * clients
