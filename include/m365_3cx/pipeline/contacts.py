@@ -624,8 +624,7 @@ def snapshot_phonebook(engine: Engine, threecx: ThreeCXClient, settings: Setting
 
     contacts = [c for page in threecx.list_contacts() for c in page]
     with engine.begin() as conn:
-        mapping = load_frame(conn, "phonebook_map")
-        matches, foreign = match_snapshot(mapping, contacts)
+        matches, foreign = match_snapshot(crepo.entry_ids(conn), contacts)
         relinked = crepo.apply_snapshot(conn, matches, run_key, now)
     present = sum(1 for m in matches if m.present)
     log.info("3CX phonebook snapshot: %d contacts, %d managed present, %d foreign, %d re-linked",
@@ -705,6 +704,10 @@ def plan_phonebook(engine: Engine, run_key: str, only_owner_ids: Collection[str]
                    now: datetime | None = None, preview: int = 10, mode: str = "full") -> dict[str, int]:
     """Diff desired entries against the managed 3CX contacts into ``sync_plan`` (object type ``contact``).
 
+    Only the entries that can differ are read and diffed (:func:`~m365_3cx.staging.contacts.plan_candidates`:
+    an entry whose managed-field fingerprints agree on both sides plans nothing); the managed count
+    is counted in SQL.
+
     :param only_owner_ids: an on-demand run's users: plan only the entries they source (or sourced
         until now); every other entry is left exactly as it is. The plan step is traced per user.
     :param preview: how many planned changes to list in the log (``logs.plan_preview``).
@@ -720,17 +723,11 @@ def plan_phonebook(engine: Engine, run_key: str, only_owner_ids: Collection[str]
 
     subset = (delta_plan_keys(engine, run_key, now or dt.datetime.now(dt.UTC))
               if mode == "delta" and only_owner_ids is None else None)
-    with engine.connect() as conn:
-        if subset is None:
-            desired = load_frame(conn, "tgt_phonebook")
-            mapping = load_frame(conn, "phonebook_map")
-        else:
-            desired = crepo.load_entries(conn, "tgt_phonebook", subset)
-            mapping = crepo.load_entries(conn, "phonebook_map", subset)
-            managed = crepo.managed_present_count(conn)
-    result = plan(desired, mapping)
-    if subset is not None:  # the guard's base is every managed entry, not the few diffed
-        result = replace(result, managed_count=managed)
+    with engine.connect() as conn:  # only the entries that can differ; settled ones are diff-free
+        desired, mapping = crepo.plan_candidates(conn, subset)
+        managed = crepo.managed_present_count(conn)
+    # The guard's base is every managed entry, not just the few diffed.
+    result = replace(plan(desired, mapping), managed_count=managed)
     changes, forget = result.changes, result.forget
     keys_of: dict[str, set[str]] = {}
     if only_owner_ids is not None:

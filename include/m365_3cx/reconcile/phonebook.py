@@ -31,7 +31,7 @@ from m365_3cx.errors import FatalError, RetriableError
 from m365_3cx.reconcile.apply import FAILED, OK, SKIPPED, ApplyCounts, Outcome
 from m365_3cx.reconcile.existing import RELINKED_NOTE
 from m365_3cx.reconcile.plan import CREATE, DELETE, UPDATE, Change
-from m365_3cx.transform.phonebook import FIELD_COLUMNS, MANAGED_FIELDS, TAG_PREFIX
+from m365_3cx.transform.phonebook import FIELD_COLUMNS, MANAGED_FIELDS, TAG_PREFIX, managed_values, target_fields
 from m365_3cx.transform.values import as_bool, as_dict, as_int, as_list, ensure_columns, text
 
 __all__ = [
@@ -108,32 +108,34 @@ def match_snapshot(
     :param tag_prefix: our tag prefix.
     :return: one match per map row, and the number of 3CX contacts left alone (foreign).
     """
-    by_key: dict[str, list[dict[str, Any]]] = {}
+    by_key: dict[str, list[tuple[int, Mapping[str, Any]]]] = {}
     foreign = 0
+    cut = len(tag_prefix)
     for contact in contacts:
         cid = as_int(contact.get("Id"))
         if cid is None or is_foreign(contact, tag_prefix):
             foreign += 1
             continue
-        key = (text(contact.get("Tag")) or "")[len(tag_prefix):]
-        by_key.setdefault(key, []).append(dict(contact))
+        by_key.setdefault((text(contact.get("Tag")) or "")[cut:], []).append((cid, contact))
+    for found in by_key.values():
+        if len(found) > 1:  # duplicates are rare: only their lists need ordering by id
+            found.sort(key=lambda pair: pair[0])
     m = ensure_columns(mapping, ["contact_key", "threecx_id"])
     matches: list[SnapshotMatch] = []
-    for row in m.to_dict("records"):
-        key = text(row["contact_key"])
+    for raw_key, raw_id in zip(m["contact_key"], m["threecx_id"], strict=True):
+        key = text(raw_key)
         if key is None:
             continue
-        found = sorted(by_key.get(key, []), key=lambda c: int(c["Id"]))
-        mapped = as_int(row["threecx_id"])
-        ours = next((c for c in found if int(c["Id"]) == mapped), None) if mapped is not None else None
-        relinked = False
-        if ours is None and found:
-            ours, relinked = found[0], True
-        if ours is None:
+        found = by_key.get(key)
+        if not found:
             matches.append(SnapshotMatch(key, None, False, None))
             continue
-        duplicates = [int(c["Id"]) for c in found if c is not ours]
-        matches.append(SnapshotMatch(key, int(ours["Id"]), True, managed_fields_of(ours), duplicates, relinked))
+        mapped = as_int(raw_id)
+        at = next((i for i, (cid, _c) in enumerate(found) if cid == mapped), None) if mapped is not None else None
+        relinked = at is None
+        ours_id, ours = found[at or 0]
+        duplicates = [cid for i, (cid, _c) in enumerate(found) if i != (at or 0)]
+        matches.append(SnapshotMatch(key, ours_id, True, managed_fields_of(ours), duplicates, relinked))
     return matches, foreign
 
 
@@ -149,10 +151,6 @@ class PhonebookPlan:
     changes: list[Change] = field(default_factory=list)
     forget: list[str] = field(default_factory=list)
     managed_count: int = 0
-
-
-def _norm(value: object) -> str | None:
-    return text(value)
 
 
 def plan_phonebook(desired: pd.DataFrame, mapping: pd.DataFrame) -> PhonebookPlan:
@@ -178,13 +176,14 @@ def plan_phonebook(desired: pd.DataFrame, mapping: pd.DataFrame) -> PhonebookPla
         if key is None or (text(row["state"]) or "active") != "active":
             continue
         wanted.add(key)
-        want = {f: _norm(row[FIELD_COLUMNS[f]]) for f in MANAGED_FIELDS}
+        want = dict(zip(MANAGED_FIELDS, managed_values(target_fields(row)), strict=True))
         number = want.get("PhoneNumber") or ""
         entry = entries.get(key)
         tid = as_int(entry["threecx_id"]) if entry else None
         if entry is not None and as_bool(entry["present"], False) and tid is not None:
-            current = as_dict(entry["current"])
-            diff = {f: (_norm(current.get(f)), want[f]) for f in MANAGED_FIELDS if _norm(current.get(f)) != want[f]}
+            # The very values managed_fingerprint hashes: equal fingerprints, no diff.
+            current = dict(zip(MANAGED_FIELDS, managed_values(as_dict(entry["current"])), strict=True))
+            diff = {f: (current[f], want[f]) for f in MANAGED_FIELDS if current[f] != want[f]}
             if diff:
                 changes.append(Change(UPDATE, key, number, tid, diff, "fields changed", CONTACT_OBJECT))
         else:

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from sqlalchemy import and_, bindparam, delete, func, select, tuple_, update
+from sqlalchemy import Text, and_, bindparam, cast, delete, exists, func, or_, select, tuple_, update
 from sqlalchemy.engine import Connection
 
 from m365_3cx.staging.boundary import CONTACT_PROPERTY_COLUMNS
@@ -30,6 +30,7 @@ __all__ = [
     "contact_row_from_graph",
     "eligible_user_count",
     "entry_currents",
+    "entry_ids",
     "forget_entries",
     "load_entries",
     "managed_present_count",
@@ -40,6 +41,7 @@ __all__ = [
     "merge_contacts",
     "patch_phonebook_targets",
     "pending_entry_count",
+    "plan_candidates",
     "purge_contacts",
     "record_pending",
     "record_pending_many",
@@ -387,12 +389,11 @@ def replace_phonebook_targets(conn: Connection, rows: Iterable[Mapping[str, Any]
     ``computed_at`` name the run that last changed an entry); unchanged entries are not rewritten,
     so a run whose contacts did not change writes nothing here.
 
-    :param rows: records with the ``TARGET_COLUMNS`` of :mod:`m365_3cx.transform.phonebook`.
+    :param rows: records with the ``TARGET_COLUMNS`` of :mod:`m365_3cx.transform.phonebook`
+        (``fields_hash`` is computed here).
     :returns: rows written (inserted or changed).
     """
-    from m365_3cx.staging.bulk import _clean_rows
-
-    desired = {str(row["contact_key"]): row for row in _clean_rows(tgt_phonebook, rows)}
+    desired = {str(row["contact_key"]): row for row in _target_rows(rows)}
     columns = sorted({col for row in desired.values() for col in row} - {"contact_key"})
     stored: dict[str, tuple[Any, ...]] = {}
     if columns:
@@ -413,17 +414,31 @@ def patch_phonebook_targets(conn: Connection, rows: Iterable[Mapping[str, Any]],
     """Upsert the entries an incremental transform recomputed (``state`` ``removed`` for entries
     nobody feeds any more), every one stamped with ``run_key``: the delta plan diffs exactly these.
 
-    :param rows: records with the ``TARGET_COLUMNS`` of :mod:`m365_3cx.transform.phonebook`.
+    :param rows: records with the ``TARGET_COLUMNS`` of :mod:`m365_3cx.transform.phonebook`
+        (``fields_hash`` is computed here).
     :returns: rows written.
     """
-    return upsert(conn, tgt_phonebook, [{**row, "run_key": run_key, "computed_at": now} for row in rows],
+    return upsert(conn, tgt_phonebook, [{**row, "run_key": run_key, "computed_at": now} for row in _target_rows(rows)],
                   ["contact_key"])
+
+
+def _target_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``tgt_phonebook`` rows as they will be stored, each with the ``fields_hash`` of its managed fields
+    (computed from the very values written, whatever hash a row came with; ``NULL`` for a row that
+    leaves a managed column out, since an upsert would keep that column's stored value)."""
+    from m365_3cx.staging.bulk import _clean_rows
+    from m365_3cx.transform.phonebook import FIELD_COLUMNS, managed_fingerprint, target_fields
+
+    cleaned = _clean_rows(tgt_phonebook, rows)
+    return [{**row, "fields_hash": managed_fingerprint(target_fields(row))
+             if all(col in row for col in FIELD_COLUMNS.values()) else None} for row in cleaned]
 
 
 def record_pending(conn: Connection, contact_key: str, tag: str, run_key: str, now: dt.datetime) -> None:
     """Record an entry about to be created (``status=pending``) so a lost create can be re-linked by tag."""
     row = {"contact_key": contact_key, "tag": tag, "threecx_id": None, "status": "pending", "present": False,
-           "current": None, "duplicate_ids": [], "created_at": now, "updated_at": now, "run_key": run_key}
+           "current": None, "current_hash": None, "duplicate_ids": [], "created_at": now, "updated_at": now,
+           "run_key": run_key}
     upsert(conn, phonebook_map, [row], ["contact_key"], ["tag", "status", "updated_at", "run_key"])
 
 
@@ -434,7 +449,8 @@ def record_pending_many(conn: Connection, entries: Sequence[tuple[str, str]], ru
     :returns: rows written.
     """
     rows = [{"contact_key": key, "tag": tag, "threecx_id": None, "status": "pending", "present": False,
-             "current": None, "duplicate_ids": [], "created_at": now, "updated_at": now, "run_key": run_key}
+             "current": None, "current_hash": None, "duplicate_ids": [], "created_at": now, "updated_at": now,
+           "run_key": run_key}
             for key, tag in entries]
     return upsert(conn, phonebook_map, rows, ["contact_key"], ["tag", "status", "updated_at", "run_key"])
 
@@ -467,19 +483,23 @@ def set_entry_id(conn: Connection, contact_key: str, threecx_id: int, now: dt.da
 def set_entry_facts(conn: Connection, facts: Mapping[str, tuple[int, Mapping[str, Any] | None]],
                     now: dt.datetime) -> int:
     """Record what 3CX holds for entries just written or verified (``{contact_key: (threecx_id, current)}``):
-    present, ``status=active``, the id and the managed fields as they now are (one executemany).
+    present, ``status=active``, the id and the managed fields as they now are, with their
+    ``current_hash`` (one executemany).
 
     Keeping ``current`` true after each write is what lets a delta run plan without re-reading the
     whole phonebook.
 
     :returns: rows sent.
     """
+    from m365_3cx.transform.phonebook import managed_fingerprint
+
     if not facts:
         return 0
     stmt = (update(phonebook_map).where(phonebook_map.c.contact_key == bindparam("b_key"))
-            .values(threecx_id=bindparam("b_id"), current=bindparam("b_current"), present=True, status="active",
-                    updated_at=now))
-    data = [{"b_key": key, "b_id": int(tid), "b_current": dict(current) if current is not None else None}
+            .values(threecx_id=bindparam("b_id"), current=bindparam("b_current"), current_hash=bindparam("b_hash"),
+                    present=True, status="active", updated_at=now))
+    data = [{"b_key": key, "b_id": int(tid), "b_current": dict(current) if current is not None else None,
+             "b_hash": managed_fingerprint(current)}
             for key, (tid, current) in sorted(facts.items())]
     for start in range(0, len(data), 500):
         conn.execute(stmt, data[start:start + 500])
@@ -515,15 +535,20 @@ def apply_snapshot(conn: Connection, matches: Iterable[Any], run_key: str, now: 
 
     Set-based: one statement stamps ``read_at``/``run_key`` on every entry, and only the entries whose
     facts changed are rewritten (executemany, pages of 500), so a snapshot that finds everything as
-    it was costs two statements, not one per entry.
+    it was costs two statements, not one per entry. The fields read are compared through their
+    fingerprint (``current_hash``), never by decoding the stored ``current``; an entry from before
+    the fingerprint (``current_hash`` NULL) is rewritten once.
 
     :param matches: :class:`~m365_3cx.reconcile.phonebook.SnapshotMatch` objects.
     :returns: entries re-linked by tag.
     """
-    stored = {key: (tid, status, bool(present), current, list(dups or []))
-              for key, tid, status, present, current, dups in conn.execute(select(
-                  phonebook_map.c.contact_key, phonebook_map.c.threecx_id, phonebook_map.c.status,
-                  phonebook_map.c.present, phonebook_map.c.current, phonebook_map.c.duplicate_ids))}
+    from m365_3cx.transform.phonebook import managed_fingerprint
+
+    m = phonebook_map.c
+    stored = {key: (tid, status, bool(present), current_hash, bool(no_current), list(dups or []))
+              for key, tid, status, present, current_hash, no_current, dups in conn.execute(select(
+                  m.contact_key, m.threecx_id, m.status, m.present, m.current_hash, m.current.is_(None),
+                  m.duplicate_ids))}
     relinked = 0
     present_rows: list[dict[str, Any]] = []
     absent_rows: list[dict[str, Any]] = []
@@ -534,25 +559,80 @@ def apply_snapshot(conn: Connection, matches: Iterable[Any], run_key: str, now: 
             continue
         dups = list(match.duplicate_ids)
         if match.present:
-            if before == (match.threecx_id, "active", True, match.current, dups):
+            fingerprint = managed_fingerprint(match.current)
+            if fingerprint is not None and before == (match.threecx_id, "active", True, fingerprint, False, dups):
                 continue
             present_rows.append({"b_key": match.contact_key, "b_id": match.threecx_id, "b_current": match.current,
-                                 "b_dups": dups})
-        elif before[2:] != (False, None, dups):
+                                 "b_hash": fingerprint, "b_dups": dups})
+        elif before[2:] != (False, None, True, dups):
             absent_rows.append({"b_key": match.contact_key, "b_dups": dups})
     conn.execute(update(phonebook_map).values(read_at=now, run_key=run_key))
-    key = phonebook_map.c.contact_key == bindparam("b_key")
+    key = m.contact_key == bindparam("b_key")
     statements = (
         (update(phonebook_map).where(key).values(present=True, threecx_id=bindparam("b_id"), status="active",
-                                                 current=bindparam("b_current"), duplicate_ids=bindparam("b_dups")),
+                                                 current=bindparam("b_current"), current_hash=bindparam("b_hash"),
+                                                 duplicate_ids=bindparam("b_dups")),
          present_rows),
-        (update(phonebook_map).where(key).values(present=False, current=None, duplicate_ids=bindparam("b_dups")),
+        (update(phonebook_map).where(key).values(present=False, current=None, current_hash=None,
+                                                 duplicate_ids=bindparam("b_dups")),
          absent_rows),
     )
     for stmt, rows in statements:
         for start in range(0, len(rows), 500):
             conn.execute(stmt, rows[start:start + 500])
     return relinked
+
+
+def entry_ids(conn: Connection) -> Any:
+    """``contact_key`` and ``threecx_id`` of every map entry, as a DataFrame (what the snapshot match
+    needs: no ``current`` is read or decoded)."""
+    import pandas as pd
+
+    rows = conn.execute(select(phonebook_map.c.contact_key, phonebook_map.c.threecx_id)
+                        .order_by(phonebook_map.c.contact_key)).all()
+    return pd.DataFrame({"contact_key": pd.Series([r[0] for r in rows], dtype=object),
+                         "threecx_id": pd.Series([r[1] for r in rows], dtype=object)})
+
+
+def _settled(t: Any, m: Any) -> Any:
+    """The entries the phonebook diff provably leaves alone: desired (``active``), present in 3CX with an
+    id, no duplicates, and the same fingerprint of the managed fields on both sides (neither NULL)."""
+    return and_(m.contact_key == t.contact_key, t.state == "active", m.present.is_(True),
+                m.threecx_id.is_not(None), t.fields_hash.is_not(None), t.fields_hash == m.current_hash,
+                or_(m.duplicate_ids.is_(None), cast(m.duplicate_ids, Text) == "[]"))
+
+
+def plan_candidates(conn: Connection, keys: Iterable[str] | None = None) -> tuple[Any, Any]:
+    """The ``tgt_phonebook`` and ``phonebook_map`` rows that can make a difference to the phonebook plan.
+
+    Everything but the *settled* entries (see :func:`_settled`): a key on one side only, a state other
+    than ``active``, an entry not present or without a 3CX id, duplicates, a NULL fingerprint (rows
+    from before schema version 3) or fingerprints that differ. A settled entry contributes nothing
+    to the plan but one managed entry (count it with :func:`managed_present_count`), so diffing the
+    candidates gives the plan of everything.
+
+    :param keys: only these entries (a delta run's subset; read 500 keys per statement), else all.
+    :return: ``(desired, mapping)`` frames, like :func:`~m365_3cx.staging.frames.load_frame`.
+    """
+    import pandas as pd
+
+    from m365_3cx.staging.frames import load_frame
+
+    t, m = tgt_phonebook.c, phonebook_map.c
+    desired_where = ~exists().where(_settled(t, m)).correlate(tgt_phonebook)
+    mapping_where = ~exists().where(_settled(t, m)).correlate(phonebook_map)
+    if keys is None:
+        return load_frame(conn, "tgt_phonebook", where=desired_where), \
+            load_frame(conn, "phonebook_map", where=mapping_where)
+    items = sorted(set(keys))
+    chunks = [items[i:i + 500] for i in range(0, len(items), 500)] or [[]]
+    frames = []
+    for name, column, where in (("tgt_phonebook", t.contact_key, desired_where),
+                                ("phonebook_map", m.contact_key, mapping_where)):
+        parts = [load_frame(conn, name, where=and_(column.in_(chunk), where)) for chunk in chunks]
+        parts = [p for p in parts if len(p)] or parts[:1]
+        frames.append(pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0])
+    return frames[0], frames[1]
 
 
 def load_entries(conn: Connection, table_name: str, keys: Iterable[str]) -> Any:

@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 #: Version of the schema this code creates; bump with a migration step in :func:`create_schema`.
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 # Arbitrary constant key of the PostgreSQL advisory lock that serialises create_schema().
 _ADVISORY_LOCK_KEY: Final = 0x6D3336355F337378  # "m365_3sx"
@@ -457,6 +457,8 @@ phonebook_map: Final = Table(
     Column("status", String(16), nullable=False, default="active"),  # pending | active
     Column("present", Boolean, nullable=False, default=False),  # found in the last 3CX snapshot
     Column("current", _json()),  # managed fields as last read from 3CX (NULL when not present)
+    # managed_fingerprint(current), written with every `current` (NULL with it); added in schema version 3
+    Column("current_hash", String(64)),
     Column("duplicate_ids", _json()),  # other 3CX ids carrying the same tag (lost-create duplicates)
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
@@ -495,6 +497,8 @@ tgt_phonebook: Final = Table(
     Column("home", String(64)),
     Column("business_fax", String(64)),
     Column("other", String(64)),
+    # managed_fingerprint of the managed fields above, written with every row; added in schema version 3
+    Column("fields_hash", String(64)),
     Column("owner_ids", _json()),  # Graph user ids holding a copy (sorted)
     Column("copies", Integer, nullable=False, default=1),  # source contacts merged into the entry
     Column("state", String(16), nullable=False, default="active"),

@@ -30,6 +30,7 @@ Rules (each has a unit test in ``tests/unit/m365_3cx/transform/test_phonebook.py
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
@@ -55,7 +56,10 @@ __all__ = [
     "contact_note",
     "dedup_key",
     "desired_phonebook",
+    "managed_fingerprint",
+    "managed_values",
     "params_fingerprint",
+    "target_fields",
     "truncate",
 ]
 
@@ -446,3 +450,37 @@ def params_fingerprint(params: PhonebookParams) -> str:
     """
     basis = "\x1f".join(str(getattr(params, f)) for f in sorted(params.__dataclass_fields__))
     return hashlib.sha256(f"phonebook-v1\x1f{basis}".encode()).hexdigest()[:16]
+
+
+def managed_values(fields: Mapping[str, object]) -> tuple[str | None, ...]:
+    """The managed fields exactly as the phonebook diff compares them, in :data:`MANAGED_FIELDS` order.
+
+    Each value goes through :func:`~m365_3cx.transform.values.text` (stripped; blank or missing is
+    ``None``); keys other than the managed fields are ignored.
+
+    :param fields: ``Pbx.Contact`` field -> value (a desired entry via :func:`target_fields`, or the
+        fields last read from 3CX).
+    :return: one normalised value per managed field.
+    """
+    return tuple(text(fields.get(f)) for f in MANAGED_FIELDS)
+
+
+def managed_fingerprint(fields: Mapping[str, object] | None) -> str | None:
+    """The fingerprint of an entry's managed fields: the SHA-256 of :func:`managed_values`.
+
+    Stored as ``tgt_phonebook.fields_hash`` (desired) and ``phonebook_map.current_hash`` (as read from
+    3CX): equal fingerprints mean equal normalised values, so the diff of such an entry is empty and
+    the plan need not load it.
+
+    :param fields: as for :func:`managed_values`; ``None`` (nothing read) has no fingerprint.
+    :return: 64 hex characters, or ``None``.
+    """
+    if fields is None:
+        return None
+    payload = json.dumps(managed_values(fields), separators=(",", ":"))  # ASCII: any string encodes
+    return hashlib.sha256(payload.encode("ascii")).hexdigest()
+
+
+def target_fields(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The managed fields of a ``tgt_phonebook`` row, keyed by ``Pbx.Contact`` field (missing ones ``None``)."""
+    return {f: row.get(FIELD_COLUMNS[f]) for f in MANAGED_FIELDS}

@@ -37,6 +37,8 @@ def text(value: object) -> str | None:
     :param value: any cell value.
     :return: the text or ``None``.
     """
+    if isinstance(value, str):  # the common case, without the missing-value probes
+        return value.strip() or None
     if is_missing(value):
         return None
     s = str(value).strip()

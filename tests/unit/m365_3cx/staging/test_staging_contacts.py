@@ -1,15 +1,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
 from m365_3cx.reconcile.phonebook import SnapshotMatch
 from m365_3cx.staging import contacts as crepo
 from m365_3cx.staging.frames import load_frame
-from m365_3cx.staging.schema import delta_state, phonebook_map, stg_contacts
+from m365_3cx.staging.schema import delta_state, phonebook_map, stg_contacts, tgt_phonebook
 from m365_3cx.staging.state import DeltaStateStore
 from m365_3cx.staging.users import merge_users, set_scope, user_row_from_graph
 
@@ -210,3 +211,159 @@ def test_delta_links_in_bulk(engine: Engine) -> None:
         assert store.get(conn, "contacts:u2:default") == "L2"
         with pytest.raises(ValueError):
             store.save_many(conn, {"contacts:u1:default": ""}, "r")
+
+
+# ------------------------------------------------------------------ plan candidates (fingerprints)
+
+_POOLS: dict[str, list[str | None]] = {
+    "first_name": ["Ann", "Bo", None], "last_name": ["Lee", "Chan", None], "company_name": ["Acme", None],
+    "title": ["CTO", None], "department": ["Ops", None], "email": ["a@x.example", None],
+    "phone_number": ["+16505550101", "+442079460018"], "mobile2": ["+16505550102", None],
+    "business": ["+12125550100", None], "business2": [None], "home": ["+4930123456", None],
+    "business_fax": [None], "other": [None, "+16505550199"],
+}
+
+
+def _folded(value: str | None, rng: random.Random) -> str | None:
+    """A value the diff's normalisation folds back into ``value`` (surrounding blanks, blank for missing)."""
+    if value is None:
+        return rng.choice([None, "", "  "])
+    return rng.choice([f" {value}", f"{value}\t", f"  {value} "])
+
+
+def _random_phonebook(engine: Engine, rng: random.Random, n: int = 70) -> dict[str, set[str]]:
+    """Random desired entries and map states written through the staging writers.
+
+    :return: ``settled`` (keys the prefilter must leave out), ``desired`` and ``mapped`` keys.
+    """
+    from m365_3cx.transform.phonebook import FIELD_COLUMNS, MANAGED_FIELDS, TAG_PREFIX
+
+    targets: list[dict[str, Any]] = []
+    mapped: list[str] = []
+    matches: list[SnapshotMatch] = []
+    facts: dict[str, tuple[int, dict[str, Any] | None]] = {}
+    no_id: list[str] = []
+    clean: set[str] = set()  # desired active and read exactly as desired up to folding, no duplicates
+    for i in range(n):
+        key = f"k{i:03d}"
+        row: dict[str, Any] = {col: rng.choice(_POOLS[col]) for col in FIELD_COLUMNS.values() if col != "tag"}
+        row.update(contact_key=key, tag=f"{TAG_PREFIX}{key}", owner_ids=["u1"], copies=1)
+        desired = rng.choices(["none", "active", "removed"], weights=[1, 6, 1])[0]
+        if desired != "none":
+            targets.append({**row, "state": desired})
+        kind = rng.choices(["none", "same", "folded", "extra", "edited", "dropped", "absent", "pending", "dups",
+                            "no_id", "facts", "facts_none"], weights=[1, 6, 4, 2, 3, 2, 2, 1, 1, 1, 3, 1])[0]
+        if kind == "none":
+            continue
+        mapped.append(key)
+        current: dict[str, Any] = {f: row[FIELD_COLUMNS[f]] for f in MANAGED_FIELDS}
+        if kind in ("folded", "facts"):
+            current = {f: _folded(v, rng) if rng.random() < 0.5 else v for f, v in current.items()}
+        elif kind == "extra":
+            current["Notes"] = "an unmanaged field"
+        elif kind == "edited":
+            current[rng.choice(MANAGED_FIELDS)] = "hand edit"
+        elif kind == "dropped":
+            current.pop(rng.choice([f for f in MANAGED_FIELDS if current[f] is not None]))
+        tid = 1000 + i
+        if kind in ("same", "folded", "extra", "edited", "dropped", "no_id"):
+            matches.append(SnapshotMatch(key, tid, True, current, []))
+        elif kind == "dups":
+            matches.append(SnapshotMatch(key, tid, True, current, [5000 + i]))
+        elif kind == "absent":
+            matches.append(SnapshotMatch(key, None, False, None))
+        elif kind in ("facts", "facts_none"):
+            facts[key] = (tid, current if kind == "facts" else None)
+        if kind == "no_id":
+            no_id.append(key)
+        if desired == "active" and kind in ("same", "folded", "extra", "facts"):
+            clean.add(key)
+    with engine.begin() as conn:
+        crepo.replace_phonebook_targets(conn, targets, "r", NOW)
+        crepo.record_pending_many(conn, [(k, f"m365-sync:{k}") for k in mapped], "r", NOW)
+        crepo.apply_snapshot(conn, matches, "r", NOW)
+        crepo.set_entry_facts(conn, facts, NOW)
+        conn.execute(update(phonebook_map).where(phonebook_map.c.contact_key.in_(no_id)).values(threecx_id=None))
+        # Rows from before schema version 3 carry no fingerprint.
+        old_targets = [t["contact_key"] for t in targets if rng.random() < 0.15]
+        old_map = [k for k in mapped if rng.random() < 0.15]
+        conn.execute(update(tgt_phonebook).where(tgt_phonebook.c.contact_key.in_(old_targets))
+                     .values(fields_hash=None))
+        conn.execute(update(phonebook_map).where(phonebook_map.c.contact_key.in_(old_map)).values(current_hash=None))
+    return {"settled": clean - set(old_targets) - set(old_map), "desired": {t["contact_key"] for t in targets},
+            "mapped": set(mapped)}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_plan_of_the_candidates_equals_the_full_diff(engine: Engine, seed: int) -> None:
+    """Hand edits, missing entries, duplicates, removed entries, NULL fingerprints, whitespace the diff folds:
+    diffing only the candidates gives exactly the plan of every row, and settled entries are not read."""
+    from m365_3cx.reconcile.phonebook import plan_phonebook
+
+    rng = random.Random(seed)
+    keys = _random_phonebook(engine, rng)
+    assert keys["settled"]  # the prefilter has something to leave out
+    with engine.connect() as conn:
+        everything = plan_phonebook(load_frame(conn, "tgt_phonebook"), load_frame(conn, "phonebook_map"))
+        desired, mapping = crepo.plan_candidates(conn)
+        managed = crepo.managed_present_count(conn)
+        subset = set(rng.sample(sorted(keys["desired"] | keys["mapped"]), 25))
+        subset_full = plan_phonebook(crepo.load_entries(conn, "tgt_phonebook", subset),
+                                     crepo.load_entries(conn, "phonebook_map", subset))
+        subset_desired, subset_mapping = crepo.plan_candidates(conn, subset)
+    prefiltered = plan_phonebook(desired, mapping)
+    assert prefiltered.changes == everything.changes and prefiltered.forget == everything.forget
+    assert managed == everything.managed_count
+    assert set(desired["contact_key"]) == keys["desired"] - keys["settled"]
+    assert set(mapping["contact_key"]) == keys["mapped"] - keys["settled"]
+    in_subset = plan_phonebook(subset_desired, subset_mapping)
+    assert (in_subset.changes, in_subset.forget) == (subset_full.changes, subset_full.forget)
+    assert set(subset_desired["contact_key"]) == (keys["desired"] & subset) - keys["settled"]
+
+
+def test_fingerprints_are_written_with_targets_and_with_every_current(engine: Engine) -> None:
+    from m365_3cx.transform.phonebook import managed_fingerprint, target_fields
+
+    row = {"contact_key": "k", "tag": "m365-sync:k", "first_name": "Ann", "last_name": None, "company_name": None,
+           "title": None, "department": None, "email": None, "phone_number": "+1650", "mobile2": None,
+           "business": None, "business2": None, "home": None, "business_fax": None, "other": None,
+           "owner_ids": ["u1"], "copies": 1, "state": "active"}
+    with engine.begin() as conn:
+        crepo.replace_phonebook_targets(conn, [{**row, "fields_hash": "stale"}], "r", NOW)
+        crepo.patch_phonebook_targets(conn, [{**row, "contact_key": "j", "first_name": "Bo"}], "r", NOW)
+        crepo.patch_phonebook_targets(conn, [{"contact_key": "p", "tag": "m365-sync:p", "state": "active"}],
+                                      "r", NOW)
+        hashes = dict(conn.execute(select(tgt_phonebook.c.contact_key, tgt_phonebook.c.fields_hash)).all())
+        crepo.record_pending_many(conn, [("k", "m365-sync:k"), ("j", "m365-sync:j")], "r", NOW)
+        crepo.apply_snapshot(conn, [SnapshotMatch("k", 1, True, {"FirstName": " Ann", "PhoneNumber": "+1650",
+                                                                 "Tag": "m365-sync:k"})], "r", NOW)
+        crepo.set_entry_facts(conn, {"j": (2, {"FirstName": "Bo"})}, NOW)
+        current = dict(conn.execute(select(phonebook_map.c.contact_key, phonebook_map.c.current_hash)).all())
+        crepo.apply_snapshot(conn, [SnapshotMatch("k", None, False, None)], "r2", NOW)
+        gone = conn.execute(select(phonebook_map.c.current_hash).where(phonebook_map.c.contact_key == "k")).scalar()
+    assert hashes["k"] == managed_fingerprint(target_fields(row)) == current["k"]  # " Ann" folds into "Ann"
+    assert hashes["j"] == managed_fingerprint(target_fields({**row, "first_name": "Bo"}))
+    assert hashes["p"] is None  # a row without its managed columns: no fingerprint, always a candidate
+    assert current["j"] == managed_fingerprint({"FirstName": "Bo"}) and gone is None
+
+
+def test_snapshot_compares_fingerprints_and_rewrites_entries_from_before_them(engine: Engine) -> None:
+    with engine.begin() as conn:
+        crepo.record_pending_many(conn, [("a", "m365-sync:a"), ("b", "m365-sync:b")], "r", NOW)
+        crepo.apply_snapshot(conn, [SnapshotMatch("a", 1, True, {"FirstName": "Ann"}),
+                                    SnapshotMatch("b", 2, True, {"FirstName": "Bo"})], "r", NOW)
+        conn.execute(update(phonebook_map).where(phonebook_map.c.contact_key == "b").values(current_hash=None))
+    same = [SnapshotMatch("a", 1, True, {"FirstName": "Ann"}), SnapshotMatch("b", 2, True, {"FirstName": "Bo"})]
+    statements = _Statements(engine)
+    counts = []
+    for run, matches in (("r2", same), ("r3", same),
+                         ("r4", [SnapshotMatch("a", 1, True, {"FirstName": "Ann", "Title": "CTO"}), same[1]])):
+        statements.count = 0
+        with engine.begin() as conn:
+            crepo.apply_snapshot(conn, matches, run, NOW)
+        counts.append(statements.count)
+    # the entry without a fingerprint is rewritten once, then nothing; then the hand edit alone
+    assert counts == [counts[1] + 1, counts[1], counts[1] + 1]
+    with engine.connect() as conn:
+        rows = {r.contact_key: r for r in conn.execute(select(phonebook_map))}
+    assert rows["a"].current == {"FirstName": "Ann", "Title": "CTO"} and rows["b"].current_hash is not None
