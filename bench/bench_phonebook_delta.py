@@ -47,7 +47,7 @@ from m365_3cx.staging.db import make_engine  # noqa: E402
 from m365_3cx.staging.frames import load_frame  # noqa: E402
 from m365_3cx.staging.runs import load_plan  # noqa: E402
 from m365_3cx.staging.schema import create_schema, phonebook_map, stg_users, sync_runs, tgt_phonebook  # noqa: E402
-from m365_3cx.transform.phonebook import FIELD_COLUMNS, MANAGED_FIELDS  # noqa: E402
+from m365_3cx.transform.phonebook import FIELD_COLUMNS, MANAGED_FIELDS, managed_fingerprint  # noqa: E402
 
 T0 = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
 FIRST = ["Ann", "Bo", "Cy", "Di", "Ed", "Flo", "Gus", "Hal", "Ida", "Jo", "Kim", "Lu", "Mo", "Ned", "Oz", "Pia"]
@@ -123,6 +123,7 @@ def _take_as_applied(engine: sa.engine.Engine) -> None:
         for i, row in enumerate(conn.execute(sa.select(tgt_phonebook)).mappings(), start=1):
             rows.append({"contact_key": row["contact_key"], "tag": row["tag"], "threecx_id": i, "status": "active",
                          "present": True, "current": {f: row[FIELD_COLUMNS[f]] for f in MANAGED_FIELDS},
+                         "current_hash": managed_fingerprint({f: row[FIELD_COLUMNS[f]] for f in MANAGED_FIELDS}),
                          "duplicate_ids": [], "created_at": T0, "updated_at": T0})
         upsert(conn, phonebook_map, rows, ["contact_key"])
 

@@ -243,6 +243,7 @@ def _random_phonebook(engine: Engine, rng: random.Random, n: int = 70) -> dict[s
     matches: list[SnapshotMatch] = []
     facts: dict[str, tuple[int, dict[str, Any] | None]] = {}
     no_id: list[str] = []
+    not_present: list[str] = []
     clean: set[str] = set()  # desired active and read exactly as desired up to folding, no duplicates
     for i in range(n):
         key = f"k{i:03d}"
@@ -252,7 +253,8 @@ def _random_phonebook(engine: Engine, rng: random.Random, n: int = 70) -> dict[s
         if desired != "none":
             targets.append({**row, "state": desired})
         kind = rng.choices(["none", "same", "folded", "extra", "edited", "dropped", "absent", "pending", "dups",
-                            "no_id", "facts", "facts_none"], weights=[1, 6, 4, 2, 3, 2, 2, 1, 1, 1, 3, 1])[0]
+                            "no_id", "not_present", "facts", "facts_none"],
+                           weights=[1, 6, 4, 2, 3, 2, 2, 1, 1, 1, 1, 3, 1])[0]
         if kind == "none":
             continue
         mapped.append(key)
@@ -266,7 +268,7 @@ def _random_phonebook(engine: Engine, rng: random.Random, n: int = 70) -> dict[s
         elif kind == "dropped":
             current.pop(rng.choice([f for f in MANAGED_FIELDS if current[f] is not None]))
         tid = 1000 + i
-        if kind in ("same", "folded", "extra", "edited", "dropped", "no_id"):
+        if kind in ("same", "folded", "extra", "edited", "dropped", "no_id", "not_present"):
             matches.append(SnapshotMatch(key, tid, True, current, []))
         elif kind == "dups":
             matches.append(SnapshotMatch(key, tid, True, current, [5000 + i]))
@@ -276,6 +278,8 @@ def _random_phonebook(engine: Engine, rng: random.Random, n: int = 70) -> dict[s
             facts[key] = (tid, current if kind == "facts" else None)
         if kind == "no_id":
             no_id.append(key)
+        if kind == "not_present":  # fields (and fingerprint) kept, but not seen: must be re-created
+            not_present.append(key)
         if desired == "active" and kind in ("same", "folded", "extra", "facts"):
             clean.add(key)
     with engine.begin() as conn:
@@ -284,6 +288,7 @@ def _random_phonebook(engine: Engine, rng: random.Random, n: int = 70) -> dict[s
         crepo.apply_snapshot(conn, matches, "r", NOW)
         crepo.set_entry_facts(conn, facts, NOW)
         conn.execute(update(phonebook_map).where(phonebook_map.c.contact_key.in_(no_id)).values(threecx_id=None))
+        conn.execute(update(phonebook_map).where(phonebook_map.c.contact_key.in_(not_present)).values(present=False))
         # Rows from before schema version 3 carry no fingerprint.
         old_targets = [t["contact_key"] for t in targets if rng.random() < 0.15]
         old_map = [k for k in mapped if rng.random() < 0.15]

@@ -241,3 +241,26 @@ def test_upgrade_adds_the_columns_a_newer_version_added(empty_engine: Engine) ->
         assert conn.execute(text("SELECT run_key, dry_reason FROM sync_runs")).all() == [("d/r", None)]
         assert conn.execute(select(schema_version.c.version).order_by(schema_version.c.version)).scalars().all() \
             == [1, SCHEMA_VERSION]
+
+
+def test_upgrade_to_version_3_adds_the_phonebook_fingerprints(empty_engine: Engine) -> None:
+    """A version-2 database gets ``tgt_phonebook.fields_hash`` and ``phonebook_map.current_hash`` (NULL in
+    its rows: the plan then diffs those entries, the next snapshot and transform fill them in)."""
+    import datetime as dt
+
+    create_schema(empty_engine)
+    with empty_engine.begin() as conn:
+        conn.execute(text("ALTER TABLE tgt_phonebook DROP COLUMN fields_hash"))
+        conn.execute(text("ALTER TABLE phonebook_map DROP COLUMN current_hash"))
+        conn.execute(text("INSERT INTO phonebook_map (contact_key, tag, status, present, created_at, updated_at) "
+                          "VALUES ('k', 'm365-sync:k', 'active', false, '2026-01-01 00:00:00', "
+                          "'2026-01-01 00:00:00')"))
+        conn.execute(schema_version.delete())
+        conn.execute(schema_version.insert(), {"version": 2, "applied_at": dt.datetime.now(dt.UTC)})
+    assert create_schema(empty_engine) == SCHEMA_VERSION == 3
+    assert "fields_hash" in {c["name"] for c in inspect(empty_engine).get_columns("tgt_phonebook")}
+    assert "current_hash" in {c["name"] for c in inspect(empty_engine).get_columns("phonebook_map")}
+    with empty_engine.connect() as conn:
+        assert conn.execute(text("SELECT contact_key, current_hash FROM phonebook_map")).all() == [("k", None)]
+        assert conn.execute(select(schema_version.c.version).order_by(schema_version.c.version)).scalars().all() \
+            == [2, 3]

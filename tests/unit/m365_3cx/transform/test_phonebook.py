@@ -12,6 +12,9 @@ from m365_3cx.transform.phonebook import (
     PhonebookParams,
     dedup_key,
     desired_phonebook,
+    managed_fingerprint,
+    managed_values,
+    target_fields,
     truncate,
 )
 
@@ -292,3 +295,18 @@ def test_org_contacts_and_shared_contacts_merge_with_personal_copies() -> None:
                  contact("shared:sm", "s1", mobile_phone="+1 206 555 0100", source="shared"))
     (entry,) = result.frame.to_dict("records")
     assert entry["copies"] == 3 and entry["owner_ids"] == ["org", "shared:sm", "u1"]
+
+
+def test_fingerprint_is_of_the_values_the_diff_compares() -> None:
+    base = {"FirstName": "Ann", "LastName": "Lee", "PhoneNumber": "+16505550101", "Tag": f"{TAG_PREFIX}k"}
+    folded = {"FirstName": " Ann\t", "LastName": "Lee  ", "PhoneNumber": "+16505550101", "Tag": f"{TAG_PREFIX}k",
+              "Email": "  ", "Title": None, "Notes": "not managed"}
+    assert managed_values(folded) == managed_values(base)
+    assert managed_fingerprint(folded) == managed_fingerprint(base)
+    assert len(managed_fingerprint(base) or "") == 64
+    moved = {**base, "FirstName": None, "LastName": "Ann Lee"}  # same text, other fields
+    for other in ({**base, "Title": "CTO"}, {**base, "FirstName": "ann"}, moved, {**base, "LastName": None}):
+        assert managed_fingerprint(other) != managed_fingerprint(base)
+    assert managed_fingerprint(None) is None
+    row = {"first_name": " Ann", "last_name": "Lee", "phone_number": "+16505550101", "tag": f"{TAG_PREFIX}k"}
+    assert managed_fingerprint(target_fields(row)) == managed_fingerprint(base)
