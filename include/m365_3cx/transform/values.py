@@ -71,12 +71,17 @@ def as_dict(value: object) -> dict[str, Any]:
     return {}
 
 
+_EXACT = 2**53
+
+
 def as_int(value: object) -> int | None:
     """Return a nullable integer cell as ``int`` or ``None``.
 
     :param value: an int, a float holding an int, a digit string or a missing value.
     :return: the integer or ``None`` when missing or not a whole number.
     """
+    if type(value) is int and -_EXACT <= value <= _EXACT:  # the common case (exact as a float too)
+        return value
     if is_missing(value) or isinstance(value, bool):
         return None
     try:

@@ -28,6 +28,9 @@ def test_conversions() -> None:
     assert as_list(None) == [] and as_list("x") == ["x"] and as_list(("a",)) == ["a"]
     assert as_dict({"a": 1}) == {"a": 1} and as_dict(None) == {} and as_dict("x") == {}
     assert as_int(7.0) == 7 and as_int("12") == 12 and as_int(1.5) is None and as_int(True) is None
+    assert as_int(7) == 7 and as_int(np.int64(7)) == 7 and as_int(-(2**53)) == -(2**53)
+    assert as_int(2**53 + 1) == int(float(2**53 + 1))  # past the exact range: as through float, as ever
+    assert text(np.str_(" a ")) == "a" and text(3) == "3" and text(float("nan")) is None
     assert as_bool(None, True) is True and as_bool(np.bool_(False), True) is False
     assert as_bool("false", True) is False and as_bool("TRUE", False) is True
 
