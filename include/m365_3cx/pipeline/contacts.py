@@ -726,6 +726,10 @@ def plan_phonebook(engine: Engine, run_key: str, only_owner_ids: Collection[str]
     with engine.connect() as conn:  # only the entries that can differ; settled ones are diff-free
         desired, mapping = crepo.plan_candidates(conn, subset)
         managed = crepo.managed_present_count(conn)
+    missing = crepo.missing_fingerprints(desired, mapping)
+    if missing:  # rows from before the fingerprints get theirs, once
+        with engine.begin() as conn:
+            crepo.fill_fingerprints(conn, missing)
     # The guard's base is every managed entry, not just the few diffed.
     result = replace(plan(desired, mapping), managed_count=managed)
     changes, forget = result.changes, result.forget

@@ -31,6 +31,7 @@ __all__ = [
     "eligible_user_count",
     "entry_currents",
     "entry_ids",
+    "fill_fingerprints",
     "forget_entries",
     "load_entries",
     "managed_present_count",
@@ -39,6 +40,7 @@ __all__ = [
     "mark_missing_in_streams",
     "mark_streams_gone",
     "merge_contacts",
+    "missing_fingerprints",
     "patch_phonebook_targets",
     "pending_entry_count",
     "plan_candidates",
@@ -633,6 +635,49 @@ def plan_candidates(conn: Connection, keys: Iterable[str] | None = None) -> tupl
         parts = [p for p in parts if len(p)] or parts[:1]
         frames.append(pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0])
     return frames[0], frames[1]
+
+
+def missing_fingerprints(desired: Any, mapping: Any) -> list[tuple[str, str, str]]:
+    """The fingerprints rows read by :func:`plan_candidates` lack (rows from before schema version 3, or
+    written without every managed column), computed from the values they store.
+
+    :param desired: the ``tgt_phonebook`` candidates.
+    :param mapping: the ``phonebook_map`` candidates (only rows with a ``current`` get one).
+    :return: ``(table name, contact_key, fingerprint)`` triples for :func:`fill_fingerprints`.
+    """
+    from collections.abc import Mapping as MappingABC
+
+    from m365_3cx.transform.phonebook import managed_fingerprint, target_fields
+
+    found: list[tuple[str, str, str]] = []
+    for row in desired.to_dict("records") if len(desired) else []:
+        if row.get("fields_hash") is None:
+            found.append(("tgt_phonebook", row["contact_key"], str(managed_fingerprint(target_fields(row)))))
+    for row in mapping.to_dict("records") if len(mapping) else []:
+        if row.get("current_hash") is None and isinstance(row.get("current"), MappingABC):
+            found.append(("phonebook_map", row["contact_key"], str(managed_fingerprint(row["current"]))))
+    return found
+
+
+def fill_fingerprints(conn: Connection, missing: Sequence[tuple[str, str, str]]) -> int:
+    """Store the fingerprints :func:`missing_fingerprints` computed, so the next plan can leave those
+    entries out (an incremental transform may not rewrite a target row for days). A row whose
+    fingerprint is no longer NULL (rewritten meanwhile) is left as it is.
+
+    :returns: rows sent.
+    """
+    t, m = tgt_phonebook.c, phonebook_map.c
+    statements = {
+        "tgt_phonebook": update(tgt_phonebook).where(t.contact_key == bindparam("b_key"), t.fields_hash.is_(None))
+        .values(fields_hash=bindparam("b_hash")),
+        "phonebook_map": update(phonebook_map).where(m.contact_key == bindparam("b_key"), m.current_hash.is_(None))
+        .values(current_hash=bindparam("b_hash")),
+    }
+    for name, stmt in statements.items():
+        data = [{"b_key": key, "b_hash": value} for table_name, key, value in missing if table_name == name]
+        for start in range(0, len(data), 500):
+            conn.execute(stmt, data[start:start + 500])
+    return len(missing)
 
 
 def load_entries(conn: Connection, table_name: str, keys: Iterable[str]) -> Any:

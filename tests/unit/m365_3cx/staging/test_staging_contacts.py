@@ -295,8 +295,8 @@ def _random_phonebook(engine: Engine, rng: random.Random, n: int = 70) -> dict[s
         conn.execute(update(tgt_phonebook).where(tgt_phonebook.c.contact_key.in_(old_targets))
                      .values(fields_hash=None))
         conn.execute(update(phonebook_map).where(phonebook_map.c.contact_key.in_(old_map)).values(current_hash=None))
-    return {"settled": clean - set(old_targets) - set(old_map), "desired": {t["contact_key"] for t in targets},
-            "mapped": set(mapped)}
+    return {"settled": clean - set(old_targets) - set(old_map), "clean": clean,
+            "desired": {t["contact_key"] for t in targets}, "mapped": set(mapped)}
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -324,6 +324,17 @@ def test_plan_of_the_candidates_equals_the_full_diff(engine: Engine, seed: int) 
     in_subset = plan_phonebook(subset_desired, subset_mapping)
     assert (in_subset.changes, in_subset.forget) == (subset_full.changes, subset_full.forget)
     assert set(subset_desired["contact_key"]) == (keys["desired"] & subset) - keys["settled"]
+
+    # Rows from before the fingerprints get theirs from what they store: then every clean entry is left out.
+    with engine.begin() as conn:
+        assert crepo.fill_fingerprints(conn, crepo.missing_fingerprints(desired, mapping)) > 0
+    with engine.connect() as conn:
+        desired, mapping = crepo.plan_candidates(conn)
+        assert crepo.missing_fingerprints(desired, mapping) == []
+    filled = plan_phonebook(desired, mapping)
+    assert (filled.changes, filled.forget) == (everything.changes, everything.forget)
+    assert set(desired["contact_key"]) == keys["desired"] - keys["clean"]
+    assert set(mapping["contact_key"]) == keys["mapped"] - keys["clean"]
 
 
 def test_fingerprints_are_written_with_targets_and_with_every_current(engine: Engine) -> None:
