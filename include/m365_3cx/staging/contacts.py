@@ -452,7 +452,7 @@ def record_pending_many(conn: Connection, entries: Sequence[tuple[str, str]], ru
     """
     rows = [{"contact_key": key, "tag": tag, "threecx_id": None, "status": "pending", "present": False,
              "current": None, "current_hash": None, "duplicate_ids": [], "created_at": now, "updated_at": now,
-           "run_key": run_key}
+             "run_key": run_key}
             for key, tag in entries]
     return upsert(conn, phonebook_map, rows, ["contact_key"], ["tag", "status", "updated_at", "run_key"])
 
@@ -645,8 +645,6 @@ def missing_fingerprints(desired: Any, mapping: Any) -> list[tuple[str, str, str
     :param mapping: the ``phonebook_map`` candidates (only rows with a ``current`` get one).
     :return: ``(table name, contact_key, fingerprint)`` triples for :func:`fill_fingerprints`.
     """
-    from collections.abc import Mapping as MappingABC
-
     from m365_3cx.transform.phonebook import managed_fingerprint, target_fields
 
     found: list[tuple[str, str, str]] = []
@@ -654,7 +652,7 @@ def missing_fingerprints(desired: Any, mapping: Any) -> list[tuple[str, str, str
         if row.get("fields_hash") is None:
             found.append(("tgt_phonebook", row["contact_key"], str(managed_fingerprint(target_fields(row)))))
     for row in mapping.to_dict("records") if len(mapping) else []:
-        if row.get("current_hash") is None and isinstance(row.get("current"), MappingABC):
+        if row.get("current_hash") is None and isinstance(row.get("current"), Mapping):
             found.append(("phonebook_map", row["contact_key"], str(managed_fingerprint(row["current"]))))
     return found
 
