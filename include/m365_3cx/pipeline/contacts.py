@@ -798,7 +798,7 @@ def apply_phonebook(
 
     Creates are idempotent: entries whose tag is already in 3CX (an earlier attempt created them
     and its outcome was lost) are re-linked, not created again (one filtered read per 20 creates,
-    each chunk's read while the previous chunk's writes are in flight).
+    ``threecx.read_concurrency`` at a time, before the first write).
 
     :raises MassRemovalError: before any write, when the plan deletes too many managed entries and no
         decision allows or rejects them.
@@ -807,8 +807,8 @@ def apply_phonebook(
     import sqlalchemy as sa
 
     from m365_3cx.pipeline.safety import guard_removals, write_gate
-    from m365_3cx.reconcile.apply import Outcome, audit_rows
-    from m365_3cx.reconcile.existing import existing_contacts
+    from m365_3cx.reconcile.apply import OK, Outcome, audit_rows
+    from m365_3cx.reconcile.existing import RELINKED_NOTE, existing_contacts
     from m365_3cx.reconcile.phonebook import apply_contact_changes
     from m365_3cx.staging.schema import phonebook_map
 
@@ -857,16 +857,14 @@ def apply_phonebook(
 
     if verified:
         record(verified)
-    relinked: dict[int, int] = {}
-
-    def relink(creates: list[Change]) -> dict[int, int]:
-        """Each chunk's creates already in 3CX (looked up while the previous chunk's writes are in flight)."""
-        found = existing_contacts(threecx, creates)
-        relinked.update(found)
-        return found
-
+    relinked = {} if dry_run else existing_contacts(threecx, changes)
+    done_before = [Outcome(c, OK, RELINKED_NOTE, relinked[id(c)]) for c in changes if id(c) in relinked]
+    if done_before:  # created by an earlier attempt whose outcome was lost: never twice
+        before_creates([o.change for o in done_before])
+        record(done_before)
+    changes = [c for c in changes if id(c) not in relinked]
     result = apply_contact_changes(changes, threecx, on_outcomes=record, before_creates=before_creates,
-                                   relink=relink, dry_run=dry_run, concurrency=settings.threecx.write_concurrency)
+                                   dry_run=dry_run, concurrency=settings.threecx.write_concurrency)
     counts = result.as_dict()
     counts["skipped"] += len(verified)
     counts["verified"] = len(verified)

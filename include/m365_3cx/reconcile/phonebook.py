@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import pandas as pd
 
 from m365_3cx.errors import FatalError, RetriableError
 from m365_3cx.reconcile.apply import FAILED, OK, SKIPPED, ApplyCounts, Outcome
-from m365_3cx.reconcile.existing import RELINKED_NOTE
 from m365_3cx.reconcile.plan import CREATE, DELETE, UPDATE, Change
 from m365_3cx.transform.phonebook import FIELD_COLUMNS, MANAGED_FIELDS, TAG_PREFIX, managed_values, target_fields
 from m365_3cx.transform.values import as_bool, as_dict, as_int, as_list, ensure_columns, text
@@ -242,7 +241,6 @@ def apply_contact_changes(
     on_outcomes: Callable[[list[Outcome]], None] | None = None,
     before_create: Callable[[Change], None] | None = None,
     before_creates: Callable[[list[Change]], None] | None = None,
-    relink: Callable[[list[Change]], Mapping[int, int]] | None = None,
     dry_run: bool = False,
     concurrency: int = 1,
 ) -> ApplyCounts:
@@ -260,13 +258,9 @@ def apply_contact_changes(
     :param before_create: called before each create is sent.
     :param before_creates: called with a chunk's creates before any of them is sent (to record the
         pending entries in one statement, so a create whose response is lost is re-linked by its tag).
-    :param relink: called with a chunk's creates first (while the previous chunk's writes are in
-        flight); returns ``{id(change): 3CX id}`` of those an earlier attempt already created: they
-        are not sent but end ``ok`` with :data:`~m365_3cx.reconcile.existing.RELINKED_NOTE` and that id
-        (counted in ``relinked``, not ``created``).
     :param dry_run: write nothing; every outcome is ``skipped`` with error ``"dry run"``.
     :param concurrency: writes in flight at once.
-    :return: the counts (``disabled`` is always 0 for contacts; re-linked creates are not counted).
+    :return: the counts (``disabled`` is always 0 for contacts).
     :raises RetriableError: re-raised after reporting the failed change and the untried ones.
     """
     from m365_3cx.reconcile.apply import count_outcomes
@@ -291,12 +285,9 @@ def apply_contact_changes(
     writes = [c for c in changes if c.action != DELETE]
     deletes = [c for c in changes if c.action == DELETE and c.threecx_id is not None]
     results: list[Outcome] = []
-    relinked: dict[int, int] = {}
 
     def prepare(chunk: list[Change]) -> None:
         creates = [c for c in chunk if c.action == CREATE]
-        if creates and relink is not None:
-            relinked.update(relink(creates))
         if creates and before_creates is not None:
             before_creates(creates)
         if before_create is not None:
@@ -304,8 +295,6 @@ def apply_contact_changes(
                 before_create(change)
 
     def write(change: Change) -> Outcome:
-        if id(change) in relinked:  # created by an earlier attempt whose outcome was lost: never twice
-            return Outcome(change, OK, RELINKED_NOTE, relinked[id(change)])
         try:
             if change.action == CREATE:
                 created = writer.create_contact({f: after for f, (_b, after) in change.fields.items()})
@@ -368,6 +357,4 @@ def apply_contact_changes(
                     continue
             done.append(Outcome(change, OK, None, change.threecx_id))
         record(done)
-    counts = count_outcomes(results)
-    again = sum(1 for o in results if id(o.change) in relinked and o.result == OK)
-    return replace(counts, created=counts.created - again) if again else counts
+    return count_outcomes(results)

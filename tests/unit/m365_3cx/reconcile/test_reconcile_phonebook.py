@@ -228,35 +228,3 @@ def test_dry_run_writes_nothing() -> None:
     writer = FakePbx()
     counts, outcomes = run_apply([change("create", "a", Tag="t"), change("delete", "b", 3)], writer, dry_run=True)
     assert writer.calls == [] and counts["skipped"] == 2 and {o.error for o in outcomes} == {"dry run"}
-
-
-@pytest.mark.parametrize("concurrency", [1, 4])
-def test_creates_an_earlier_attempt_made_are_relinked_per_chunk_not_sent(concurrency: int) -> None:
-    from m365_3cx.reconcile.concurrent import CHUNK_SIZE
-    from m365_3cx.reconcile.existing import RELINKED_NOTE
-
-    writer = FakePbx()
-    creates = [change("create", f"k{i:03d}", Tag=f"t:{i:03d}") for i in range(CHUNK_SIZE + 30)]
-    lost = {1: 501, CHUNK_SIZE + 2: 502}  # plan position -> id the earlier attempt got
-    looked_up: list[list[str]] = []
-    pending: list[str] = []
-
-    def relink(chunk: list[Change]) -> dict[int, int]:
-        sent_tags = {body["Tag"] for kind, body in list(writer.calls) if kind == "create"}
-        assert not {c.fields["Tag"][1] for c in chunk} & sent_tags  # looked up before any of them is sent
-        looked_up.append([c.object_key for c in chunk])
-        return {id(creates[at]): tid for at, tid in lost.items() if creates[at] in chunk}
-
-    counts, outcomes = run_apply([*creates, change("update", "u", 7, FirstName="x")], writer, relink=relink,
-                                 before_creates=lambda chunk: pending.extend(c.object_key for c in chunk),
-                                 concurrency=concurrency)
-    assert looked_up == [[c.object_key for c in creates[:CHUNK_SIZE]], [c.object_key for c in creates[CHUNK_SIZE:]]]
-    assert pending == [c.object_key for c in creates]  # pending before being sent or re-linked, as before
-    sent = [body["Tag"] for kind, body in writer.calls if kind == "create"]
-    assert sorted(sent) == sorted(c.fields["Tag"][1] for at, c in enumerate(creates) if at not in lost)
-    assert counts["created"] == len(creates) - 2 and counts["updated"] == 1 and counts["failed"] == 0
-    by_key = {o.change.object_key: o for o in outcomes}
-    for at, tid in lost.items():
-        outcome = by_key[creates[at].object_key]
-        assert (outcome.result, outcome.error, outcome.threecx_id) == ("ok", RELINKED_NOTE, tid)
-    assert [o.change.object_key for o in outcomes] == [*(c.object_key for c in creates), "u"]
