@@ -101,14 +101,16 @@ def run_snapshot_phonebook(mode: str) -> dict[str, int]:
 
 
 def run_transform_phonebook(mode: str) -> dict[str, int]:
-    """``stg_contacts`` -> ``tgt_phonebook`` (pandas)."""
+    """``stg_contacts`` -> ``tgt_phonebook`` (pandas): the entries the change touches, or every
+    entry (no record, settings changed, last full recompute too old, ``full_resync``)."""
     from m365_3cx.pipeline.contacts import transform_phonebook
     from m365_3cx.pipeline.ondemand import on_demand_users
 
     with task_step(mode, lease=("phonebook", "transform")) as step:
         owners = set(on_demand_users(step.engine, step.run.run_key)) if on_demand_entries(step.context) else None
         return transform_phonebook(step.engine, step.settings, step.run.run_key, utcnow(), only_owner_ids=owners,
-                                   mode=_effective_mode(step.context, mode))
+                                   mode=_effective_mode(step.context, mode),
+                                   recompute_all=bool(step.params.get("full_resync")))
 
 
 def run_phonebook_has_work(mode: str, shard_counts: list[dict[str, Any]]) -> bool:

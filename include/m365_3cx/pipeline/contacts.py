@@ -633,7 +633,8 @@ def snapshot_phonebook(engine: Engine, threecx: ThreeCXClient, settings: Setting
 
 
 def transform_phonebook(engine: Engine, settings: Settings, run_key: str, now: datetime,
-                        only_owner_ids: Collection[str] | None = None, mode: str = "full") -> dict[str, int]:
+                        only_owner_ids: Collection[str] | None = None, mode: str = "full",
+                        recompute_all: bool = False) -> dict[str, int]:
     """Staged contacts -> desired entries (``tgt_phonebook``) and per-record notes.
 
     Every staged contact counts (also those of users an on-demand run did not read), so nobody's
@@ -641,9 +642,13 @@ def transform_phonebook(engine: Engine, settings: Settings, run_key: str, now: d
     users sourced in the previous transform and no longer source is kept as a ``removed`` row with
     its previous owners, so the on-demand plan can tell which removals are theirs.
 
-    :param mode: the run's effective mode: a ``delta`` run recomputes only the entries its changes
-        touch (:mod:`m365_3cx.pipeline.phonebook_delta`), falling back to everything when the
-        settings that shape entries changed.
+    :param mode: the run's effective mode. Delta and full runs recompute only the entries their
+        changes touch (:mod:`m365_3cx.pipeline.phonebook_delta`; the result has ``incremental``),
+        falling back to every entry when the settings that shape entries changed, when the stored
+        targets did not reach 3CX, and in a full run when the last full recompute is older than
+        :data:`~m365_3cx.pipeline.phonebook_delta.FULL_RECOMPUTE_AGE`. The transform notes of an
+        incremental run are those of the contacts it recomputed.
+    :param recompute_all: recompute every entry whatever the record says (``full_resync``).
     """
     from m365_3cx.pipeline import phonebook_delta
     from m365_3cx.pipeline.users import pending_user_keys
@@ -652,9 +657,12 @@ def transform_phonebook(engine: Engine, settings: Settings, run_key: str, now: d
 
     params = PhonebookParams.from_settings(settings)
     fingerprint = params_fingerprint(params)
-    if mode == "delta" and only_owner_ids is None:
+    if recompute_all:
+        log.info("phonebook transform: full resync asked, recomputing every entry")
+    elif mode in ("delta", "full") and only_owner_ids is None:
+        bound = phonebook_delta.FULL_RECOMPUTE_AGE if mode == "full" else None
         done = phonebook_delta.transform_incremental(engine, params, fingerprint, run_key,
-                                                     pending_user_keys(engine, run_key), now)
+                                                     pending_user_keys(engine, run_key), now, recompute_after=bound)
         if done is not None:
             with engine.begin() as conn:
                 add_notes(conn, run_key, note_rows(done.result.notes, run_key, now), step="transform_phonebook",

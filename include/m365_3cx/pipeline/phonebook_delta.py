@@ -1,8 +1,8 @@
-"""The delta runs' phonebook transform and plan, proportional to the change.
+"""The incremental phonebook transform (delta and full runs) and the delta runs' plan.
 
 A full transform recomputes every entry from every staged contact and records which entry each
-contact feeds (``tgt_phonebook_sources``) and the settings fingerprint it used
-(``transform_state``). A delta run then only:
+contact feeds (``tgt_phonebook_sources``), the settings fingerprint it used and when it ran
+(``transform_state``, ``full_at``). A later run's transform then only:
 
 1. finds the *dirty* contacts: changed and not yet carried to 3CX (the same ``pending_filter``
    the users use, deletions included), every contact of an owner who changed (scope, deletion,
@@ -10,14 +10,24 @@ contact feeds (``tgt_phonebook_sources``) and the settings fingerprint it used
 2. computes their new entry keys, takes their old keys from the record, and reads every contact
    that feeds one of those entries;
 3. recomputes just those entries (an entry nobody feeds any more is kept as ``removed``), all
-   stamped with the run key, so the plan diffs exactly them (plus entries whose write failed
+   stamped with the run key, so a delta plan diffs exactly them (plus entries whose write failed
    since the last full run).
 
 A contact's key depends on the contact, its owner's ``usageLocation`` and the settings only
 (:mod:`m365_3cx.transform.phonebook`), which is why step 2 is closed. The run falls back to the
-full transform (and the whole diff) when there is no record yet, when the fingerprint changed, and
-when the run that made the stored targets did not reach 3CX (a dry, failed or on-demand run).
-Removals an approver rejected are planned again by the next full run, not by every delta.
+full transform (and a delta run to the whole diff) when there is no record yet, when the
+fingerprint changed, and when the run that made the stored targets did not reach 3CX (a dry,
+failed or on-demand run). Removals an approver rejected are planned again by the next full run,
+not by every delta.
+
+A **full run** (nightly reconciliation) takes the same incremental transform, but still diffs the
+whole phonebook against its whole 3CX snapshot. Its contacts extract is an initial delta round
+per stream: a contact that did not change is recognised by ``row_hash`` and not rewritten, one
+the round did not return (or of a stream gone) is soft-deleted with the run's key, one that got
+the exclusion category is purged (an orphan source), and the users extract stamps owners whose
+scope or ``usageLocation`` changed — so step 1 sees exactly the change there too. As a safety
+net against drift between staging and targets, a full run recomputes everything when the last
+full recompute is older than :data:`FULL_RECOMPUTE_AGE` (or unknown), and with ``full_resync``.
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ if TYPE_CHECKING:
 
     from m365_3cx.transform.phonebook import PhonebookParams, PhonebookResult
 
-__all__ = ["FEATURE", "IncrementalTransform", "delta_plan_keys", "transform_incremental"]
+__all__ = ["FEATURE", "FULL_RECOMPUTE_AGE", "IncrementalTransform", "delta_plan_keys", "transform_incremental"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +58,10 @@ FEATURE: Final = "phonebook"
 """``transform_state.feature`` of the phonebook."""
 
 _CHUNK: Final = 500
+
+FULL_RECOMPUTE_AGE: Final = timedelta(days=7)
+"""A full run recomputes every entry when the last full recompute is older than this, so no drift
+between staging and targets outlives it (delta runs do not look at it)."""
 
 RETRY_WINDOW: Final = timedelta(days=2)
 """How far back a delta plan looks for failed phonebook writes (the nightly full run retries all)."""
@@ -96,11 +110,14 @@ def _dirty_contacts(conn: Connection, run_key: str, changed_owners: Collection[s
 
 
 def transform_incremental(engine: Engine, params: PhonebookParams, fingerprint: str, run_key: str,
-                          changed_owners: Collection[str], now: datetime) -> IncrementalTransform | None:
+                          changed_owners: Collection[str], now: datetime,
+                          recompute_after: timedelta | None = None) -> IncrementalTransform | None:
     """Recompute only the entries the change touches (see the module docstring).
 
     :param fingerprint: :func:`~m365_3cx.transform.phonebook.params_fingerprint` of ``params``.
     :param changed_owners: users whose change has not reached 3CX yet (``pending_user_keys``).
+    :param recompute_after: a full run's bound (:data:`FULL_RECOMPUTE_AGE`): recompute everything
+        when the last full recompute is older than this or unknown; ``None`` (delta runs): no bound.
     :return: what was recomputed and written, or ``None`` when a full transform is needed.
     """
     from m365_3cx.pipeline.users import run_was_applied
@@ -117,6 +134,9 @@ def transform_incremental(engine: Engine, params: PhonebookParams, fingerprint: 
             # a dry, failed or on-demand run computed the stored targets: what reached 3CX is
             # older than them, so only a whole diff is sure to carry everything
             why = "the last transform's run did not reach 3CX"
+        elif recompute_after is not None and (basis["full_at"] is None or basis["full_at"] <= now - recompute_after):
+            why = (f"the last full recompute ({basis['full_at'] or 'unknown'}) is older than "
+                   f"{recompute_after.days} days")
         if why is not None:
             log.info("phonebook transform: %s, recomputing every entry", why)
             return None

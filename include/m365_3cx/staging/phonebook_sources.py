@@ -135,17 +135,27 @@ def orphan_sources(conn: Connection) -> set[Pair]:
 
 
 def transform_basis(conn: Connection, feature: str) -> dict[str, Any] | None:
-    """The fingerprint, run and scope (``full``/``incremental``) of the feature's last transform."""
+    """The fingerprint, run, scope (``full``/``incremental``), time and time of the last full
+    recompute (``full_at``, ``None`` when unknown) of the feature's last transform."""
     t = transform_state
-    row = conn.execute(select(t.c.params_hash, t.c.run_key, t.c.scope).where(t.c.feature == feature)).first()
-    return None if row is None else {"params_hash": row[0], "run_key": row[1], "scope": row[2]}
+    row = conn.execute(select(t.c.params_hash, t.c.run_key, t.c.scope, t.c.computed_at, t.c.full_at)
+                       .where(t.c.feature == feature)).first()
+    if row is None:
+        return None
+    return {"params_hash": row[0], "run_key": row[1], "scope": row[2], "computed_at": row[3], "full_at": row[4]}
 
 
 def set_transform_basis(conn: Connection, feature: str, params_hash: str, scope: str, run_key: str,
                         now: dt.datetime) -> None:
-    """Record what the feature's stored targets were just computed with (and how)."""
-    upsert(conn, transform_state, [{"feature": feature, "params_hash": params_hash, "scope": scope,
-                                    "run_key": run_key, "computed_at": now}], ["feature"])
+    """Record what the feature's stored targets were just computed with (and how).
+
+    A ``full`` transform also sets ``full_at``; an incremental one leaves it as it was.
+    """
+    row = {"feature": feature, "params_hash": params_hash, "scope": scope, "run_key": run_key, "computed_at": now}
+    if scope == FULL:
+        upsert(conn, transform_state, [row | {"full_at": now}], ["feature"])
+    else:
+        upsert(conn, transform_state, [row], ["feature"], ["params_hash", "scope", "run_key", "computed_at"])
 
 
 def targets_of_run(conn: Connection, run_key: str) -> set[str]:

@@ -528,6 +528,9 @@ transform_state: Final = Table(
     Column("scope", String(16), nullable=False, default="full"),  # full | incremental (the last transform)
     Column("run_key", RUN_KEY),
     Column("computed_at", UTCDateTime(), nullable=False),
+    # when the targets were last recomputed from every input (a full transform); an incremental
+    # transform leaves it. A full run recomputes everything when it is older than a bound (or NULL).
+    Column("full_at", UTCDateTime()),
 )
 
 tgt_presence: Final = Table(

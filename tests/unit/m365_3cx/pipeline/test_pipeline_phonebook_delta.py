@@ -244,3 +244,81 @@ def test_a_shared_mailbox_moving_region_rekeys_its_entries_in_a_delta(engine: En
     assert incremental != before  # +1 020... read as a US number before, a UK one now
     steps.transform_phonebook(engine, settings, "r2", t1, mode="full")
     assert incremental == _targets(engine)
+
+
+def _as_recomputed(engine: Engine, settings: Any, run_key: str, now: dt.datetime) -> tuple[Any, Any]:
+    """(entries, sources) now, and what the full path makes of the same staging (it rewrites the targets)."""
+    before = _targets(engine), _sources(engine)
+    assert "incremental" not in steps.transform_phonebook(engine, settings, run_key, now, recompute_all=True)
+    return before, (_targets(engine), _sources(engine))
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_a_full_run_recomputes_only_what_changed_and_equals_a_full_recomputation(engine: Engine, seed: int) -> None:
+    """The nightly full run after changes: incremental, and exactly what a from-scratch transform computes."""
+    rng = random.Random(seed)
+    settings = _settings()
+    owners = [f"u{i}" for i in range(5)]
+    contacts = {o: [_contact(rng, f"{o}-c{j}") for j in range(rng.randint(4, 10))] for o in owners}
+    with engine.begin() as conn:
+        upsert(conn, stg_users, [_user(o, rng.choice(REGIONS), T0, "r0") for o in owners], ["user_id"])
+        for owner, items in contacts.items():
+            _stage(conn, owner, items, "r0", T0)
+        _run(conn, "r0", "full", T0)
+    assert "incremental" not in steps.transform_phonebook(engine, settings, "r0", T0, mode="full")
+
+    t1 = T0 + dt.timedelta(days=1)
+    with engine.begin() as conn:  # a full run's extract with no change writes nothing
+        _run(conn, "r1", "full", t1, status="running")
+    counts = steps.transform_phonebook(engine, settings, "r1", t1, mode="full")
+    assert (counts["incremental"], counts["dirty"], counts["entries"], counts["removed"]) == (1, 0, 0, 0)
+
+    t2 = T0 + dt.timedelta(days=2)
+    with engine.begin() as conn:
+        conn.execute(sa.update(sync_runs).where(sync_runs.c.run_key == "r1").values(status="success"))
+        _run(conn, "r2", "full", t2, status="running")
+        edited, deleted, gone, purged, moved = rng.sample(owners, 5)
+        items = contacts[edited]
+        _stage(conn, edited, [dict(items[0], surname="Quinn", mobilePhone="650 555 0142")], "r2", t2)
+        # the full round did not return it: soft-deleted by the "missing in stream" sweep
+        crepo.mark_missing_in_streams(conn, [(deleted, None, {i["id"] for i in contacts[deleted][1:]})], "r2", t2)
+        crepo.mark_streams_gone(conn, gone, [None], "r2", t2)
+        crepo.purge_contacts(conn, purged, [contacts[purged][0]["id"]])  # got the exclusion category
+        conn.execute(sa.update(stg_users).where(stg_users.c.user_id == moved).values(
+            usage_location="GB" if rng.random() < 0.5 else "DE", updated_at=t2, last_run_key="r2"))
+    total = sum(len(v) for v in contacts.values())
+    counts = steps.transform_phonebook(engine, settings, "r2", t2, mode="full")
+    assert counts["incremental"] == 1 and 0 < counts["dirty"] < total and counts["entries"] > 0
+    incremental, recomputed = _as_recomputed(engine, settings, "r2", t2)
+    assert incremental == recomputed
+
+
+def test_a_full_run_recomputes_everything_when_the_last_full_recompute_is_too_old(engine: Engine) -> None:
+    from m365_3cx.pipeline.phonebook_delta import FULL_RECOMPUTE_AGE
+    from m365_3cx.staging.phonebook_sources import transform_basis
+
+    _one_owner_full_run(engine, seed=21, contacts=4)
+    settings = _settings()
+    with engine.connect() as conn:
+        assert transform_basis(conn, "phonebook")["full_at"] == T0
+    day = dt.timedelta(days=1)
+    runs = [(f"n{i}", T0 + i * day) for i in range(1, 10)]
+    paths = []
+    for (key, when), (prev, _) in zip(runs, [("r0", T0), *runs], strict=False):
+        with engine.begin() as conn:
+            conn.execute(sa.update(sync_runs).where(sync_runs.c.run_key == prev).values(status="success"))
+            _run(conn, key, "full", when, status="running")
+        paths.append("incremental" in steps.transform_phonebook(engine, settings, key, when, mode="full"))
+    bound = FULL_RECOMPUTE_AGE // day  # nightly runs: every bound-th one recomputes everything
+    assert paths == [i % bound != 0 for i in range(1, 10)]
+    with engine.connect() as conn:
+        basis = transform_basis(conn, "phonebook")
+    assert basis["full_at"] == runs[bound - 1][1] and basis["computed_at"] == runs[-1][1]
+    # a delta run has no such bound, and full_resync always recomputes everything
+    later = T0 + 30 * day
+    with engine.begin() as conn:
+        conn.execute(sa.update(sync_runs).where(sync_runs.c.run_key == "n9").values(status="success"))
+        _run(conn, "d1", "delta", later, status="running")
+    assert steps.transform_phonebook(engine, settings, "d1", later, mode="delta")["incremental"] == 1
+    assert "incremental" not in steps.transform_phonebook(engine, settings, "d1", later, mode="full",
+                                                          recompute_all=True)
