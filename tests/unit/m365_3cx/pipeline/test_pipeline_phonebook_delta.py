@@ -322,3 +322,31 @@ def test_a_full_run_recomputes_everything_when_the_last_full_recompute_is_too_ol
     assert steps.transform_phonebook(engine, settings, "d1", later, mode="delta")["incremental"] == 1
     assert "incremental" not in steps.transform_phonebook(engine, settings, "d1", later, mode="full",
                                                           recompute_all=True)
+
+
+def test_a_full_run_after_shared_mailbox_changes_equals_a_full_recomputation(engine: Engine) -> None:
+    """One shared mailbox taken off the list (its stream gone), another moving region: both reach a full run."""
+    settings = Settings.from_mapping({"contacts": {"personal_contacts": "all",
+                                                   "shared_mailboxes": ["sa@x.example", "sb@x.example"]}})
+    items = {"sa": {"id": "a1", "givenName": "Ann", "surname": "Lee", "mobilePhone": "+44 20 7946 0018",
+                    "categories": []},
+             "sb": {"id": "b1", "givenName": "Bo", "surname": "Chan", "mobilePhone": "020 7946 0019", "categories": []}}
+    with engine.begin() as conn:
+        upsert(conn, stg_users, [_user(uid, "US", T0, "r0", in_scope=False) for uid in items], ["user_id"])
+        for uid, item in items.items():
+            crepo.merge_contacts(conn, [crepo.contact_row_from_graph(item, f"shared:{uid}", None, source="shared")],
+                                 "r0", T0)
+        _run(conn, "r0", "full", T0)
+    steps.transform_phonebook(engine, settings, "r0", T0, mode="full")
+    before = _targets(engine)
+    t1 = T0 + dt.timedelta(days=1)
+    with engine.begin() as conn:
+        _run(conn, "r1", "full", t1, status="running")
+        crepo.mark_streams_gone(conn, "shared:sa", [None], "r1", t1)
+        conn.execute(sa.update(stg_users).where(stg_users.c.user_id == "sb").values(
+            usage_location="GB", updated_at=t1, last_run_key="r1"))
+    counts = steps.transform_phonebook(engine, settings, "r1", t1, mode="full")
+    assert counts["incremental"] == 1 and counts["dirty"] == 2 and counts["removed"] >= 1
+    incremental, recomputed = _as_recomputed(engine, settings, "r1", t1)
+    # Ann's entry went with her mailbox; Bo's national number becomes dialable with the UK region
+    assert incremental == recomputed and len(before) == len(incremental[0]) == 1 and incremental[0] != before
