@@ -68,6 +68,7 @@ class ContactStore:
             raise ValueError(f"default_contact_type must be one of {CONTACT_SOURCES}")
         self._contacts: dict[int, dict[str, Any]] = {}
         self._order: list[int] | None = []  # the ids in id order; None after a delete (rebuilt when read)
+        self._by_tag: dict[str, set[int]] = {}  # Tag -> ids, for ``$filter=Tag eq ..`` reads
         self._next_id = 1
         self.default_type = default_type
 
@@ -94,6 +95,23 @@ class ContactStore:
         """The stored records with these ids, by id (read-only); unknown ids are left out."""
         return [self._contacts[i] for i in sorted(set(ids)) if i in self._contacts]
 
+    def by_tags(self, tags: Any) -> list[dict[str, Any]]:
+        """The stored records whose ``Tag`` is one of ``tags``, by id (read-only): an index lookup."""
+        ids: set[int] = set()
+        for tag in set(tags):
+            ids |= self._by_tag.get(tag, set())
+        return [self._contacts[i] for i in sorted(ids)]
+
+    def _index(self, record: dict[str, Any]) -> None:
+        self._by_tag.setdefault(record["Tag"], set()).add(record["Id"])
+
+    def _unindex(self, record: dict[str, Any]) -> None:
+        ids = self._by_tag.get(record["Tag"])
+        if ids is not None:
+            ids.discard(record["Id"])
+            if not ids:
+                del self._by_tag[record["Tag"]]
+
     def get(self, contact_id: int) -> dict[str, Any]:
         """:raises NotFound:"""
         found = self._contacts.get(contact_id)
@@ -109,6 +127,7 @@ class ContactStore:
         record["Id"] = self._next_id
         self._next_id += 1
         self._contacts[record["Id"]] = record
+        self._index(record)
         if self._order is not None:
             self._order.append(record["Id"])
         return copy.deepcopy(record)
@@ -120,13 +139,17 @@ class ContactStore:
             raise NotFound("Contact")
         draft = {**current, **self._validated(body, current, self.default_type)}
         _require_name(draft)
+        self._unindex(current)
         self._contacts[contact_id] = draft
+        self._index(draft)
         return copy.deepcopy(draft)
 
     def delete(self, contact_id: int) -> None:
         """:raises NotFound:"""
-        if self._contacts.pop(contact_id, None) is None:
+        gone = self._contacts.pop(contact_id, None)
+        if gone is None:
             raise NotFound("Contact")
+        self._unindex(gone)
         self._order = None
 
     def delete_many(self, ids: Any) -> int:
@@ -136,7 +159,10 @@ class ContactStore:
         """
         if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise BadRequest("The parameter 'ids' must be an array of integers.")
-        gone = sum(1 for i in ids if self._contacts.pop(i, None) is not None)
+        removed = [r for r in (self._contacts.pop(i, None) for i in ids) if r is not None]
+        for record in removed:
+            self._unindex(record)
+        gone = len(removed)
         if gone:
             self._order = None
         return gone

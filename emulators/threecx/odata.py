@@ -377,6 +377,28 @@ def id_filter_keys(expression: str | None) -> list[int] | None:
     return [int(n) for n in re.findall(r"Id eq (\d+)", expression)]
 
 
+def eq_filter_values(expression: str | None, name: str) -> list[str] | None:
+    """The literals of a ``$filter`` made only of ``name eq 'text'`` terms joined by ``or`` (else ``None``),
+    e.g. ``Tag eq 'a' or Tag eq 'b'``, so a store can look them up by index instead of testing every
+    record; the filter still runs on the records found."""
+    if not expression:
+        return None
+    try:
+        tokens = _tokenize(expression)
+    except BadRequest:
+        return None
+    values: list[str] = []
+    for start in range(0, len(tokens), 4):
+        term = tokens[start:start + 3]
+        if (len(term) != 3 or term[0] != ("name", name) or term[1] != ("name", "eq") or term[2][0] != "lit"
+                or not isinstance(term[2][1], str)):
+            return None
+        if start + 3 < len(tokens) and tokens[start + 3] != ("name", "or"):
+            return None
+        values.append(term[2][1])
+    return values if len(tokens) == 4 * len(values) - 1 else None
+
+
 def query_collection(records: Sequence[dict[str, Any]], params: dict[str, str], entity: EntityType,
                      *, max_top: int = 100, sorted_by: str | None = None) -> tuple[list[dict[str, Any]], int, Shape]:
     """Apply ``$filter $search $orderby $skip $top $select $expand`` to ``records``.

@@ -123,7 +123,9 @@ def build_router(backend: PbxBackend) -> APIRouter:
         params = _params(request)
         expand = odata.parse_shape(USER_TYPE, None, params.get("$expand")).expand
         ids = odata.id_filter_keys(params.get("$filter"))
-        return collection(request, backend.user_views(expand=set(expand), ids=ids), USER_TYPE, "Users", "Id")
+        numbers = odata.eq_filter_values(params.get("$filter"), "Number") if ids is None else None
+        return collection(request, backend.user_views(expand=set(expand), ids=ids, numbers=numbers), USER_TYPE,
+                          "Users", "Id")
 
     @router.get(XAPI + "/Users/$count")
     async def count_users(request: Request) -> PlainTextResponse:
@@ -221,8 +223,10 @@ def build_router(backend: PbxBackend) -> APIRouter:
     @router.get(XAPI + "/Contacts")
     async def list_contacts(request: Request) -> JSONResponse:
         authorize(request)
-        ids = odata.id_filter_keys(_params(request).get("$filter"))
-        return collection(request, backend.contact_views(ids), CONTACT_TYPE, "Contacts", "Id")
+        expression = _params(request).get("$filter")
+        ids = odata.id_filter_keys(expression)
+        tags = odata.eq_filter_values(expression, "Tag") if ids is None else None
+        return collection(request, backend.contact_views(ids, tags), CONTACT_TYPE, "Contacts", "Id")
 
     @router.post(XAPI + "/Contacts/Pbx.DeleteContactsById")
     async def delete_contacts_by_id(request: Request) -> Response:

@@ -314,16 +314,23 @@ class PbxBackend:
                 return [self._user_view(rec, deep=False) for rec in self._sorted_users()]
             return [self._user_view(rec, expand, deep=False) for rec in self._sorted_users()]
 
-    def user_views(self, expand: Collection[str] | None = None,
-                   ids: Collection[int] | None = None) -> Sequence[dict[str, Any]]:
+    def user_views(self, expand: Collection[str] | None = None, ids: Collection[int] | None = None,
+                   numbers: Collection[str] | None = None) -> Sequence[dict[str, Any]]:
         """Every user by Id, as :meth:`list_users` gives them, but each view is built when it is read:
         a ``$top``/``$skip`` page with no ``$filter`` costs O(page) views, not O(PBX).
 
         :param ids: only these ids (an index lookup, for ``$filter=Id eq ..`` reads).
+        :param numbers: only the users with one of these extension numbers (for ``$filter=Number eq ..``
+            reads: one set lookup per user instead of the whole filter); ``ids`` wins when both are given.
         """
         with self.lock:
-            records = (self._sorted_users() if ids is None
-                       else [self._users[i] for i in sorted(set(ids)) if i in self._users])
+            if ids is not None:
+                records = [self._users[i] for i in sorted(set(ids)) if i in self._users]
+            elif numbers is not None:
+                wanted = set(numbers)
+                records = [rec for rec in self._sorted_users() if rec.props["Number"] in wanted]
+            else:
+                records = self._sorted_users()
             return LazyViews(records, lambda rec: self._user_view(rec, expand, deep=False), self.lock)
 
     def get_user(self, user_id: int) -> dict[str, Any]:
@@ -589,10 +596,17 @@ class PbxBackend:
         with self.lock:
             return self._contacts.list() if ids is None else self._contacts.by_ids(ids)
 
-    def contact_views(self, ids: Collection[int] | None = None) -> Sequence[dict[str, Any]]:
-        """:meth:`list_contacts` without copying the phonebook: an unfiltered page costs O(page)."""
+    def contact_views(self, ids: Collection[int] | None = None,
+                      tags: Collection[str] | None = None) -> Sequence[dict[str, Any]]:
+        """:meth:`list_contacts` without copying the phonebook: an unfiltered page costs O(page).
+
+        :param tags: only the contacts with one of these ``Tag`` values (an index lookup, for
+            ``$filter=Tag eq ..`` reads); ``ids`` wins when both are given.
+        """
         with self.lock:
-            return self._contacts.view() if ids is None else self._contacts.by_ids(ids)
+            if ids is not None:
+                return self._contacts.by_ids(ids)
+            return self._contacts.view() if tags is None else self._contacts.by_tags(tags)
 
     def get_contact(self, contact_id: int) -> dict[str, Any]:
         """:raises NotFound:"""

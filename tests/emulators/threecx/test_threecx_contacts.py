@@ -135,6 +135,57 @@ def test_filter_by_ids_uses_the_index_and_keeps_filter_semantics(xapi: Any) -> N
     assert [c["Id"] for c in descending] == sorted(ids, reverse=True)
 
 
+def test_eq_filter_values_only_for_a_disjunction_of_one_property() -> None:
+    from emulators.threecx.odata import eq_filter_values
+
+    assert eq_filter_values("Tag eq 'a' or Tag eq 'O''Brien'", "Tag") == ["a", "O'Brien"]
+    assert eq_filter_values("  Tag eq ''  ", "Tag") == [""]
+    for other in ("Tag eq 'a' and Tag eq 'b'", "(Tag eq 'a') or Tag eq 'b'", "Tag eq 'a' or FirstName eq 'b'",
+                  "Tag ne 'a'", "Tag eq 3", "not Tag eq 'a'", "Tag eq 'a' or", "Tag eq 'a' Tag eq 'b'",
+                  "tolower(Tag) eq 'a'", "Tag eq 'a", None, ""):
+        assert eq_filter_values(other, "Tag") is None, other
+
+
+def test_tag_filter_uses_the_index_and_follows_every_change(xapi: Any, threecx_emulator: Any) -> None:
+    """``Tag eq .. or ..`` reads come from a Tag index; the same filter in brackets tests every record:
+    both must answer the same after creates, tag edits and deletes."""
+    backend = threecx_emulator.backend
+    made = [backend.create_contact({"FirstName": f"Tagged{i}", "PhoneNumber": f"+49 30 {i:07d}",
+                                    "Tag": f"m365:t{i % 4}"})["Id"] for i in range(12)]
+    tags = ["m365:t1", "m365:t3", "m365:none", ""]
+
+    def both(params: dict[str, str]) -> list[dict[str, Any]]:
+        indexed = " or ".join(f"Tag eq '{t}'" for t in tags)
+        scanned = f"({indexed.split(' or ')[0]}) or " + " or ".join(indexed.split(" or ")[1:])
+        one = xapi.get("/Contacts", **{"$filter": indexed, "$orderby": "Id", **params}).json()
+        other = xapi.get("/Contacts", **{"$filter": scanned, "$orderby": "Id", **params}).json()
+        assert one["value"] == other["value"] and one.get("@odata.count") == other.get("@odata.count")
+        return one["value"]
+
+    assert [c["Id"] for c in both({"$select": "Id,Tag"}) if c["Tag"]] == [m for i, m in enumerate(made) if i % 2]
+    assert len([c for c in both({"$top": "100"}) if not c["Tag"]]) == 5  # the seeded contacts have no Tag
+    xapi.call("PATCH", f"/Contacts({made[1]})", json={"Tag": "m365:t0"})
+    xapi.call("PATCH", f"/Contacts({made[2]})", json={"Tag": "m365:t3"})
+    xapi.call("PATCH", f"/Contacts({made[4]})", json={"Title": "Same tag"})
+    assert xapi.call("DELETE", f"/Contacts({made[3]})").status_code == 204
+    xapi.call("POST", "/Contacts/Pbx.DeleteContactsById", json={"ids": [made[5], made[7], 99999]})
+    late = backend.create_contact({"FirstName": "Late", "PhoneNumber": "+49 30 7654321", "Tag": "m365:t1"})["Id"]
+    got = [c["Id"] for c in both({"$select": "Id,Tag", "$count": "true"}) if c["Tag"]]
+    assert got == [made[2], made[9], made[11], late]
+    assert [c["Id"] for c in both({"$select": "Id", "$skip": "6", "$top": "2"})] == [made[9], made[11]]
+    assert xapi.get("/Contacts", **{"$filter": "Tag eq 'm365:t0' or Tag eq 1"}).status_code == 400
+
+
+def test_number_filter_on_users_matches_the_scan(xapi: Any) -> None:
+    users = xapi.get("/Users", **{"$select": "Id,Number", "$orderby": "Id"}).json()["value"]
+    numbers = [users[2]["Number"], users[0]["Number"], "99999"]
+    indexed = " or ".join(f"Number eq '{n}'" for n in numbers)
+    scanned = f"(Number eq '{numbers[0]}') or " + " or ".join(f"Number eq '{n}'" for n in numbers[1:])
+    one = xapi.get("/Users", **{"$filter": indexed, "$select": "Id,Number", "$orderby": "Id"}).json()["value"]
+    other = xapi.get("/Users", **{"$filter": scanned, "$select": "Id,Number", "$orderby": "Id"}).json()["value"]
+    assert one == other == [users[0], users[2]]
+
+
 def test_pages_follow_creates_edits_and_deletes_in_id_order(xapi: Any, threecx_emulator: Any) -> None:
     """Unfiltered pages are sliced from the store's id order: it must follow every change."""
     backend = threecx_emulator.backend
