@@ -129,6 +129,11 @@ class Contact:
     change_key: str
     seq: int
 
+    def snapshot(self) -> Contact:
+        """A copy of this moment's contact sharing ``props`` (replaced on edit, never changed in place)."""
+        return Contact(self.immutable_id, self.rest_id, self.folder_id, self.props, self.created, self.modified,
+                       self.change_key, self.seq)
+
 
 @dataclass
 class Event:
@@ -395,8 +400,10 @@ class MailboxStore:
             return [f.public() for f in mbx.folders.values() if f.id != mbx.root_folder_id]
 
     def contacts_in(self, mbx: Mailbox, folder_id: str) -> list[Contact]:
+        """The folder's contacts by creation, as of now: shallow copies (a contact's ``props`` is replaced on
+        every edit, never changed in place, so a copy keeps this moment's content without a deep copy)."""
         with self._lock:
-            return [copy.deepcopy(c) for c in sorted(mbx.contacts.values(), key=lambda c: c.seq)
+            return [c.snapshot() for c in sorted(mbx.contacts.values(), key=lambda c: c.seq)
                     if c.folder_id == folder_id]
 
     def find_contact(self, mbx: Mailbox, contact_id: str) -> Contact:
@@ -626,6 +633,11 @@ class MailboxStore:
                     raise ValueError(f"unknown automaticRepliesSetting property: {key}")
             mbx.automatic_replies = current
             return copy.deepcopy(current)
+
+    def automatic_replies(self, mbx: Mailbox) -> dict[str, Any]:
+        """The ``automaticRepliesSetting`` (a fresh copy)."""
+        with self._lock:
+            return fresh(mbx.automatic_replies)
 
     def settings(self, mbx: Mailbox) -> dict[str, Any]:
         with self._lock:
@@ -871,15 +883,39 @@ def _event_props(body: dict[str, Any], base: dict[str, Any], *, partial: bool = 
     return props
 
 
-def render_contact(contact: Contact, *, immutable: bool) -> dict[str, Any]:
-    """Graph JSON of a contact; ``immutable`` picks the id format (``Prefer: IdType="ImmutableId"``)."""
+def fresh(value: Any) -> Any:
+    """A copy of a JSON value sharing nothing mutable with it (lists, dicts and tuples copied, scalars
+    shared): what ``copy.deepcopy`` gives for JSON data, without its memo bookkeeping."""
+    cls = type(value)
+    if cls is dict:
+        return {k: fresh(v) for k, v in value.items()}
+    if cls is list:
+        return [fresh(v) for v in value]
+    if cls is tuple:
+        return tuple(fresh(v) for v in value)
+    return value
+
+
+def render_contact(contact: Contact, *, immutable: bool,
+                   select: list[str] | tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Graph JSON of a contact (fresh objects); ``immutable`` picks the id format (``Prefer:
+    IdType="ImmutableId"``); ``select`` keeps only those properties (with ``@odata.etag`` and ``id``), as
+    ``project(render_contact(c, immutable=...), select)`` would."""
     out: dict[str, Any] = {
         "@odata.etag": f'W/"{contact.change_key}"',
         "id": contact.immutable_id if immutable else contact.rest_id,
         "createdDateTime": contact.created, "lastModifiedDateTime": contact.modified,
         "changeKey": contact.change_key, "parentFolderId": contact.folder_id,
     }
-    out.update(copy.deepcopy(contact.props))
+    if select is None:
+        for key, value in contact.props.items():
+            out[key] = fresh(value)
+        return out
+    keep = {"@odata.etag", "@odata.type", "id", *select}
+    out = {k: v for k, v in out.items() if k in keep}
+    for key, value in contact.props.items():
+        if key in keep:
+            out[key] = fresh(value)
     return out
 
 
@@ -902,6 +938,6 @@ def render_instance(inst: Instance, zone_name: str | None) -> dict[str, Any]:
         "responseStatus": {"response": "organizer", "time": "0001-01-01T00:00:00Z"},
         "start": cal.format_graph_datetime(inst.start, zone_name or "UTC"),
         "end": cal.format_graph_datetime(inst.end, zone_name or "UTC"),
-        "location": copy.deepcopy(props.get("location") or {"displayName": ""}),
+        "location": fresh(props.get("location") or {"displayName": ""}),
         "locations": [], "attendees": [], "organizer": organizer,
     }

@@ -247,8 +247,7 @@ def _contact_list(request: Request, key: str, folder_id: str | None) -> JSONResp
             folder = store.folder(mbx, folder_id) if folder_id else store.folder(mbx, mbx.root_folder_id)
         except ItemNotFound:
             raise item_not_found() from None
-        items = [project(render_contact(c, immutable=prefs.immutable), select)
-                 for c in store.contacts_in(mbx, folder.id)]
+        items = [render_contact(c, immutable=prefs.immutable, select=select) for c in store.contacts_in(mbx, folder.id)]
         tail = f"contactFolders('{folder.id}')/contacts" if folder_id else "contacts"
         return _paged(request, items, opts, _context(request, key, tail), prefs)
 
@@ -287,7 +286,7 @@ def _contacts_delta(request: Request, key: str, folder_id: str | None) -> JSONRe
                 immutable_id, rest_id = payload
                 return {"@odata.type": "#microsoft.graph.contact", "id": immutable_id if prefs.immutable else rest_id,
                         "@removed": {"reason": "deleted"}}
-            return project(render_contact(payload, immutable=prefs.immutable), page.select)
+            return render_contact(payload, immutable=prefs.immutable, select=page.select)
 
         tail = "contacts" if folder_id is None else f"contactFolders('{folder.id}')/contacts"
         suffix = f"({','.join(page.select)})" if page.select else ""
@@ -337,7 +336,7 @@ async def get_contact(key: str, contact_id: str, request: Request, folder_id: st
         if not prefs.immutable and contact_id != contact.rest_id:
             raise item_not_found()
         body = {"@odata.context": _context(request, key, "contacts/$entity"),
-                **project(render_contact(contact, immutable=prefs.immutable), select)}
+                **render_contact(contact, immutable=prefs.immutable, select=select)}
         return graph_json(body, headers=prefs.headers)
 
 
@@ -457,7 +456,7 @@ async def automatic_replies(key: str, request: Request) -> JSONResponse:
     mbx = resolve(request, key)
     with mailbox_slot(request, mbx):
         _options(request, set())
-        setting = _backend(request).mailboxes.settings(mbx)["automaticRepliesSetting"]
+        setting = _backend(request).mailboxes.automatic_replies(mbx)
         context = _context(request, key, "mailboxSettings/automaticRepliesSetting")
         return graph_json({"@odata.context": context, **setting})
 

@@ -176,6 +176,57 @@ def test_immutable_ids_survive_moves_rest_ids_do_not(caller: Any, graph: Any) ->
     assert [c["id"] for c in rest] == [moved["restId"]]
 
 
+def test_delta_pages_keep_the_round_and_answers_share_nothing_with_the_store(caller: Any, graph: Any) -> None:
+    """A round's later pages show each contact as it was when the round began (edits and moves after it
+    belong to the next round), and no answer aliases stored state."""
+    uid = _members_with_mail(graph)[1]["id"]
+    made = _add(graph, uid, 6)
+    url = _default_delta(caller, uid) + "?$select=givenName,businessPhones,emailAddresses"
+    pages = {"Prefer": 'odata.maxpagesize=2, IdType="ImmutableId"'}
+    first = caller.get(url, headers=pages).json()
+    listed = caller.get(f"/v1.0/users/{uid}/contacts?$top=1000", headers=IMMUTABLE).json()["value"]
+    late = [c for c in listed if c["id"] not in {i["id"] for i in first["value"]}]
+    edited, moved = late[-1], late[-2]
+    graph.admin("PATCH", f"/users/{uid}/contacts/{edited['id']}",
+                json={"givenName": "Changed", "businessPhones": ["+49 30 9999999"]})
+    graph.admin("POST", f"/users/{uid}/contacts/{moved['id']}/move", json={"folder": "Archive"})
+    rest, _ = caller.all_pages(first["@odata.nextLink"], pages)
+    by_id = {c["id"]: c for c in first["value"] + rest}
+    assert len(by_id) == len(listed) and made[-1]["id"] in by_id
+    assert by_id[edited["id"]]["givenName"] == edited["givenName"]
+    assert by_id[edited["id"]]["businessPhones"] == edited["businessPhones"]
+    assert by_id[moved["id"]] == {"@odata.etag": moved["@odata.etag"], "id": moved["id"],
+                                  **{k: moved[k] for k in ("givenName", "businessPhones", "emailAddresses")}}
+
+    from emulators.graph.mailbox import render_contact
+    from emulators.graph.mailbox_routes import project
+
+    store = graph.backend.mailboxes
+    mbx = graph.backend.mailbox_for(uid)
+    contact = store.find_contact(mbx, made[0]["id"])
+    contact.props = {**contact.props, "emailAddresses": [{"name": "A", "address": "a@example.org"}],
+                     "businessAddress": {"city": "Berlin"}}
+    stored = repr(contact.props)
+    for select in (None, ["emailAddresses", "businessPhones", "changeKey"], ["businessAddress"], ["id"]):
+        full = render_contact(contact, immutable=True)
+        shaped = render_contact(contact, immutable=False, select=select)
+        assert list(shaped.items()) == list(project(render_contact(contact, immutable=False), select).items())
+        for answer in (full, shaped):
+            for value in answer.values():
+                if isinstance(value, list):
+                    value.append("x")
+                    for item in value:
+                        if isinstance(item, dict):
+                            item["address"] = "changed"
+                elif isinstance(value, dict):
+                    value["city"] = "changed"
+    assert repr(contact.props) == stored
+    replies = store.automatic_replies(mbx)
+    replies["status"] = "alwaysEnabled"
+    replies["scheduledStartDateTime"]["dateTime"] = "changed"
+    assert store.automatic_replies(mbx) == store.settings(mbx)["automaticRepliesSetting"] != replies
+
+
 def test_folder_delta_and_moves_between_folders(caller: Any, graph: Any) -> None:
     uid = _members_with_mail(graph)[3]["id"]
     contact = _add(graph, uid, 1, folder="3CX")[0]
