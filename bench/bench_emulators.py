@@ -8,7 +8,10 @@ extensions and ``--pbx-contacts`` phonebook entries. Then, for a sample of ``--s
                 delta, automatic replies), in ``$batch`` payloads of 20, to obtain the delta links;
 ``delta_none``  the same requests a delta run with no change makes (the delta links, contactFolders,
                 automatic replies), timed;
-``threecx``     ``GET /xapi/v1/Users`` and ``/Contacts`` pages (``$orderby=Id&$top=100&$skip``), timed.
+``threecx``     ``GET /xapi/v1/Users`` and ``/Contacts`` pages (``$orderby=Id&$top=100&$skip``), and the
+                idempotent-create lookups (``$filter=Tag eq .. or ..``/``Number eq ..``, 20 values), timed.
+
+Every ``$batch`` item carries the ``Prefer`` header (and contacts delta the ``$select``) the product sends.
 
 Per phase it prints wall time, emulator CPU (``/proc/PID/stat`` user+system) per sub-request or page,
 and requests/s. Figures are printed and written (``--json``), never asserted.
@@ -34,10 +37,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_reference import ROOT, Emulator, _loadavg, _write, start_emulator
 
 from m365_3cx.graph.auth import GraphCredentials
+from m365_3cx.graph.calendar import PREFER as CALENDAR_PREFER
 from m365_3cx.graph.client import GraphClient
-from m365_3cx.threecx.client import ThreeCXClient, ThreeCXCredentials
+from m365_3cx.pipeline.contacts import CONTACT_HEADERS
+from m365_3cx.staging.contacts import GRAPH_CONTACT_SELECT
+from m365_3cx.threecx.client import ThreeCXClient, ThreeCXCredentials, odata_quote
 
 BATCH = 20
+CONTACTS_PREFER = CONTACT_HEADERS["Prefer"]
+CONTACT_SELECT = ",".join(GRAPH_CONTACT_SELECT)
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -81,12 +89,21 @@ def relative(url: str, graph_url: str) -> str:
     return url.split("/v1.0", 1)[1] if url.startswith(graph_url) else url
 
 
+def prefer(url: str) -> dict[str, str]:
+    """The ``Prefer`` header the product sends with ``url`` (its page sizes and id/time formats)."""
+    if "/contact" in url:
+        return {"Prefer": CONTACTS_PREFER}
+    return {"Prefer": CALENDAR_PREFER} if "/calendarView" in url or "/mailboxSettings" in url else {}
+
+
 def run_batches(client: GraphClient, urls: list[str], meter: Meter) -> list[dict[str, Any]]:
-    """GET every url in ``$batch`` payloads of 20; the responses in the order of ``urls``."""
+    """GET every url in ``$batch`` payloads of 20 (with the product's ``Prefer``); the responses in the order
+    of ``urls``."""
     out: list[dict[str, Any]] = []
     for start in range(0, len(urls), BATCH):
         chunk = urls[start:start + BATCH]
-        body = {"requests": [{"id": str(i), "method": "GET", "url": u} for i, u in enumerate(chunk)]}
+        body = {"requests": [{"id": str(i), "method": "GET", "url": u, "headers": prefer(u)}
+                             for i, u in enumerate(chunk)]}
         answer = client.post_json("$batch", body)
         by_id = {r["id"]: r for r in answer["responses"]}
         out += [by_id[str(i)] for i in range(len(chunk))]
@@ -128,7 +145,7 @@ def graph_phases(graph_emu: Emulator, sample: list[str]) -> dict[str, Any]:
                 for folder in values:
                     roots[f"{uid}|{folder['id']}"] = folder["id"]
             first = {f"contacts|{k}": f"{paths[k.split('|')[0]]}/contactFolders/{quote(fid, safe='')}/contacts/delta"
-                     for k, fid in roots.items()}
+                     f"?$select={CONTACT_SELECT}" for k, fid in roots.items()}
             first.update({f"calendar|{u}": f"{paths[u]}/calendarView/delta?{window}" for u in sample})
             links = follow(client, graph_url, first, prime)
             replies = [f"{paths[u]}/mailboxSettings/automaticRepliesSetting" for u in sample]
@@ -152,7 +169,7 @@ def graph_phases(graph_emu: Emulator, sample: list[str]) -> dict[str, Any]:
     return {"prime": prime.facts(), "delta_none": total.facts(), "delta_none_by_kind": per_kind}
 
 
-def threecx_phase(pbx_emu: Emulator, pages: int) -> dict[str, Any]:
+def threecx_phase(pbx_emu: Emulator, pages: int, filtered: int, users: int, pbx_contacts: int) -> dict[str, Any]:
     p = pbx_emu.info
     out: dict[str, Any] = {}
     with ThreeCXClient(ThreeCXCredentials(p["base_url"], p["client_id"], p["client_secret"], p["ca_bundle"])) as pbx:
@@ -164,11 +181,24 @@ def threecx_phase(pbx_emu: Emulator, pages: int) -> dict[str, Any]:
                     if meter.count >= pages:
                         break
             out[name] = meter.facts()
+        # the idempotent-create lookups (reconcile.existing): 20 values per $filter, spread over the PBX
+        lookups = {"Contacts": ("Tag", [f"m365:bench:{i}" for i in range(pbx_contacts)]),
+                   "Users": ("Number", [str(20000 + i) for i in range(users)])}
+        for name, (field, values) in lookups.items():
+            step = max(1, len(values) // max(1, filtered * 20))
+            picked = values[::step][:filtered * 20]
+            filters = [" or ".join(f"{field} eq {odata_quote(v)}" for v in picked[i:i + 20])
+                       for i in range(0, len(picked), 20)]
+            with Meter(pbx_emu, name) as meter:
+                for records in pbx.read_filtered(name, filters, select=("Id", field)):
+                    meter.count += 1
+                    assert len(records) == 20, (name, len(records))
+            out[f"{name}?$filter={field} eq .. (20)"] = meter.facts()
     return out
 
 
 def print_facts(label: str, f: dict[str, Any]) -> None:
-    print(f"   {label:<36} {f['requests']:6d} req  {f['wall_s']:7.2f} s wall  {f['emulator_cpu_s']:7.2f} s cpu  "
+    print(f"   {label:<44} {f['requests']:6d} req  {f['wall_s']:7.2f} s wall  {f['emulator_cpu_s']:7.2f} s cpu  "
           f"{f['wall_ms_per_request']:7.2f} ms/req wall  {f['cpu_ms_per_request']:7.2f} ms/req cpu  "
           f"{f['requests_per_s']:7.1f} req/s", flush=True)
 
@@ -181,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pbx-contacts", type=int, default=None, help="phonebook entries (default users x 14)")
     parser.add_argument("--sample", type=int, default=400, help="mailbox users whose delta requests are timed")
     parser.add_argument("--pages", type=int, default=200, help="3CX pages read per entity set")
+    parser.add_argument("--filtered", type=int, default=50,
+                        help="3CX filtered reads per entity set (Tag/Number eq, 20 values each)")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "bench_emulators.json"))
     args = parser.parse_args(argv)
     pbx_contacts = args.users * 14 if args.pbx_contacts is None else args.pbx_contacts
@@ -213,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         print_facts("delta, no change", report["graph"]["delta_none"])
         for kind, facts in report["graph"]["delta_none_by_kind"].items():
             print_facts(f"  {kind}", facts)
-        report["threecx"] = threecx_phase(pbx_emu, args.pages)
-        print("3CX pages ($top=100):")
+        report["threecx"] = threecx_phase(pbx_emu, args.pages, args.filtered, args.users, pbx_contacts)
+        print("3CX pages ($top=100) and filtered reads:")
         for name, facts in report["threecx"].items():
             print_facts(f"GET /xapi/v1/{name}", facts)
     finally:
