@@ -236,6 +236,7 @@ class TenantBackend:
     # ------------------------------------------------------------ seeding
     def _load(self, tenant: seeding.TenantSeed) -> None:
         self._users: dict[str, UserRecord] = {}
+        self._by_upn: dict[str, str] | None = None
         self._seq = 0
         for props in tenant.users:
             self._seq += 1
@@ -321,9 +322,12 @@ class TenantBackend:
     def _find(self, key: str, *, include_deleted: bool = False) -> UserRecord:
         record = self._users.get(key)
         if record is None:
-            low = key.lower()
-            record = next((r for r in self._users.values()
-                           if (r.props.get("userPrincipalName") or "").lower() == low), None)
+            if self._by_upn is None:  # rebuilt after a create, a userPrincipalName change or a hard delete
+                self._by_upn = {}
+                for user_id, r in self._users.items():  # the first user holding a UPN wins, as a scan would
+                    self._by_upn.setdefault((r.props.get("userPrincipalName") or "").lower(), user_id)
+            found = self._by_upn.get(key.lower())
+            record = None if found is None else self._users.get(found)
         if record is None or (record.deleted is not None and not include_deleted):
             raise NotFound(key)
         return record
@@ -434,6 +438,7 @@ class TenantBackend:
             props["id"] = user_id
             self._seq += 1
             self._users[user_id] = UserRecord(props, self._seq)
+            self._by_upn = None
             self._record(user_id, set(props), "created")
             return copy.deepcopy(props)
 
@@ -459,6 +464,8 @@ class TenantBackend:
                 elif record.props.get(name) != value:
                     record.props[name] = copy.deepcopy(value)
                     changed.add(name)
+            if "userPrincipalName" in changed:
+                self._by_upn = None
             if changed:
                 self._record(record.props["id"], changed, "updated")
             return copy.deepcopy(record.props)
@@ -476,6 +483,7 @@ class TenantBackend:
             user_id = record.props["id"]
             if hard:
                 del self._users[user_id]
+                self._by_upn = None
                 for group in self._groups.values():
                     group.members = [m for m in group.members if m != user_id]
                 self._record(user_id, frozenset(), "hard_deleted")

@@ -103,6 +103,28 @@ def test_single_user_by_id_and_upn(caller: Any, graph: Any) -> None:
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "Request_ResourceNotFound"
 
 
+def test_upn_addressing_follows_creates_renames_and_deletes(caller: Any, graph: Any) -> None:
+    """Users are found by UPN (any case) through an index: it must follow every change of who holds a UPN."""
+    made = graph.admin("POST", "/users", json={"userPrincipalName": "Indexed.User@contoso.example",
+                                               "displayName": "Indexed User", "mail": "indexed@contoso.example"})
+    uid = made.json()["id"]
+    assert caller.get("/v1.0/users/indexed.user@CONTOSO.example").json()["id"] == uid
+    assert caller.get("/v1.0/users/indexed.user@contoso.example/mailboxSettings").status_code == 200
+    graph.admin("PATCH", f"/users/{uid}", json={"userPrincipalName": "Renamed.User@contoso.example"})
+    assert caller.get("/v1.0/users/indexed.user@contoso.example").status_code == 404
+    assert caller.get("/v1.0/users/renamed.user@contoso.example").json()["id"] == uid
+    graph.admin("DELETE", f"/users/{uid}")
+    assert caller.get("/v1.0/users/renamed.user@contoso.example").status_code == 404
+    gone = caller.get("/v1.0/users/renamed.user@contoso.example/mailboxSettings").json()
+    assert gone["error"]["code"] == "MailboxNotEnabledForRESTAPI"  # soft-deleted: still known by its UPN
+    graph.admin("DELETE", f"/users/{uid}?hard=true")
+    again = graph.admin("POST", "/users", json={"userPrincipalName": "renamed.user@contoso.example",
+                                                "displayName": "Second Holder"}).json()
+    assert caller.get("/v1.0/users/Renamed.User@contoso.example").json()["id"] == again["id"] != uid
+    assert caller.get("/v1.0/users/nobody@contoso.example/mailboxSettings").json()["error"]["code"] == \
+        "ErrorInvalidUser"
+
+
 def _telephony_group(graph: Any) -> dict[str, Any]:
     return next(g for g in graph.admin("GET", "/state").json()["groups"] if g["displayName"] == "Telephony Users")
 
