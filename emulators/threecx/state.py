@@ -182,6 +182,8 @@ class PbxBackend:
                 self.unmanaged = unmanaged
             self.random = random.Random(self.seed)
             self._users: dict[int, UserRecord] = {}
+            self._numbers: dict[str, int] = {}  # extension number -> user id (a Number never changes)
+            self._user_order: list[int] | None = []  # the ids in id order; None after a create or delete
             self._groups: dict[int, dict[str, Any]] = {}
             self._next_dn_id = 1
             self._next_ids: dict[str, int] = {"membership": 1, "profile": 1}
@@ -301,7 +303,9 @@ class PbxBackend:
     # ------------------------------------------------------------ users: read
 
     def _sorted_users(self) -> list[UserRecord]:
-        return [self._users[k] for k in sorted(self._users)]
+        if self._user_order is None:
+            self._user_order = sorted(self._users)
+        return [self._users[k] for k in self._user_order]
 
     def list_users(self, expand: Collection[str] | None = None) -> list[dict[str, Any]]:
         """Every user as a record, by Id.
@@ -327,8 +331,8 @@ class PbxBackend:
             if ids is not None:
                 records = [self._users[i] for i in sorted(set(ids)) if i in self._users]
             elif numbers is not None:
-                wanted = set(numbers)
-                records = [rec for rec in self._sorted_users() if rec.props["Number"] in wanted]
+                found = {self._numbers[n] for n in set(numbers) if n in self._numbers}
+                records = [self._users[i] for i in sorted(found)]
             else:
                 records = self._sorted_users()
             return LazyViews(records, lambda rec: self._user_view(rec, expand, deep=False), self.lock)
@@ -341,10 +345,10 @@ class PbxBackend:
     def get_user_by_number(self, number: str) -> dict[str, Any]:
         """:raises NotFound: when no user has that extension number."""
         with self.lock:
-            for rec in self._users.values():
-                if rec.props["Number"] == number:
-                    return self._user_view(rec)
-            raise NotFound("User")
+            user_id = self._numbers.get(number)
+            if user_id is None:
+                raise NotFound("User")
+            return self._user_view(self._users[user_id])
 
     def _record(self, user_id: int) -> UserRecord:
         rec = self._users.get(user_id)
@@ -375,14 +379,13 @@ class PbxBackend:
 
     def used_numbers(self) -> set[str]:
         with self.lock:
-            return {rec.props["Number"] for rec in self._users.values()}
+            return set(self._numbers)
 
     def first_available_number(self) -> str:
         """Lowest free extension number at or above ``config.first_extension``."""
         with self.lock:
-            used = self.used_numbers()
             number = self.config.first_extension
-            while str(number) in used:
+            while str(number) in self._numbers:
                 number += 1
             return str(number)
 
@@ -421,6 +424,8 @@ class PbxBackend:
             rec.props["VMPIN"] = rec.props["VMPIN"] or random_text(self.random, 4, "0123456789")
             rec.props["DeskphonePassword"] = rec.props["DeskphonePassword"] or random_text(self.random, 8)
             self._users[user_id] = rec
+            self._numbers[rec.props["Number"]] = user_id
+            self._user_order = None
             return self._user_view(rec)
 
     def update_user(self, user_id: int, body: Any, *, admin: bool = False) -> None:
@@ -448,7 +453,7 @@ class PbxBackend:
             if rec.protected:
                 raise XapiError(400, f"Number:\n{e.CANNOT_DELETE}",
                                 [{"code": "", "message": e.CANNOT_DELETE, "target": "Number"}])
-            del self._users[user_id]
+            self._forget(user_id)
 
     def batch_delete(self, ids: Any) -> list[dict[str, Any]]:
         """Delete each id; return a ``Pbx.UserDeleteError`` per id that could not be deleted.
@@ -466,8 +471,13 @@ class PbxBackend:
                 elif rec.protected:
                     failures.append({"ExtensionNumber": rec.props["Number"], "Error": e.CANNOT_DELETE})
                 else:
-                    del self._users[user_id]
+                    self._forget(user_id)
         return failures
+
+    def _forget(self, user_id: int) -> None:
+        rec = self._users.pop(user_id)
+        self._numbers.pop(rec.props["Number"], None)
+        self._user_order = None
 
     def set_protected(self, user_id: int, protected: bool) -> None:
         with self.lock:
@@ -478,7 +488,7 @@ class PbxBackend:
         if not isinstance(number, str) or not number.isdigit() or not (
                 cfg.number_min_length <= len(number) <= cfg.number_max_length):
             raise ValidationError("Number", e.INVALID_NUMBER)
-        if number in self.used_numbers():
+        if number in self._numbers:
             raise ValidationError("Number", e.ALREADY_IN_USE)
 
     def _apply(self, rec: UserRecord, body: dict[str, Any], *, creating: bool, admin: bool) -> None:

@@ -336,3 +336,30 @@ def test_unfiltered_page_builds_only_its_own_views(xapi: Any, threecx_emulator: 
     built.clear()
     found = xapi.get("/Users", **{"$filter": "FirstName eq 'User299'", "$select": "Number"}).json()["value"]
     assert found == [{"Number": "499"}] and len(built) == 304
+
+
+def test_number_lookups_use_the_index_and_follow_creates_and_deletes(xapi: Any) -> None:
+    """``Number eq .. or ..`` reads, ``/Users(Number=..)``, free-number checks and the Id order come from
+    indexes: they must answer as a scan would after creates and deletes."""
+    made = [xapi.call("POST", "/Users", json={"Number": str(700 + i), "FirstName": f"Idx{i}"}).json()["Id"]
+            for i in range(4)]
+
+    def both(numbers: list[str]) -> list[dict[str, Any]]:
+        indexed = " or ".join(f"Number eq '{n}'" for n in numbers)
+        scanned = f"(Number eq '{numbers[0]}') or " + " or ".join(f"Number eq '{n}'" for n in numbers[1:])
+        params = {"$select": "Id,Number", "$orderby": "Id", "$count": "true"}
+        one = xapi.get("/Users", **{"$filter": indexed, **params}).json()
+        other = xapi.get("/Users", **{"$filter": scanned, **params}).json()
+        assert one == other
+        return one["value"]
+
+    assert [u["Number"] for u in both(["703", "100", "701", "nope"])] == ["100", "701", "703"]
+    assert xapi.call("DELETE", f"/Users({made[1]})").status_code == 204
+    xapi.call("POST", "/Users/Pbx.BatchDelete", json={"ids": [made[3]]})
+    assert [u["Number"] for u in both(["703", "701", "700"])] == ["700"]
+    assert xapi.get("/Users(Number='701')").status_code == 404
+    again = xapi.call("POST", "/Users", json={"Number": "701", "FirstName": "Again"}).json()["Id"]
+    assert xapi.get("/Users(Number='701')").json()["Id"] == again
+    assert xapi.call("POST", "/Users", json={"Number": "700", "FirstName": "Dup"}).status_code == 400
+    ids = [u["Id"] for u in xapi.get("/Users", **{"$select": "Id", "$orderby": "Id"}).json()["value"]]
+    assert ids == sorted(ids) and again == ids[-1] and made[1] not in ids and made[3] not in ids
