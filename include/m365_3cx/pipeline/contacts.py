@@ -44,7 +44,7 @@ from m365_3cx.pipeline.users import SANITIZE_STEP
 from m365_3cx.staging import boundary, trace
 from m365_3cx.staging import contacts as crepo
 from m365_3cx.staging import push as push_queue
-from m365_3cx.staging.frames import load_frame
+from m365_3cx.staging.frames import iter_frames, load_frame
 from m365_3cx.staging.runs import add_notes, add_record_notes, load_plan, save_plan
 from m365_3cx.staging.schema import stg_contacts
 from m365_3cx.staging.state import DeltaStateStore
@@ -653,7 +653,7 @@ def transform_phonebook(engine: Engine, settings: Settings, run_key: str, now: d
     from m365_3cx.pipeline import phonebook_delta
     from m365_3cx.pipeline.users import pending_user_keys
     from m365_3cx.staging import phonebook_sources
-    from m365_3cx.transform.phonebook import PhonebookParams, desired_phonebook, params_fingerprint
+    from m365_3cx.transform.phonebook import SOURCE_COLUMNS, PhonebookBuilder, PhonebookParams, params_fingerprint
 
     params = PhonebookParams.from_settings(settings)
     fingerprint = params_fingerprint(params)
@@ -670,11 +670,12 @@ def transform_phonebook(engine: Engine, settings: Settings, run_key: str, now: d
             return {"entries": done.entries, "contacts": done.result.contacts_used, "skipped": done.result.skipped,
                     "excluded": done.result.excluded, "notes": len(done.result.notes), "removed": done.removed,
                     "dirty": done.dirty, "incremental": 1}
-    with engine.connect() as conn:
-        contacts = load_frame(conn, "stg_contacts", where={"deleted": False})
-        users = load_frame(conn, "stg_users")
+    with engine.connect() as conn:  # streamed: only the normalised copies stay in memory, not every row
+        builder = PhonebookBuilder(load_frame(conn, "stg_users"), params)
+        for chunk in iter_frames(conn, "stg_contacts", where={"deleted": False}, columns=SOURCE_COLUMNS):
+            builder.add(chunk)
         previous = load_frame(conn, "tgt_phonebook") if only_owner_ids else None
-    result = desired_phonebook(contacts, users, params)
+    result = builder.result()
     rows = result.frame.to_dict("records")
     if previous is not None and len(previous):
         kept = {row["contact_key"] for row in rows}

@@ -49,8 +49,10 @@ __all__ = [
     "FIELD_LIMITS",
     "MANAGED_FIELDS",
     "PHONE_SLOTS",
+    "SOURCE_COLUMNS",
     "TAG_PREFIX",
     "TARGET_COLUMNS",
+    "PhonebookBuilder",
     "PhonebookParams",
     "PhonebookResult",
     "contact_note",
@@ -162,7 +164,7 @@ class PhonebookResult:
     sources: list[tuple[str, str, str]] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Copy:
     """One usable source contact, normalised."""
 
@@ -393,52 +395,79 @@ def _owners(users: pd.DataFrame, *, every: bool = False) -> dict[str, tuple[str,
     return owners
 
 
+SOURCE_COLUMNS: Final = ("owner_id", "contact_id", "source", "deleted", "categories", "given_name", "surname",
+                         "display_name", "file_as", "company_name", "job_title", "department", "email_addresses",
+                         "mobile_phone", "business_phones", "home_phones")
+"""The ``stg_contacts`` columns the transform reads (load no others)."""
+
+
+class PhonebookBuilder:
+    """:func:`desired_phonebook` fed contact by chunk: only the normalised copies of usable contacts
+    are kept between chunks, never every staged row at once.
+
+    The result does not depend on how the contacts are cut into chunks; notes come in the order the
+    contacts were given (the staging order is the primary key), then the merge notes by entry key.
+    """
+
+    def __init__(self, users: pd.DataFrame, params: PhonebookParams) -> None:
+        self._params = params
+        self._owners = _owners(users)
+        self._mailboxes = _owners(users, every=True)
+        self._notes: list[Note] = []
+        self._groups: dict[str, list[_Copy]] = {}
+        self._used = self._skipped = self._excluded = 0
+
+    def add(self, contacts: pd.DataFrame) -> None:
+        """Take a chunk of ``stg_contacts`` rows (deleted rows are ignored)."""
+        params, owners, mailboxes = self._params, self._owners, self._mailboxes
+        c = ensure_columns(contacts, list(SOURCE_COLUMNS))
+        for row in c.to_dict("records"):
+            if as_bool(row["deleted"], False) or text(row["owner_id"]) is None or text(row["contact_id"]) is None:
+                continue
+            source = text(row["source"]) or "personal"
+            if source == "personal":
+                if params.personal_contacts == "off" or str(row["owner_id"]) not in owners:
+                    continue
+                label, region = owners[str(row["owner_id"])]
+            elif source == "shared":  # owner "shared:<mailbox id>"; the mailbox need not be in scope
+                mailbox = str(row["owner_id"]).removeprefix("shared:")
+                upn, region = mailboxes.get(mailbox, (mailbox, None))
+                label = f"shared mailbox {upn}"
+            else:
+                label, region = "organisation", None
+            if _has_category(row["categories"], params.exclude_category):
+                self._excluded += 1
+                continue
+            copy = _copy_from_row(row, label, region, params, self._notes)
+            if copy is None:
+                self._skipped += 1
+                continue
+            self._used += 1
+            key = dedup_key(copy.name_key, copy.primary, copy.email)
+            self._groups.setdefault(key, []).append(copy)
+
+    def result(self) -> PhonebookResult:
+        """The desired entries of every contact taken so far."""
+        groups, notes = self._groups, self._notes
+        rows = [_merge(key, groups[key], self._params, notes) for key in sorted(groups)]
+        frame = (pd.DataFrame(rows, columns=list(TARGET_COLUMNS)) if rows
+                 else pd.DataFrame(columns=list(TARGET_COLUMNS)))
+        sources = [(c.owner_id, c.contact_id, key) for key in sorted(groups) for c in groups[key]]
+        return PhonebookResult(frame=frame, notes=notes, contacts_used=self._used, skipped=self._skipped,
+                               excluded=self._excluded, sources=sources)
+
+
 def desired_phonebook(contacts: pd.DataFrame, users: pd.DataFrame, params: PhonebookParams) -> PhonebookResult:
     """Compute the desired company phonebook from staged contacts.
 
-    :param contacts: ``stg_contacts`` frame (deleted rows are ignored).
+    :param contacts: ``stg_contacts`` frame (deleted rows are ignored; :data:`SOURCE_COLUMNS` are read).
     :param users: ``stg_users`` frame (owners: UPN for notes, ``usageLocation``, scope).
     :param params: see :class:`PhonebookParams`.
     :return: the desired entries and the per-record notes. Never raises on bad data.
     """
-    c = ensure_columns(contacts, ["owner_id", "contact_id", "source", "deleted", "categories", "given_name",
-                                  "surname", "display_name", "file_as", "company_name", "job_title",
-                                  "department", "email_addresses", "mobile_phone", "business_phones",
-                                  "home_phones"])
-    owners = _owners(users)
-    mailboxes = _owners(users, every=True)
-    notes: list[Note] = []
-    groups: dict[str, list[_Copy]] = {}
-    used = skipped = excluded = 0
-    for row in c.to_dict("records"):
-        if as_bool(row["deleted"], False) or text(row["owner_id"]) is None or text(row["contact_id"]) is None:
-            continue
-        source = text(row["source"]) or "personal"
-        if source == "personal":
-            if params.personal_contacts == "off" or str(row["owner_id"]) not in owners:
-                continue
-            label, region = owners[str(row["owner_id"])]
-        elif source == "shared":  # owner "shared:<mailbox id>"; the mailbox need not be in scope
-            mailbox = str(row["owner_id"]).removeprefix("shared:")
-            upn, region = mailboxes.get(mailbox, (mailbox, None))
-            label = f"shared mailbox {upn}"
-        else:
-            label, region = "organisation", None
-        if _has_category(row["categories"], params.exclude_category):
-            excluded += 1
-            continue
-        copy = _copy_from_row(row, label, region, params, notes)
-        if copy is None:
-            skipped += 1
-            continue
-        used += 1
-        key = dedup_key(copy.name_key, copy.primary, copy.email)
-        groups.setdefault(key, []).append(copy)
-    rows = [_merge(key, groups[key], params, notes) for key in sorted(groups)]
-    frame = pd.DataFrame(rows, columns=list(TARGET_COLUMNS)) if rows else pd.DataFrame(columns=list(TARGET_COLUMNS))
-    sources = [(c.owner_id, c.contact_id, key) for key in sorted(groups) for c in groups[key]]
-    return PhonebookResult(frame=frame, notes=notes, contacts_used=used, skipped=skipped, excluded=excluded,
-                           sources=sources)
+    builder = PhonebookBuilder(users, params)
+    builder.add(contacts)
+    return builder.result()
 
 
 def params_fingerprint(params: PhonebookParams) -> str:
