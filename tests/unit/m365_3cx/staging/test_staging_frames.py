@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine
 
-from m365_3cx.staging.frames import load_frame
+from m365_3cx.staging.frames import iter_frames, load_frame
 from m365_3cx.staging.numbers import assign_numbers
 from m365_3cx.staging.schema import stg_users
 from m365_3cx.staging.users import merge_users
@@ -36,3 +36,28 @@ def test_load_frame_types(engine: Engine) -> None:
     assert empty.empty and "tags" in empty.columns
     with pytest.raises(KeyError):
         load_frame(conn, "nope")
+
+
+def test_load_frame_reads_only_the_columns_asked_for(engine: Engine) -> None:
+    with engine.begin() as conn:
+        merge_users(conn, [*rows(1), *rows(2)], "r1", T0)
+    with engine.connect() as conn:
+        some = load_frame(conn, "stg_users", columns=["user_id", "deleted", "business_phones"])
+    assert list(some.columns) == ["user_id", "deleted", "business_phones"]
+    assert some["user_id"].tolist() == [uid(1), uid(2)] and some["deleted"].dtype == bool
+    assert some["business_phones"].tolist() == [["+1 425 555 0100"], ["+1 425 555 0100"]]
+
+
+def test_iter_frames_streams_the_same_rows_in_chunks(engine: Engine) -> None:
+    with engine.begin() as conn:
+        merge_users(conn, [r for i in range(1, 8) for r in rows(i)], "r1", T0)
+    with engine.connect() as conn:
+        whole = load_frame(conn, "stg_users", {"deleted": False})
+        chunks = list(iter_frames(conn, "stg_users", {"deleted": False}, chunk_rows=3))
+        picked = list(iter_frames(conn, "stg_users", columns=["user_id", "first_seen_at"], chunk_rows=5))
+        none = list(iter_frames(conn, "stg_users", stg_users.c.deleted.is_(True)))
+    assert [len(c) for c in chunks] == [3, 3, 1]
+    pd.testing.assert_frame_equal(pd.concat(chunks, ignore_index=True), whole)
+    assert [len(c) for c in picked] == [5, 2] and list(picked[0].columns) == ["user_id", "first_seen_at"]
+    assert str(picked[0]["first_seen_at"].dtype) == "datetime64[us, UTC]"
+    assert none == []

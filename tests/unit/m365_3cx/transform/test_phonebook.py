@@ -9,6 +9,7 @@ from m365_3cx.transform.phonebook import (
     FIELD_LIMITS,
     TAG_PREFIX,
     TARGET_COLUMNS,
+    PhonebookBuilder,
     PhonebookParams,
     dedup_key,
     desired_phonebook,
@@ -168,6 +169,25 @@ def test_merge_is_deterministic_whatever_the_input_order() -> None:
     second = desired_phonebook(pd.DataFrame(rows[::-1]), users, PARAMS).frame
     pd.testing.assert_frame_equal(first, second)
     assert first.iloc[0]["business"] == "+16502530001" and first.iloc[0]["business2"] == "+16502530002"
+
+
+def test_builder_fed_in_chunks_gives_what_one_frame_gives() -> None:
+    rows = [contact(f"u{1 + i % 3}", f"c{i:02d}", mobile_phone=f"650 253 {i % 4:04d}", given_name=f"N{i % 5}",
+                    business_phones=["not a number"] if i % 7 == 0 else [f"650 253 1{i:03d}"],
+                    categories=["Private"] if i % 9 == 0 else [])
+            for i in range(30)]
+    rows.append(contact("u1", "no-number"))
+    users = pd.DataFrame([owner(f"u{i}") for i in (1, 2, 3)])
+    whole = desired_phonebook(pd.DataFrame(rows), users, PARAMS)
+    builder = PhonebookBuilder(users, PARAMS)
+    for start in range(0, len(rows), 7):
+        builder.add(pd.DataFrame(rows[start:start + 7]))
+    chunked = builder.result()
+    pd.testing.assert_frame_equal(chunked.frame, whole.frame)
+    assert chunked.notes == whole.notes and chunked.sources == whole.sources
+    assert (chunked.contacts_used, chunked.skipped, chunked.excluded) == (whole.contacts_used, whole.skipped,
+                                                                          whole.excluded)
+    assert whole.excluded == 4 and whole.skipped == 1 and len(whole.frame) > 1
 
 
 def test_second_mobile_from_another_copy_goes_to_mobile2() -> None:
