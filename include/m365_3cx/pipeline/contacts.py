@@ -676,6 +676,7 @@ def transform_phonebook(engine: Engine, settings: Settings, run_key: str, now: d
             builder.add(chunk)
         previous = load_frame(conn, "tgt_phonebook") if only_owner_ids else None
     result = builder.result()
+    del builder  # its copies are merged into the result
     rows = result.frame.to_dict("records")
     if previous is not None and len(previous):
         kept = {row["contact_key"] for row in rows}
