@@ -129,6 +129,10 @@ def upsert(
         return 0
     if update_cols is None:
         update_cols = [key for key in data[0] if key not in key_cols]
+    if conn.dialect.name == "postgresql" and conn.dialect.paramstyle in ("format", "pyformat") \
+            and not _needs_sqlalchemy(table, data[0]):
+        _upsert_values(conn, table, data, key_cols, update_cols)
+        return len(data)
     stmt = _insert_for(conn, table)
     if update_cols:
         stmt = stmt.on_conflict_do_update(
@@ -139,6 +143,54 @@ def upsert(
     for batch in _chunks(data):
         conn.execute(stmt, list(batch))
     return len(data)
+
+
+def _needs_sqlalchemy(table: Table, row: Mapping[str, Any]) -> bool:
+    """Whether SQLAlchemy must build the statement: a column the rows leave out has a Python-side default,
+    or a column has an ``onupdate``."""
+    return any((column.default is not None and column.key not in row) or column.onupdate is not None
+               for column in table.c)
+
+
+def _merge_duplicates(data: list[dict[str, Any]], key_cols: Sequence[str],
+                      update_cols: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per key, as the rows one after the other would have left it: the first row, with
+    ``update_cols`` from the last (``DO NOTHING``: the first row). One ``INSERT ... VALUES (...), (...)
+    ON CONFLICT DO UPDATE`` may touch a row only once."""
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in data:
+        key = tuple(row[col] for col in key_cols)
+        first = merged.get(key)
+        if first is None:
+            merged[key] = row
+        elif update_cols:
+            merged[key] = {**first, **{col: row[col] for col in update_cols}}
+    return data if len(merged) == len(data) else list(merged.values())
+
+
+def _upsert_values(conn: Connection, table: Table, data: list[dict[str, Any]], key_cols: Sequence[str],
+                   update_cols: Sequence[str]) -> None:
+    """PostgreSQL: each batch as one multi-row ``INSERT ... VALUES ... ON CONFLICT`` (psycopg2 quotes the
+    values in one call) instead of one statement per row (``execute_batch``: a mogrify of the whole
+    statement per row, and as many statements for the server to plan)."""
+    dialect = conn.dialect
+    quote = dialect.identifier_preparer.quote
+    columns = list(data[0])
+    processors = [(col, table.c[col].type.dialect_impl(dialect).bind_processor(dialect)) for col in columns]
+    if update_cols:
+        action = "DO UPDATE SET " + ", ".join(f"{quote(col)} = excluded.{quote(col)}" for col in update_cols)
+    else:
+        action = "DO NOTHING"
+    head = (f"INSERT INTO {dialect.identifier_preparer.format_table(table)} "
+            f"({', '.join(quote(col) for col in columns)}) VALUES ")
+    tail = f" ON CONFLICT ({', '.join(quote(col) for col in key_cols)}) {action}"
+    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    for batch in _chunks(_merge_duplicates(data, key_cols, update_cols)):
+        params: list[Any] = []
+        for row in batch:
+            params.extend(row[col] if process is None else process(row[col])
+                          for col, process in processors)
+        conn.exec_driver_sql(head + ", ".join([one] * len(batch)) + tail, tuple(params))
 
 
 def _insert_many(conn: Connection, table: Table, rows: Iterable[Mapping[str, Any]]) -> int:
