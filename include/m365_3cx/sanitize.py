@@ -222,15 +222,22 @@ class _JsonWalk:
         if isinstance(value, Mapping):
             out: dict[str, Any] = {}
             for k, v in value.items():
-                key = self.walk(str(k), f"{path}.<key>") or ""
-                out[key] = self.walk(v, f"{path}.{key}")
+                key = k if type(k) is str and k.isprintable() else self.walk(str(k), f"{path}.<key>") or ""
+                out[key] = v if _plain(v) else self.walk(v, f"{path}.{key}")
             return out
         if isinstance(value, list | tuple):
-            return [self.walk(v, f"{path}[{i}]") for i, v in enumerate(value)]
+            # the path of an element is only formatted when the element is not plain
+            return [v if _plain(v) else self.walk(v, f"{path}[{i}]") for i, v in enumerate(value)]
         if value is None or isinstance(value, bool | int | float):
             return value
         cleaned = clean_text(str(value))
         return cleaned.value
+
+
+def _plain(value: Any) -> bool:
+    """A value :meth:`_JsonWalk.walk` returns as it is, without a finding (printable text, ``None``, a number)."""
+    kind = type(value)
+    return (kind is str and value.isprintable()) or value is None or kind is int or kind is bool or kind is float
 
 
 def clean_json(value: Any, path: str) -> tuple[Any, list[Finding]]:

@@ -115,8 +115,8 @@ class CleanItem:
 
 def _text(out: dict[str, Any], prop: str, limit: int | None, findings: list[Finding]) -> None:
     value = out.get(prop)
-    if value is None:
-        return
+    if value is None or (type(value) is str and (limit is None or len(value) <= limit) and value.isprintable()):
+        return  # nothing for clean_text to do (its own fast test)
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         out[prop] = None
         findings.append(Finding(prop, f"is a {type(value).__name__}, not text; left empty"))
@@ -138,6 +138,8 @@ def _key(item: Mapping[str, Any], limit: int | None, findings: list[Finding]) ->
     if not isinstance(raw, str) or not raw:
         findings.append(Finding("id", "has no usable id; not staged", rejected=True))
         return None
+    if type(raw) is str and raw.isprintable() and (limit is None or len(raw) <= limit):
+        return raw
     cleaned = clean_text(raw)
     if cleaned.changed or (limit is not None and len(raw) > limit):
         why = "holds control characters" if cleaned.changed else f"is {len(raw)} characters, over {limit}"
@@ -190,8 +192,8 @@ def clean_contact_item(item: Mapping[str, Any]) -> CleanItem:
     if "@removed" in item:
         return CleanItem(dict(item))
     out = dict(item)
-    for prop, column in CONTACT_PROPERTY_COLUMNS.items():
-        _text(out, prop, column_limit(stg_contacts, column), findings)
+    for prop, limit in _contact_text_limits():
+        _text(out, prop, limit, findings)
     for prop in _CONTACT_LISTS:
         if out.get(prop) is not None and not isinstance(out[prop], list):
             out[prop] = None
@@ -200,17 +202,28 @@ def clean_contact_item(item: Mapping[str, Any]) -> CleanItem:
     if isinstance(addresses, list):
         clean: list[Any] = []
         for index, entry in enumerate(addresses):
-            address = entry.get("address") if isinstance(entry, Mapping) else entry
-            value, found = clean_json(address, f"emailAddresses[{index}]")
-            findings.extend(found)
-            clean.append({"address": value} if isinstance(entry, Mapping) else value)
+            mapping = type(entry) is dict or isinstance(entry, Mapping)
+            address = entry.get("address") if mapping else entry
+            if address is None or (type(address) is str and address.isprintable()):
+                value = address  # what clean_json would return, with no finding
+            else:
+                value, found = clean_json(address, f"emailAddresses[{index}]")
+                findings.extend(found)
+            clean.append({"address": value} if mapping else value)
         out["emailAddresses"] = clean
     elif addresses is not None:
         out["emailAddresses"] = None
     for prop in ("changeKey", "parentFolderId"):
-        if isinstance(out.get(prop), str):
-            out[prop] = clean_text(out[prop]).value
+        value = out.get(prop)
+        if isinstance(value, str) and not value.isprintable():
+            out[prop] = clean_text(value).value
     return CleanItem(out, findings)
+
+
+@functools.cache
+def _contact_text_limits() -> tuple[tuple[str, int | None], ...]:
+    """``(Graph property, String length or None)`` of the contact text properties (looked up once)."""
+    return tuple((prop, column_limit(stg_contacts, column)) for prop, column in CONTACT_PROPERTY_COLUMNS.items())
 
 
 def clean_event_row(row: Mapping[str, Any]) -> CleanItem:

@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from json.encoder import encode_basestring
 from typing import Any, Final
 
 from sqlalchemy import Text, and_, bindparam, cast, delete, exists, func, or_, select, tuple_, update
@@ -108,10 +109,33 @@ def _addresses(value: Any) -> list[str]:
     return found
 
 
+#: What ``json.dumps(source, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)`` uses,
+#: made once (``json.dumps`` with options builds an encoder per call).
+_HASH_JSON: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+#: ``"column":`` of each hashed column, in ``sort_keys`` order.
+_HASH_KEYS: Final = tuple((col, encode_basestring(col) + ":") for col in sorted(set(CONTACT_SOURCE_COLUMNS)))
+
+
+def _hash_payload(row: Mapping[str, Any]) -> str:
+    """The JSON :data:`_HASH_JSON` makes of the source columns, written out directly for the values a row
+    holds (text, ``None``, lists of text); anything else goes through the encoder. Same text either way."""
+    parts: list[str] = []
+    for col, key in _HASH_KEYS:
+        value = row.get(col)
+        kind = type(value)
+        if value is None:
+            parts.append(key + "null")
+        elif kind is str:
+            parts.append(key + encode_basestring(value))
+        elif kind is list and all(type(v) is str for v in value):
+            parts.append(key + "[" + ",".join(map(encode_basestring, value)) + "]")
+        else:
+            return _HASH_JSON.encode({c: row.get(c) for c in CONTACT_SOURCE_COLUMNS})
+    return "{" + ",".join(parts) + "}"
+
+
 def _row_hash(row: Mapping[str, Any]) -> str:
-    source = {col: row.get(col) for col in CONTACT_SOURCE_COLUMNS}
-    payload = json.dumps(source, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_hash_payload(row).encode("utf-8")).hexdigest()
 
 
 def contact_row_from_graph(item: Mapping[str, Any], owner_id: str, folder_id: str | None,

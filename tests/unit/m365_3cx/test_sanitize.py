@@ -80,3 +80,36 @@ def test_clean_text_keeps_clean_text_unchanged(raw: str) -> None:
     once = clean_text(raw).value
     if once is not None:
         assert clean_text(once).value == once and not clean_text(once).changed
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | ANY_TEXT,
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(ANY_TEXT | st.integers(), inner,
+                                                                                   max_size=3), max_leaves=10)
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in [*_strings(k), *_strings(v)]]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+@given(_JSON)
+def test_clean_json_leaves_only_clean_text_and_notes_each_change(value: object) -> None:
+    cleaned, findings = clean_json(value, "p")
+    assert all(not clean_text(s).changed for s in _strings(cleaned))
+    changed = [s for s in _strings(value) if clean_text(s).changed]
+    assert len(findings) == len(changed)
+    if not changed:
+        assert cleaned == _text_keys(value)
+
+
+def _text_keys(value: object) -> object:
+    if isinstance(value, dict):
+        return {str(k): _text_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_text_keys(v) for v in value]
+    return value

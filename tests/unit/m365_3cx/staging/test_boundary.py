@@ -5,10 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 
 from m365_3cx.graph.calendar import CalendarEvent, UserCalendar
 from m365_3cx.pipeline.users import SANITIZE_STEP, clean_users
+from m365_3cx.sanitize import clean_json, clean_text
 from m365_3cx.staging import boundary
 from m365_3cx.staging import contacts as crepo
 from m365_3cx.staging import presence as stage
@@ -166,3 +169,61 @@ def test_usable_keys_and_audit_rows_with_3cx_values(engine: Engine) -> None:
                                     "object_key": "k", "number": None, "threecx_id": 3, "field": "FirstName",
                                     "before": "Ha\x00nd", "after": "Hand", "result": "ok", "error": None}])
     assert written == 1
+
+
+_ODD_CHARS = "aZ 9é\u00a0\ue000\u0378\u200b\x00\t\ud800\u0301\U0001f642"
+_ODD_TEXT = st.lists(st.sampled_from(list(_ODD_CHARS)), max_size=8).map("".join)
+_ODD_VALUE = st.none() | st.booleans() | st.integers() | _ODD_TEXT | st.lists(_ODD_TEXT | st.integers() | st.none(),
+                                                                              max_size=3)
+
+
+@given(st.dictionaries(st.sampled_from([*boundary.CONTACT_PROPERTY_COLUMNS, "businessPhones", "categories",
+                                        "changeKey"]), _ODD_VALUE),
+       _ODD_TEXT, st.lists(st.dictionaries(st.just("address"), _ODD_VALUE) | _ODD_TEXT, max_size=3))
+def test_contact_values_come_out_as_clean_text_and_clean_json_make_them(props: dict[str, Any], cid: str,
+                                                                        addresses: list[Any]) -> None:
+    """Every value, printable or not (NBSP, private use and unassigned characters are not printable yet stay),
+    comes out of the contact boundary as :func:`clean_text` / :func:`clean_json` make it, with their findings."""
+    result = boundary.clean_contact_item({"id": "c" + cid, **props, "emailAddresses": addresses})
+    if not boundary.usable_key("c" + cid, 256):
+        assert result.rejected
+        return
+    assert result.item is not None
+    expected: list[tuple[str, str]] = []
+    for prop, value in props.items():
+        got = result.item[prop]
+        if prop == "changeKey":
+            assert got == (clean_text(value).value if isinstance(value, str) else value)
+        elif prop in boundary.CONTACT_PROPERTY_COLUMNS:
+            if isinstance(value, str | int) and not isinstance(value, bool):
+                cleaned = clean_text(str(value))
+                assert got == cleaned.value
+                expected += [(prop, cleaned.describe())] if cleaned.changed else []
+            else:
+                assert got is None
+                expected += [(prop, f"is a {type(value).__name__}, not text; left empty")] if value is not None else []
+        else:
+            value = value if isinstance(value, list) else None
+            cleaned_json, found = clean_json(value, prop)
+            assert got == cleaned_json and (got is not value or value is None)
+            expected += [(f.field, f.message) for f in found]
+    for index, entry in enumerate(addresses):
+        address = entry.get("address") if isinstance(entry, dict) else entry
+        cleaned_json, found = clean_json(address, f"emailAddresses[{index}]")
+        assert result.item["emailAddresses"][index] == ({"address": cleaned_json} if isinstance(entry, dict)
+                                                        else cleaned_json)
+        expected += [(f.field, f.message) for f in found]
+    assert sorted((f.field, f.message) for f in result.findings) == sorted(expected)
+
+
+def test_unprintable_but_clean_values_stay_without_a_note() -> None:
+    nbsp = "Ann\u00a0Lee"  # not str.isprintable(), but nothing the boundary removes
+    result = boundary.clean_contact_item({"id": "id\u00a0\ue000", "givenName": nbsp, "businessPhones": [nbsp, 7, None],
+                                          "emailAddresses": [{"address": nbsp}, nbsp], "changeKey": nbsp})
+    assert result.item == {"id": "id\u00a0\ue000", "givenName": nbsp, "businessPhones": [nbsp, 7, None],
+                           "emailAddresses": [{"address": nbsp}, nbsp], "changeKey": nbsp}
+    assert result.findings == []
+    user_result = boundary.clean_user_item(user(9, onPremisesExtensionAttributes={nbsp: nbsp, "k\x00": 1, 5: "x"}))
+    assert user_result.item is not None
+    assert user_result.item["onPremisesExtensionAttributes"] == {nbsp: nbsp, "k": 1, "5": "x"}
+    assert [f.field for f in user_result.findings] == ["onPremisesExtensionAttributes.<key>"]

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import random
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import Engine, select, update
 
 from m365_3cx.reconcile.phonebook import SnapshotMatch
@@ -383,3 +387,17 @@ def test_snapshot_compares_fingerprints_and_rewrites_entries_from_before_them(en
     with engine.connect() as conn:
         rows = {r.contact_key: r for r in conn.execute(select(phonebook_map))}
     assert rows["a"].current == {"FirstName": "Ann", "Title": "CTO"} and rows["b"].current_hash is not None
+
+
+_HASH_TEXT = st.text(alphabet='aZ é李\u00a0"\\/\n\x01\u2028\U0001f642', max_size=6)
+_HASHED = st.none() | _HASH_TEXT | st.lists(_HASH_TEXT, max_size=3) | st.integers() \
+    | st.lists(st.integers() | _HASH_TEXT, max_size=2) | st.dictionaries(_HASH_TEXT, st.integers(), max_size=2)
+
+
+@given(st.dictionaries(st.sampled_from(crepo.CONTACT_SOURCE_COLUMNS), _HASHED, max_size=8))
+def test_row_hash_is_the_sha256_of_the_sorted_compact_json_of_the_source_columns(row: dict[str, Any]) -> None:
+    """The hash staged rows are compared by: unchanged for rows staged before (any value a row may hold)."""
+    source = {col: row.get(col) for col in crepo.CONTACT_SOURCE_COLUMNS}
+    payload = json.dumps(source, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    assert crepo._row_hash({**row, "contact_id": "c", "row_hash": "x"}) == \
+        hashlib.sha256(payload.encode("utf-8")).hexdigest()
