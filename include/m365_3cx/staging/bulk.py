@@ -78,7 +78,7 @@ def _clean_rows(table: Table, rows: Iterable[Mapping[str, Any]]) -> list[dict[st
     result: list[dict[str, Any]] = []
     keys: set[str] | None = None
     for row in rows:
-        clean = {key: _py(value) for key, value in row.items()}
+        clean = {key: value if type(value) in _PLAIN else _py(value) for key, value in row.items()}
         if keys is None:
             keys = set(clean)
             unknown = keys - set(table.c.keys())
