@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from json.encoder import encode_basestring
 from typing import Any, Final
 
-from sqlalchemy import Text, and_, bindparam, cast, delete, exists, func, or_, select, tuple_, update
+from sqlalchemy import String, Text, and_, any_, bindparam, cast, delete, exists, func, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 
 from m365_3cx.staging.boundary import CONTACT_PROPERTY_COLUMNS
@@ -184,14 +185,7 @@ def merge_contacts(conn: Connection, rows: Iterable[Mapping[str, Any]], run_key:
         latest[(str(row["owner_id"]), str(row["contact_id"]))] = dict(row)
     if not latest:
         return MergeCounts()
-    existing: dict[tuple[str, str], tuple[str, bool]] = {}
-    keys = list(latest)
-    pair = tuple_(stg_contacts.c.owner_id, stg_contacts.c.contact_id)
-    for start in range(0, len(keys), 500):
-        query = select(stg_contacts.c.owner_id, stg_contacts.c.contact_id, stg_contacts.c.row_hash,
-                       stg_contacts.c.deleted).where(pair.in_(keys[start:start + 500]))
-        for owner, cid, row_hash, deleted in conn.execute(query):
-            existing[(owner, cid)] = (row_hash, bool(deleted))
+    existing = _staged_hashes(conn, list(latest))
     inserted = updated = unchanged = 0
     to_write: list[dict[str, Any]] = []
     for key, row in latest.items():
@@ -209,6 +203,36 @@ def merge_contacts(conn: Connection, rows: Iterable[Mapping[str, Any]], run_key:
                                                                               "first_seen_at")]
     upsert(conn, stg_contacts, to_write, ["owner_id", "contact_id"], update_cols)
     return MergeCounts(inserted=inserted, updated=updated, unchanged=unchanged)
+
+
+def _staged_hashes(conn: Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, bool]]:
+    """``(owner_id, contact_id) -> (row_hash, deleted)`` of the staged rows among ``keys``.
+
+    PostgreSQL: per 5,000 keys one query ``owner_id = ANY(owners) AND contact_id = ANY(ids)`` (two array
+    parameters; rows of other pairs the two lists allow are left out here); elsewhere a
+    ``(owner_id, contact_id) IN (...)`` list per 500 keys.
+    """
+    columns = (stg_contacts.c.owner_id, stg_contacts.c.contact_id, stg_contacts.c.row_hash, stg_contacts.c.deleted)
+    existing: dict[tuple[str, str], tuple[str, bool]] = {}
+    if conn.dialect.name == "postgresql":
+        wanted = set(keys)
+        for start in range(0, len(keys), 5_000):
+            chunk = keys[start:start + 5_000]
+            owners = sorted({owner for owner, _ in chunk})
+            ids = sorted({cid for _, cid in chunk})
+            query = select(*columns).where(
+                stg_contacts.c.owner_id == any_(bindparam("owners", owners, type_=ARRAY(String))),
+                stg_contacts.c.contact_id == any_(bindparam("ids", ids, type_=ARRAY(String))))
+            for owner, cid, row_hash, deleted in conn.execute(query):
+                if (owner, cid) in wanted:
+                    existing[(owner, cid)] = (row_hash, bool(deleted))
+        return existing
+    pair = tuple_(stg_contacts.c.owner_id, stg_contacts.c.contact_id)
+    for start in range(0, len(keys), 500):
+        query = select(*columns).where(pair.in_(keys[start:start + 500]))
+        for owner, cid, row_hash, deleted in conn.execute(query):
+            existing[(owner, cid)] = (row_hash, bool(deleted))
+    return existing
 
 
 def _soft_delete(run_key: str, now: dt.datetime) -> dict[str, Any]:

@@ -206,6 +206,22 @@ def test_page_round_merge_and_missing_marks_are_set_based(engine: Engine) -> Non
     assert len(live) == 480 and ("c3-24",) not in live
 
 
+def test_merge_compares_only_the_given_owner_contact_pairs(engine: Engine) -> None:
+    """Owners and contact ids of a page cross: (u1, c2) is staged and differs, but it is not on the page."""
+    def row(owner: str, cid: str, **kw: Any) -> dict[str, Any]:
+        return crepo.contact_row_from_graph(graph_contact(cid, **kw), owner, None)
+
+    later = NOW + dt.timedelta(hours=1)
+    with engine.begin() as conn:
+        crepo.merge_contacts(conn, [row("u1", "c1"), row("u1", "c2"), row("u2", "c2"), row("u3", "c9")], "r1", NOW)
+        merged = crepo.merge_contacts(conn, [row("u1", "c1"), row("u2", "c2", jobTitle="CTO"), row("u2", "c1"),
+                                             *(row(f"u{i}", f"c{i}") for i in range(10, 5_100))], "r2", later)
+        stamps = {(r.owner_id, r.contact_id): r.last_run_key for r in conn.execute(select(stg_contacts))}
+    assert (merged.inserted, merged.updated, merged.unchanged) == (5_091, 1, 1)
+    assert (stamps[("u1", "c1")], stamps[("u1", "c2")], stamps[("u2", "c2")], stamps[("u3", "c9")]) == \
+        ("r1", "r1", "r2", "r1")
+
+
 def test_delta_links_in_bulk(engine: Engine) -> None:
     store = DeltaStateStore()
     with engine.begin() as conn:
