@@ -20,6 +20,7 @@ import datetime as dt
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from operator import itemgetter
 from typing import Any, Final
 
 from sqlalchemy import Column, MetaData, String, Table
@@ -157,9 +158,10 @@ def _merge_duplicates(data: list[dict[str, Any]], key_cols: Sequence[str],
     """One row per key, as the rows one after the other would have left it: the first row, with
     ``update_cols`` from the last (``DO NOTHING``: the first row). One ``INSERT ... VALUES (...), (...)
     ON CONFLICT DO UPDATE`` may touch a row only once."""
-    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    merged: dict[Any, dict[str, Any]] = {}
+    key_of = itemgetter(*key_cols)
     for row in data:
-        key = tuple(row[col] for col in key_cols)
+        key = key_of(row)
         first = merged.get(key)
         if first is None:
             merged[key] = row
@@ -176,7 +178,9 @@ def _upsert_values(conn: Connection, table: Table, data: list[dict[str, Any]], k
     dialect = conn.dialect
     quote = dialect.identifier_preparer.quote
     columns = list(data[0])
-    processors = [(col, table.c[col].type.dialect_impl(dialect).bind_processor(dialect)) for col in columns]
+    values_of = itemgetter(*columns) if len(columns) > 1 else lambda row: (row[columns[0]],)
+    processors = [(index, process) for index, col in enumerate(columns)
+                  if (process := table.c[col].type.dialect_impl(dialect).bind_processor(dialect)) is not None]
     if update_cols:
         action = "DO UPDATE SET " + ", ".join(f"{quote(col)} = excluded.{quote(col)}" for col in update_cols)
     else:
@@ -188,8 +192,10 @@ def _upsert_values(conn: Connection, table: Table, data: list[dict[str, Any]], k
     for batch in _chunks(_merge_duplicates(data, key_cols, update_cols)):
         params: list[Any] = []
         for row in batch:
-            params.extend(row[col] if process is None else process(row[col])
-                          for col, process in processors)
+            values = list(values_of(row))
+            for index, process in processors:
+                values[index] = process(values[index])
+            params.extend(values)
         conn.exec_driver_sql(head + ", ".join([one] * len(batch)) + tail, tuple(params))
 
 
