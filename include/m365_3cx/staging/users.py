@@ -82,10 +82,14 @@ class MergeCounts:
         return self.inserted + self.updated
 
 
+#: The encoder ``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)`` would
+#: build on every call, made once.
+_HASH_JSON: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def _row_hash(row: Mapping[str, Any]) -> str:
     source = {col: row.get(col) for col in USER_SOURCE_COLUMNS}
-    text = json.dumps(source, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_HASH_JSON.encode(source).encode("utf-8")).hexdigest()
 
 
 def _normalise_source(row: dict[str, Any]) -> None:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 
 import pytest
 from sqlalchemy import Engine, select
@@ -8,6 +10,7 @@ from sqlalchemy import Engine, select
 from m365_3cx.staging.schema import stg_users
 from m365_3cx.staging.users import (
     GRAPH_USER_SELECT,
+    USER_SOURCE_COLUMNS,
     MergeCounts,
     changed_user_ids,
     mark_missing_deleted,
@@ -154,3 +157,12 @@ def test_set_scope_details_records_why_and_protected_group_flips(engine: Engine)
         got = {r.user_id: (r.scope_miss, r.protected_group) for r in conn.execute(
             select(stg_users.c.user_id, stg_users.c.scope_miss, stg_users.c.protected_group))}
     assert set(got.values()) == {(None, None)}
+
+
+def test_row_hash_is_the_sha256_of_the_sorted_compact_json_of_the_source_columns() -> None:
+    """Unchanged for rows staged before: the hash users are compared by."""
+    for item in (graph_user(1), graph_user(2, displayName="Zoë \"Q\" 李", businessPhones=[], mobilePhone=None)):
+        row = user_row_from_graph(item)
+        source = {col: row.get(col) for col in USER_SOURCE_COLUMNS}
+        payload = json.dumps(source, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+        assert row["row_hash"] == hashlib.sha256(payload.encode("utf-8")).hexdigest()
