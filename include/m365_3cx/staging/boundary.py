@@ -234,14 +234,20 @@ def clean_event_row(row: Mapping[str, Any]) -> CleanItem:
     """
     findings: list[Finding] = []
     event_id = row.get("event_id")
-    limit = column_limit(stg_events, "event_id")
+    limit, columns = _event_limits()
     if not isinstance(event_id, str) or not event_id or (limit is not None and len(event_id) > limit) \
-            or clean_text(event_id).changed:
+            or (not event_id.isprintable() and clean_text(event_id).changed):
         return CleanItem(None, [Finding("id", "event id is unusable or too long; not staged", rejected=True)])
     out = dict(row)
-    for column in _EVENT_TEXT:
-        _text(out, column, column_limit(stg_events, column), findings)
+    for column, column_limit_ in columns:
+        _text(out, column, column_limit_, findings)
     return CleanItem(out, findings)
+
+
+@functools.cache
+def _event_limits() -> tuple[int | None, tuple[tuple[str, int | None], ...]]:
+    """The ``event_id`` limit and ``(column, limit)`` of the event text columns (looked up once)."""
+    return column_limit(stg_events, "event_id"), tuple((c, column_limit(stg_events, c)) for c in _EVENT_TEXT)
 
 
 def _storable_text(value: str, limit: int | None) -> str:

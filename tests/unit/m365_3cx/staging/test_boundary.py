@@ -227,3 +227,13 @@ def test_unprintable_but_clean_values_stay_without_a_note() -> None:
     assert user_result.item is not None
     assert user_result.item["onPremisesExtensionAttributes"] == {nbsp: nbsp, "k": 1, "5": "x"}
     assert [f.field for f in user_result.findings] == ["onPremisesExtensionAttributes.<key>"]
+
+
+def test_event_ids_and_texts_clean_as_clean_text_says() -> None:
+    base = {"user_id": "u", "subject": "a\u00a0b", "show_as": "bu\x00sy", "time_zone": "Europe/Berlin"}
+    kept = boundary.clean_event_row({**base, "event_id": "e\u00a0\ue000"})  # unprintable, yet nothing to remove
+    assert kept.item is not None and kept.item["event_id"] == "e\u00a0\ue000"
+    assert (kept.item["subject"], kept.item["show_as"]) == ("a\u00a0b", "busy")
+    assert [f.field for f in kept.findings] == ["show_as"]
+    for bad in ("e\x00", "e\u200b", "", "e" * 1_000):
+        assert boundary.clean_event_row({**base, "event_id": bad}).rejected
