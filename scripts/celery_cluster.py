@@ -67,8 +67,9 @@ SETTINGS = {
                   "pool_first": "300", "pool_last": "399"},
     "extensions": {"removal_policy": "disable", "default_region": "US"},
     "guards": {"mass_removal_min": 5, "mass_removal_fraction": 0.10},
-    # Small shards, so the 40 emulated users give several mapped extract_contacts instances.
-    "contacts": {"personal_contacts": "all", "shard_size": 10},
+    # Small shards, so the 40 emulated users give ~7 mapped extract_contacts instances: more than one
+    # worker holds at once (concurrency 2) even when a fast worker takes the next shard as it frees up.
+    "contacts": {"personal_contacts": "all", "shard_size": 5},
 }
 POOLS = {"graph_api": (4, "Microsoft Graph requests"), "threecx_api": (1, "3CX XAPI (one live token per client)")}
 
