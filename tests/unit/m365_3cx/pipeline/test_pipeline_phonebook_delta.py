@@ -111,6 +111,20 @@ def _load_plan(engine: Engine, plan_key: str) -> list[dict[str, Any]]:
         return load_plan(conn, plan_key)
 
 
+def _random_tenant(engine: Engine, rng: random.Random, n_owners: int, per_owner: tuple[int, int]
+                   ) -> tuple[list[str], dict[str, list[dict[str, Any]]]]:
+    """``n_owners`` owners in random regions with random contacts, staged by the successful full run r0
+    (not yet transformed)."""
+    owners = [f"u{i}" for i in range(n_owners)]
+    contacts = {o: [_contact(rng, f"{o}-c{j}") for j in range(rng.randint(*per_owner))] for o in owners}
+    with engine.begin() as conn:
+        upsert(conn, stg_users, [_user(o, rng.choice(REGIONS), T0, "r0") for o in owners], ["user_id"])
+        for owner, items in contacts.items():
+            _stage(conn, owner, items, "r0", T0)
+        _run(conn, "r0", "full", T0)
+    return owners, contacts
+
+
 def _one_owner_full_run(engine: Engine, seed: int, contacts: int) -> random.Random:
     """Owner u1 with ``contacts`` random contacts, transformed by the successful full run r0."""
     rng = random.Random(seed)
@@ -126,13 +140,7 @@ def _one_owner_full_run(engine: Engine, seed: int, contacts: int) -> random.Rand
 def test_delta_transform_and_plan_equal_a_full_recomputation(engine: Engine, seed: int) -> None:
     rng = random.Random(seed)
     settings = _settings()
-    owners = [f"u{i}" for i in range(6)]
-    contacts = {o: [_contact(rng, f"{o}-c{j}") for j in range(rng.randint(3, 12))] for o in owners}
-    with engine.begin() as conn:
-        upsert(conn, stg_users, [_user(o, rng.choice(REGIONS), T0, "r0") for o in owners], ["user_id"])
-        for owner, items in contacts.items():
-            _stage(conn, owner, items, "r0", T0)
-        _run(conn, "r0", "full", T0)
+    owners, contacts = _random_tenant(engine, rng, 6, (3, 12))
     steps.transform_phonebook(engine, settings, "r0", T0, mode="full")
     _as_applied(engine, T0)
 
@@ -258,13 +266,7 @@ def test_a_full_run_recomputes_only_what_changed_and_equals_a_full_recomputation
     """The nightly full run after changes: incremental, and exactly what a from-scratch transform computes."""
     rng = random.Random(seed)
     settings = _settings()
-    owners = [f"u{i}" for i in range(5)]
-    contacts = {o: [_contact(rng, f"{o}-c{j}") for j in range(rng.randint(4, 10))] for o in owners}
-    with engine.begin() as conn:
-        upsert(conn, stg_users, [_user(o, rng.choice(REGIONS), T0, "r0") for o in owners], ["user_id"])
-        for owner, items in contacts.items():
-            _stage(conn, owner, items, "r0", T0)
-        _run(conn, "r0", "full", T0)
+    owners, contacts = _random_tenant(engine, rng, 5, (4, 10))
     assert "incremental" not in steps.transform_phonebook(engine, settings, "r0", T0, mode="full")
 
     t1 = T0 + dt.timedelta(days=1)
