@@ -624,7 +624,8 @@ def snapshot_phonebook(engine: Engine, threecx: ThreeCXClient, settings: Setting
 
     contacts = [c for page in threecx.list_contacts() for c in page]
     with engine.begin() as conn:
-        matches, foreign = match_snapshot(crepo.entry_ids(conn), contacts)
+        matches, foreign = match_snapshot(load_frame(conn, "phonebook_map", columns=["contact_key", "threecx_id"]),
+                                         contacts)
         relinked = crepo.apply_snapshot(conn, matches, run_key, now)
     present = sum(1 for m in matches if m.present)
     log.info("3CX phonebook snapshot: %d contacts, %d managed present, %d foreign, %d re-linked",

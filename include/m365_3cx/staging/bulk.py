@@ -52,7 +52,7 @@ runs once per value of every row written)."""
 
 def _py(value: Any) -> Any:
     """Turn pandas/numpy scalars (NaN, NaT, NA, numpy ints, Timestamps) into plain Python values."""
-    if type(value) in _PLAIN or value is None or isinstance(value, str | bool | int | dt.datetime | list | dict):
+    if type(value) in _PLAIN or isinstance(value, str | bool | int | dt.datetime | list | dict):
         return value
     if isinstance(value, float):
         return None if math.isnan(value) else value

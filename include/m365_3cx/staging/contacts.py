@@ -32,7 +32,6 @@ __all__ = [
     "contact_row_from_graph",
     "eligible_user_count",
     "entry_currents",
-    "entry_ids",
     "fill_fingerprints",
     "forget_entries",
     "load_entries",
@@ -631,17 +630,6 @@ def apply_snapshot(conn: Connection, matches: Iterable[Any], run_key: str, now: 
         for start in range(0, len(rows), 500):
             conn.execute(stmt, rows[start:start + 500])
     return relinked
-
-
-def entry_ids(conn: Connection) -> Any:
-    """``contact_key`` and ``threecx_id`` of every map entry, as a DataFrame (what the snapshot match
-    needs: no ``current`` is read or decoded)."""
-    import pandas as pd
-
-    rows = conn.execute(select(phonebook_map.c.contact_key, phonebook_map.c.threecx_id)
-                        .order_by(phonebook_map.c.contact_key)).all()
-    return pd.DataFrame({"contact_key": pd.Series([r[0] for r in rows], dtype=object),
-                         "threecx_id": pd.Series([r[1] for r in rows], dtype=object)})
 
 
 def _settled(t: Any, m: Any) -> Any:
