@@ -2,7 +2,8 @@
 
 One :class:`HttpTransport` per client holds pooled ``requests`` sessions (one per
 thread), passes ``verify`` and timeouts on every request (``REQUESTS_CA_BUNDLE``
-would otherwise override a session-level ``verify``) and retries throttling,
+would otherwise override a session-level ``verify``), resolves the environment's
+proxies once per host instead of on every call, and retries throttling,
 transient statuses and dropped connections with Retry-After or capped
 exponential backoff. Turning a failed response into an error is left to a
 ``classify`` callable supplied by each client, so both services back off alike
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -254,6 +256,7 @@ class HttpTransport:
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._sessions_lock = threading.Lock()
+        self._proxies: dict[tuple[str, str], dict[str, str]] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -261,14 +264,29 @@ class HttpTransport:
 
     @property
     def verify(self) -> str | bool:
-        """The ``verify=`` value passed on every request."""
-        return self.ca_bundle or True
+        """The ``verify=`` value passed on every request: the configured CA bundle, else the one
+        ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` names (as ``requests`` would pick), else the default store."""
+        return (self.ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+                or True)
+
+    def proxies(self, url: str) -> dict[str, str]:
+        """The proxies the environment names for ``url``'s scheme and host (``HTTPS_PROXY``,
+        ``NO_PROXY``...), looked up once per host: the sessions do not consult the environment on
+        every request (``trust_env`` off), which costs a scan of ``os.environ`` and ``.netrc`` probes
+        per call; the bearer token is the only credential sent."""
+        parts = urlsplit(url)
+        key = (parts.scheme.lower(), parts.netloc.lower())
+        found = self._proxies.get(key)
+        if found is None:
+            found = self._proxies[key] = dict(requests.utils.get_environ_proxies(url))
+        return found
 
     def session(self) -> requests.Session:
         """This thread's session (created on first use)."""
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
+            session.trust_env = False  # proxies and CA bundle are resolved by the transport (see proxies())
             session.headers["User-Agent"] = self._user_agent
             with self._sessions_lock:
                 self._sessions.append(session)
@@ -313,7 +331,8 @@ class HttpTransport:
         transport_error = transport_error or self._transport_error
         repeatable = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
         policy = self.policy
-        masked = mask_url(url)
+        proxies = self.proxies(url)
+        verify = self.verify
         waited = 0.0
         attempt = 0
         while True:
@@ -326,7 +345,7 @@ class HttpTransport:
             try:
                 response = self.session().request(
                     method, url, headers=request_headers, params=params, json=json, data=data,
-                    verify=self.verify, timeout=policy.timeout,
+                    verify=verify, proxies=proxies, timeout=policy.timeout,
                 )
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
                     requests.exceptions.ContentDecodingError) as exc:
@@ -349,9 +368,10 @@ class HttpTransport:
                 retry_after = None
                 outcome = type(failure).__name__
                 if not retriable:
-                    raise transport_error(f"{method} {masked} failed: {outcome}") from None
+                    raise transport_error(f"{method} {mask_url(url)} failed: {outcome}") from None
 
             wait = retry_after if retry_after is not None else policy.backoff(attempt, self._rand())
+            masked = mask_url(url)
             if attempt >= policy.max_attempts or waited + wait > policy.max_total_wait:
                 log.warning(
                     "HTTP %s %s: %s; giving up after %d attempt(s) and %.2fs of backoff",

@@ -130,8 +130,7 @@ def upsert(
         return 0
     if update_cols is None:
         update_cols = [key for key in data[0] if key not in key_cols]
-    if conn.dialect.name == "postgresql" and conn.dialect.paramstyle in ("format", "pyformat") \
-            and not _needs_sqlalchemy(table, data[0]):
+    if _raw_values(conn, table, data[0]):
         _upsert_values(conn, table, data, key_cols, update_cols)
         return len(data)
     stmt = _insert_for(conn, table)
@@ -172,24 +171,31 @@ def _merge_duplicates(data: list[dict[str, Any]], key_cols: Sequence[str],
 
 def _upsert_values(conn: Connection, table: Table, data: list[dict[str, Any]], key_cols: Sequence[str],
                    update_cols: Sequence[str]) -> None:
-    """PostgreSQL: each batch as one multi-row ``INSERT ... VALUES ... ON CONFLICT`` (psycopg2 quotes the
+    """PostgreSQL: each batch as one multi-row ``INSERT ... VALUES ... ON CONFLICT``."""
+    quote = conn.dialect.identifier_preparer.quote
+    if update_cols:
+        action = "DO UPDATE SET " + ", ".join(f"{quote(col)} = excluded.{quote(col)}" for col in update_cols)
+    else:
+        action = "DO NOTHING"
+    tail = f" ON CONFLICT ({', '.join(quote(col) for col in key_cols)}) {action}"
+    _insert_values(conn, table, _merge_duplicates(data, key_cols, update_cols), tail)
+
+
+def _insert_values(conn: Connection, table: Table, data: list[dict[str, Any]], tail: str = "") -> None:
+    """PostgreSQL: each batch as one multi-row ``INSERT ... VALUES (...), (...)`` (psycopg2 quotes the
     values in one call) instead of one statement per row (``execute_batch``: a mogrify of the whole
-    statement per row, and as many statements for the server to plan)."""
+    statement per row, and as many statements for the server to plan) or SQLAlchemy's insertmanyvalues
+    (a parameter dict compiled per row)."""
     dialect = conn.dialect
     quote = dialect.identifier_preparer.quote
     columns = list(data[0])
     values_of = itemgetter(*columns) if len(columns) > 1 else lambda row: (row[columns[0]],)
     processors = [(index, process) for index, col in enumerate(columns)
                   if (process := table.c[col].type.dialect_impl(dialect).bind_processor(dialect)) is not None]
-    if update_cols:
-        action = "DO UPDATE SET " + ", ".join(f"{quote(col)} = excluded.{quote(col)}" for col in update_cols)
-    else:
-        action = "DO NOTHING"
     head = (f"INSERT INTO {dialect.identifier_preparer.format_table(table)} "
             f"({', '.join(quote(col) for col in columns)}) VALUES ")
-    tail = f" ON CONFLICT ({', '.join(quote(col) for col in key_cols)}) {action}"
     one = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    for batch in _chunks(_merge_duplicates(data, key_cols, update_cols)):
+    for batch in _chunks(data):
         params: list[Any] = []
         for row in batch:
             values = list(values_of(row))
@@ -201,9 +207,20 @@ def _upsert_values(conn: Connection, table: Table, data: list[dict[str, Any]], k
 
 def _insert_many(conn: Connection, table: Table, rows: Iterable[Mapping[str, Any]]) -> int:
     data = _clean_rows(table, rows)
+    if not data:
+        return 0
+    if _raw_values(conn, table, data[0]):
+        _insert_values(conn, table, data)
+        return len(data)
     for batch in _chunks(data):
         conn.execute(table.insert(), list(batch))
     return len(data)
+
+
+def _raw_values(conn: Connection, table: Table, row: Mapping[str, Any]) -> bool:
+    """Whether rows like ``row`` can go as plain multi-row VALUES (PostgreSQL, no Python-side defaults)."""
+    return (conn.dialect.name == "postgresql" and conn.dialect.paramstyle in ("format", "pyformat")
+            and not _needs_sqlalchemy(table, row))
 
 
 @contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import requests
@@ -335,3 +336,39 @@ def test_call_pool_keeps_order_runs_at_once_and_cancels_what_an_early_stop_leave
         [threading.current_thread().name] * 2
     with pytest.raises(ValueError, match="reads must be at least 1"):
         CallPool(0, "reads")
+
+
+def test_the_environment_ca_bundle_is_used_when_none_is_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/env-ca.pem")
+    with requests_mock.Mocker() as m:
+        m.get(URL, json={})
+        HttpTransport().send("GET", URL)
+        HttpTransport(ca_bundle="/configured.pem").send("GET", URL)
+        assert [r.verify for r in m.request_history] == ["/env-ca.pem", "/configured.pem"]
+
+
+def test_environment_proxies_apply_per_host_and_no_proxy_bypasses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
+    monkeypatch.setenv("NO_PROXY", "pbx.internal")
+    transport = HttpTransport()
+    with requests_mock.Mocker() as m:
+        m.get(URL, json={})
+        m.get("https://pbx.internal/xapi/v1/Users", json={})
+        transport.send("GET", URL)
+        transport.send("GET", "https://pbx.internal/xapi/v1/Users")
+        proxied, direct = m.request_history
+        assert proxied.proxies.get("https") == "http://proxy.corp:3128"
+        assert "https" not in direct.proxies
+    assert transport.proxies(URL) is transport.proxies(URL + "?again=1")  # looked up once per host
+
+
+def test_a_netrc_entry_never_replaces_the_bearer_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    host = URL.split("/")[2].split(":")[0]
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine {host} login someone password hunter2\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    with requests_mock.Mocker() as m:
+        m.get(URL, json={})
+        HttpTransport().send("GET", URL, auth=lambda: "tok")
+        assert m.request_history[0].headers["Authorization"] == "Bearer tok"
