@@ -13,6 +13,7 @@ from fastapi.responses import PlainTextResponse
 
 from emulators.graph import errors, query
 from emulators.graph.errors import JSONResponse
+from emulators.graph.mailbox import fresh
 from emulators.graph.state import BadToken, DeltaCursor, NotFound, SyncStateNotFound
 
 if TYPE_CHECKING:
@@ -142,16 +143,23 @@ def _context(request: Request, entity: str, select: list[str] | None) -> str:
 
 
 def _paged(request: Request, items: list[dict[str, Any]], opts: dict[str, str], context: str,
-           count: bool) -> JSONResponse:
+           count: bool, *, total: int | None = None) -> JSONResponse:
+    """One page of ``items``; with ``total``, ``items`` is already the page at the skiptoken's offset
+    and ``total`` the size of the whole collection."""
     top = _page_size(opts)
-    offset = _decode_offset(opts["$skiptoken"]) if "$skiptoken" in opts else 0
+    offset = _offset(opts)
+    size = len(items) if total is None else total
     body: dict[str, Any] = {"@odata.context": context}
     if count and offset == 0:
-        body["@odata.count"] = len(items)
-    if offset + top < len(items):
+        body["@odata.count"] = size
+    if offset + top < size:
         body["@odata.nextLink"] = _link(request, [("$skiptoken", _encode_offset(offset + top))], keep_query=True)
-    body["value"] = items[offset:offset + top]
+    body["value"] = items[offset:offset + top] if total is None else items
     return graph_json(body)
+
+
+def _offset(opts: dict[str, str]) -> int:
+    return _decode_offset(opts["$skiptoken"]) if "$skiptoken" in opts else 0
 
 
 # ------------------------------------------------------------------ /me
@@ -174,9 +182,10 @@ def list_users(request: Request) -> JSONResponse:
     _page_size(opts)
     count = _count_requested(request, opts)
     flt = _filter(opts, advanced=count)
-    users = _backend(request).list_users(flt.predicate if flt else None)
-    items = [query.project(u, select) for u in users]
-    return _paged(request, items, opts, _context(request, "users", select), count)
+    # Only the page is rendered (a copy of the selected properties), not every user of the tenant.
+    total, items = _backend(request).users_page(flt.predicate if flt else None, _offset(opts), _page_size(opts),
+                                                lambda user: fresh(query.project(user, select)))
+    return _paged(request, items, opts, _context(request, "users", select), count, total=total)
 
 
 @router.get("/v1.0/users/$count")

@@ -19,6 +19,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -312,6 +313,14 @@ class TenantBackend:
         """Active users in stable (creation) order, optionally filtered; deep copies."""
         with self._lock:
             return [copy.deepcopy(r.props) for r in self._active() if predicate is None or predicate(r.props)]
+
+    def users_page(self, predicate: query.Predicate | None, offset: int, limit: int,
+                   render: Callable[[dict[str, Any]], dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
+        """How many active users match, and the page ``[offset, offset + limit)`` of them in creation
+        order, each passed through ``render`` under the lock (which must copy what it keeps)."""
+        with self._lock:
+            matching = [r.props for r in self._active() if predicate is None or predicate(r.props)]
+            return len(matching), [render(props) for props in matching[offset:offset + limit]]
 
     def deleted_users(self) -> list[dict[str, Any]]:
         """Soft-deleted users (deleted items), each with its ``deletedDateTime``; deep copies."""

@@ -555,11 +555,11 @@ class _RoundPage:
         totals.counts["inserted"] += merged.inserted
         totals.counts["updated"] += merged.updated
         totals.counts["unchanged"] += merged.unchanged
-        for owner, ids in self.removed.items():
-            totals.counts["deleted"] += crepo.mark_contacts_deleted(conn, owner, ids, run_key, now)
-        for owner, ids in self.excluded.items():
-            totals.counts["excluded"] += len(ids)
-            crepo.purge_contacts(conn, owner, ids)
+        if self.removed:
+            totals.counts["deleted"] += crepo.mark_deleted_by_owner(conn, self.removed, run_key, now)
+        if self.excluded:
+            totals.counts["excluded"] += sum(len(ids) for ids in self.excluded.values())
+            crepo.purge_by_owner(conn, self.excluded)
         totals.counts["deleted"] += crepo.mark_missing_in_streams(conn, self.finished_full, run_key, now)
         if self.links:
             store.save_many(conn, self.links, run_key, now=now)

@@ -201,3 +201,27 @@ def test_missing_pem_file_is_config_error(tmp_path: Any) -> None:
     )
     with pytest.raises(ConfigError):
         _provider(creds).token()
+
+
+def test_a_fresh_token_is_reused_without_asking_msal_and_a_short_lived_one_is_not() -> None:
+    provider = _provider(_creds())
+    with requests_mock.Mocker() as m:
+        m.get(OIDC_URL, json=_oidc())
+        m.post(TOKEN_URL, json={"token_type": "Bearer", "expires_in": 3599, "access_token": "AT1"})
+        app = provider.app()
+        asked: list[int] = []
+        acquire = app.acquire_token_for_client
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            asked.append(1)
+            return acquire(*args, **kwargs)
+
+        app.acquire_token_for_client = counting  # type: ignore[method-assign]
+        assert [provider.token() for _ in range(50)] == ["AT1"] * 50
+        assert len(asked) == 1
+        provider.invalidate("AT1")  # a rejected token is never handed out again
+        m.post(TOKEN_URL, json={"token_type": "Bearer", "expires_in": 200, "access_token": "AT2"})
+        assert provider.token() == "AT2"
+        m.post(TOKEN_URL, json={"token_type": "Bearer", "expires_in": 200, "access_token": "AT3"})
+        assert provider.token() == "AT3"  # under five minutes left: MSAL is asked (and renews) every time
+        assert len(asked) == 3

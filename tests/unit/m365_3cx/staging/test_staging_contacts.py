@@ -66,6 +66,22 @@ def test_merge_is_idempotent_and_deletes_are_soft(engine: Engine) -> None:
     assert left == {"c0": False, "c2": False}
 
 
+def test_deletes_and_purges_of_many_owners_touch_only_the_named_owner_contact_pairs(engine: Engine) -> None:
+    rows = [crepo.contact_row_from_graph(graph_contact(f"c{i}"), owner, None)
+            for owner in ("u1", "u2", "u3") for i in range(700)]  # > one 500-pair statement
+    with engine.begin() as conn:
+        crepo.merge_contacts(conn, rows, "r1", NOW)
+        deleted = crepo.mark_deleted_by_owner(conn, {"u1": [f"c{i}" for i in range(600)], "u2": ["c5", "c5", "nope"]},
+                                              "r2", NOW)
+        again = crepo.mark_deleted_by_owner(conn, {"u1": ["c0"]}, "r3", NOW)
+        purged = crepo.purge_by_owner(conn, {"u2": ["c6"], "u3": [f"c{i}" for i in range(650)]})
+        state = {(r.owner_id, r.contact_id): r.deleted for r in conn.execute(select(stg_contacts))}
+    assert (deleted, again, purged) == (601, 0, 651)
+    assert sum(state.values()) == 601 and state[("u1", "c600")] is False and state[("u2", "c5")] is True
+    assert ("u2", "c6") not in state and ("u1", "c6") in state and ("u3", "c650") in state
+    assert len(state) == 3 * 700 - 651
+
+
 def test_streams_gone_lose_their_contacts_and_links(engine: Engine) -> None:
     store = DeltaStateStore()
     with engine.begin() as conn:
