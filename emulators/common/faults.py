@@ -9,6 +9,7 @@ decides the fault. Randomness is seeded so a test run is repeatable.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import re
 import threading
@@ -19,6 +20,31 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FAULT_KINDS = ("latency", "status", "drop", "outage", "revoke_token")
+
+_WAKE_GROUPS: dict[tuple[int, int], list[asyncio.Future[None]]] = {}
+
+
+async def latency_sleep(seconds: float) -> None:
+    """``asyncio.sleep(seconds)``, rounded up to the next millisecond, with one loop timer per
+    millisecond for all requests waking then: the items of one ``$batch`` (and the batches sent
+    together) share a timer instead of each scheduling its own, a cost that showed at tens of
+    thousands of requests per run."""
+    loop = asyncio.get_running_loop()
+    tick = math.ceil((loop.time() + seconds) * 1000)
+    key = (id(loop), tick)
+    waiter: asyncio.Future[None] = loop.create_future()
+    group = _WAKE_GROUPS.get(key)
+    if group is None:
+        group = _WAKE_GROUPS[key] = []
+        loop.call_at(tick / 1000, _wake, key)
+    group.append(waiter)
+    await waiter  # a cancelled request cancels only its own waiter
+
+
+def _wake(key: tuple[int, int]) -> None:
+    for waiter in _WAKE_GROUPS.pop(key, ()):
+        if not waiter.done():
+            waiter.set_result(None)
 
 
 @dataclass
@@ -222,7 +248,7 @@ class FaultMiddleware:
             return
         self.counters.faulted(key)
         if rule.kind == "latency":
-            await asyncio.sleep(rule.latency)
+            await latency_sleep(rule.latency)
             await self.app(scope, receive, send)
             return
         if rule.kind == "drop":
