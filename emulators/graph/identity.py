@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, unquote_plus, urlsplit
 
 from fastapi import APIRouter, Request
 
+from emulators.graph import urls
 from emulators.graph.errors import IdentityError, JSONResponse
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ def _backend(request: Request) -> TenantBackend:
 
 
 def _base(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
+    return urls.base(request)
 
 
 def _check_tenant(backend: TenantBackend, tenant: str, error: str) -> None:

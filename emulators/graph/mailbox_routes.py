@@ -11,12 +11,12 @@ import contextlib
 import datetime as dt
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 from fastapi import APIRouter, Depends, Request
 
 from emulators.graph import calendar as cal
-from emulators.graph import errors
+from emulators.graph import errors, urls
 from emulators.graph.errors import JSONResponse
 from emulators.graph.mailbox import (
     CONTACT_PROPERTIES,
@@ -51,7 +51,7 @@ def _backend(request: Request) -> TenantBackend:
 
 
 def _base(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
+    return urls.base(request)
 
 
 # ------------------------------------------------------------------ errors
@@ -154,7 +154,8 @@ class Preferences:
 
 def _options(request: Request, allowed: set[str]) -> dict[str, str]:
     opts: dict[str, str] = {}
-    for name, value in request.query_params.multi_items():
+    # what request.query_params.multi_items() holds, without building its multi-dict per request
+    for name, value in parse_qsl(request.scope["query_string"].decode("latin-1"), keep_blank_values=True):
         low = name.lower()
         if not low.startswith("$"):
             continue

@@ -11,7 +11,7 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
 
-from emulators.graph import errors, query
+from emulators.graph import errors, query, urls
 from emulators.graph.errors import JSONResponse
 from emulators.graph.mailbox import fresh
 from emulators.graph.state import BadToken, DeltaCursor, NotFound, SyncStateNotFound
@@ -52,7 +52,7 @@ def graph_json(body: dict[str, Any], status: int = 200, headers: dict[str, str] 
 
 
 def _base(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
+    return urls.base(request)
 
 
 def _options(request: Request, allowed: set[str]) -> dict[str, str]:
