@@ -9,12 +9,15 @@ pipeline steps (:mod:`m365_3cx.pipeline`) in DAG order, without Airflow's task o
 ``delta_none``    a delta run with no change in Microsoft 365;
 ``delta_churn``   a delta run after 1 % churn (users renamed, contacts edited, events added now).
 
-Mapped tasks (contact and calendar shards) run on ``--graph-slots`` threads, like the ``graph_api``
-pool's 4 slots. Per mode it prints and writes to JSON: wall time, per-step wall and SQL statements
+Mapped tasks (contact and calendar shards) run on ``--graph-slots`` workers, like the ``graph_api``
+pool's 4 slots: forked processes by default, as Airflow runs every task instance in a process of its
+own (``--mapped-in threads`` runs them on threads of the bench process, sharing one interpreter lock).
+Per mode it prints and writes to JSON: wall time, per-step wall and SQL statements
 (a SQLAlchemy ``before_cursor_execute`` listener: one per round trip, an executemany counts once),
 Graph and 3CX requests per endpoint, 3CX reads and writes against the changes that were really
 needed, peak RSS of the product per step (its ``VmHWM`` is reset before each step: in Airflow every
-task is a process of its own) and of the whole process tree, CPU seconds of the product and of each
+task is a process of its own) and of the whole process tree (the sum of proportional set sizes, so
+pages a forked worker shares are counted once), CPU seconds of the product and of each
 emulator, the theoretical minimum
 request counts and the latency floor, and the ratio to each. Then a *naive* client (sequential, no
 ``$batch``, no delta, GET-then-PATCH per record) repeats the no-change pass over a sample of users;
@@ -98,14 +101,34 @@ def _status_kib(pid: int, field_name: str) -> int:
     return 0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU a process has used so far (``/proc/<pid>/stat``), in seconds."""
+def cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
+    """User + system CPU a process has used so far (``/proc/<pid>/stat``), in seconds; with
+    ``reaped_children``, plus that of its children that have ended (the mapped tasks' processes)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
             fields = handle.read().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (``/proc/<pid>/task/*/children``)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as handle:
+                found.extend(int(p) for p in handle.read().split())
+        except OSError:
+            continue
+    return found
 
 
 def reset_peak_rss() -> bool:
@@ -127,8 +150,23 @@ def reset_peak_rss() -> bool:
     return True
 
 
+def _pss_kib(pid: int) -> int:
+    """A process's proportional set size (``/proc/<pid>/smaps_rollup``): pages shared with other
+    processes (a forked worker's inherited heap) count in part, so a sum over a tree counts them once."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        return _status_kib(pid, "VmRSS")
+    return _status_kib(pid, "VmRSS")
+
+
 class RssSampler:
-    """Samples the RSS of this process and the emulator processes (the tree) every 0.2 s."""
+    """Samples the memory of this process, its mapped-task workers and the emulator processes (the
+    tree) every 0.2 s: the sum of their proportional set sizes, so the pages a forked worker shares
+    with this process are not counted twice."""
 
     def __init__(self, children: list[int]) -> None:
         self.children = children
@@ -138,7 +176,8 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):
-            total = sum(_status_kib(pid, "VmRSS") for pid in [os.getpid(), *self.children])
+            pids = {os.getpid(), *self.children, *child_pids(os.getpid())}  # + the mapped tasks' processes
+            total = sum(_pss_kib(pid) for pid in pids)
             self.peak_tree_kib = max(self.peak_tree_kib, total)
 
     def start(self) -> RssSampler:
@@ -245,6 +284,7 @@ class Harness:
     pbx_info: dict[str, Any]
     settings: Settings
     graph_slots: int
+    mapped_in: str = "processes"
     steps: list[StepResult] = field(default_factory=list)
 
     def graph(self) -> GraphClient:
@@ -278,27 +318,74 @@ class Harness:
 
     def mapped(self, name: str, fn: Callable[..., Any], shards: list[dict[str, Any]], make_client: Callable[[], Any],
                *args: Any) -> list[Any]:
-        """Run one mapped task's instances on ``graph_slots`` threads (each with its own client)."""
-        def one(shard: dict[str, Any]) -> Any:
-            with make_client() as client:
-                return fn(self.engine, client, self.settings, *args[:2], shard, *args[2:])
-
+        """Run one mapped task's instances on ``graph_slots`` workers, each instance with its own client:
+        forked processes (``mapped_in="processes"``: as Airflow runs every task instance in a process of
+        its own, so they do not share one interpreter lock) or threads of this process."""
+        global _MAPPED
         fresh_process()
-        reset_peak_rss()  # the shards' threads together: Airflow runs them in separate processes
+        reset_peak_rss()
         before, started = self.sql.count, time.perf_counter()
+        workers = max(1, min(self.graph_slots, len(shards) or 1))
+        child_sql = 0
+        peak_kib = 0
         if name in os.environ.get("BENCH_PROFILE", "").split(","):  # the shards one after another, profiled
             import cProfile
             import pstats
 
+            _MAPPED = (self, fn, make_client, args, shards)
             profiler = cProfile.Profile()
-            results = profiler.runcall(lambda: [one(shard) for shard in shards])
+            results = profiler.runcall(lambda: [_run_shard(i)[0] for i in range(len(shards))])
             pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+        elif self.mapped_in == "processes" and len(shards) > 1:
+            import multiprocessing
+
+            _MAPPED = (self, fn, make_client, args, shards)
+            pool = multiprocessing.get_context("fork").Pool(workers, initializer=_child_started)
+            try:
+                outcomes = pool.map(_run_shard, range(len(shards)), chunksize=1)
+            finally:
+                pool.close()
+                pool.join()  # reaped: their CPU time counts as the product's
+            results = [result for result, _, _ in outcomes]
+            child_sql = sum(sql for _, sql, _ in outcomes)
+            peak_kib = max((kib for _, _, kib in outcomes), default=0)
         else:
-            with ThreadPoolExecutor(max_workers=max(1, min(self.graph_slots, len(shards) or 1))) as pool:
-                results = list(pool.map(one, shards))
+            _MAPPED = (self, fn, make_client, args, shards)
+            with ThreadPoolExecutor(max_workers=workers) as threads:
+                results = [result for result, _, _ in threads.map(_run_shard, range(len(shards)))]
+        _MAPPED = None
         self.steps.append(StepResult(f"{name} x{len(shards)}", time.perf_counter() - started,
-                                     self.sql.count - before, None, _status_kib(os.getpid(), "VmHWM")))
+                                     self.sql.count - before + child_sql, None,
+                                     max(peak_kib, _status_kib(os.getpid(), "VmHWM"))))
         return results
+
+
+_MAPPED: tuple[Harness, Callable[..., Any], Callable[[], Any], tuple[Any, ...], list[dict[str, Any]]] | None = None
+"""The mapped step being run (read by its forked workers, which inherit it)."""
+
+
+def _child_started() -> None:
+    """A forked worker: SQLAlchemy's pooled connections belong to the parent, open its own."""
+    assert _MAPPED is not None
+    _MAPPED[0].engine.dispose(close=False)
+    reset_peak_rss()
+
+
+def _run_shard(index: int) -> tuple[Any, int, int]:
+    """One mapped task instance: its result, the SQL statements it sent and this process's peak RSS (KiB)."""
+    assert _MAPPED is not None
+    h, fn, make_client, args, shards = _MAPPED
+    before = h.sql.count
+    with make_client() as client:
+        result = fn(h.engine, client, h.settings, *args[:2], shards[index], *args[2:])
+    in_child = multiprocessing_child()
+    return result, (h.sql.count - before) if in_child else 0, _status_kib(os.getpid(), "VmHWM") if in_child else 0
+
+
+def multiprocessing_child() -> bool:
+    import multiprocessing
+
+    return multiprocessing.parent_process() is not None
 
 
 def run_pipeline(h: Harness, mode: str, label: str) -> dict[str, Any]:
@@ -599,6 +686,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=float, default=20.0, help="added to every emulator request")
     parser.add_argument("--churn", type=float, default=0.01)
     parser.add_argument("--graph-slots", type=int, default=4, help="parallel mapped tasks (graph_api pool)")
+    parser.add_argument("--shard-size", type=int, default=None,
+                        help="contacts.shard_size and presence.shard_size (users per mapped task instance)")
+    parser.add_argument("--mapped-in", choices=("processes", "threads"), default="processes",
+                        help="run mapped task instances in forked processes (as Airflow does) or threads")
     parser.add_argument("--write-concurrency", type=int, default=None, help="threecx.write_concurrency")
     parser.add_argument("--batch-concurrency", type=int, default=None, help="graph.batch_concurrency")
     parser.add_argument("--read-concurrency", type=int, default=None, help="threecx.read_concurrency")
@@ -639,6 +730,8 @@ def main(argv: list[str] | None = None) -> int:
             "contacts": {"personal_contacts": "all"},
             "presence": {"enabled": True},
         }
+        if args.shard_size is not None:
+            raw["contacts"]["shard_size"] = raw["presence"]["shard_size"] = args.shard_size
         raw["threecx"] = {k: v for k, v in (("write_concurrency", args.write_concurrency),
                                              ("read_concurrency", args.read_concurrency)) if v is not None}
         if args.batch_concurrency is not None:
@@ -649,7 +742,9 @@ def main(argv: list[str] | None = None) -> int:
         report["write_concurrency"] = write_concurrency
         report["batch_concurrency"] = batch_concurrency
         report["read_concurrency"] = settings.threecx.read_concurrency
-        h = Harness(engine, SqlCounter(engine), graph_emu.info, pbx_emu.info, settings, args.graph_slots)
+        report["mapped_in"] = args.mapped_in
+        h = Harness(engine, SqlCounter(engine), graph_emu.info, pbx_emu.info, settings, args.graph_slots,
+                    args.mapped_in)
         facts: dict[str, Any] = {}
         before_census: dict[str, int] = {}
         for mode_name in [m for m in args.modes.split(",") if m]:
@@ -661,12 +756,14 @@ def main(argv: list[str] | None = None) -> int:
             g0, p0 = graph_emu.counters(), pbx_emu.counters()
             h.steps = []
             sampler.reset()
-            cpu_before = {"product": cpu_seconds(os.getpid()), "graph_emulator": cpu_seconds(graph_emu.proc.pid),
+            cpu_before = {"product": cpu_seconds(os.getpid(), reaped_children=True),
+                          "graph_emulator": cpu_seconds(graph_emu.proc.pid),
                           "threecx_emulator": cpu_seconds(pbx_emu.proc.pid)}
             started = time.perf_counter()
             applied = run_pipeline(h, mode, mode_name)
             wall = time.perf_counter() - started
-            cpu = {"product": cpu_seconds(os.getpid()), "graph_emulator": cpu_seconds(graph_emu.proc.pid),
+            cpu = {"product": cpu_seconds(os.getpid(), reaped_children=True),
+                   "graph_emulator": cpu_seconds(graph_emu.proc.pid),
                    "threecx_emulator": cpu_seconds(pbx_emu.proc.pid)}
             cpu = {k: round(v - cpu_before[k], 1) for k, v in cpu.items()}
             g_req, p_req = diff(graph_emu.counters(), g0), diff(pbx_emu.counters(), p0)

@@ -25,7 +25,7 @@ def test_reference_bench_smoke(tmp_path: Path, pg_database: str) -> None:
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
     assert bench.main(["--users", "12", "--contacts", "3", "--events", "2", "--latency-ms", "1",
-                       "--naive-users", "2", "--staging", pg_database, "--json", str(out)]) == 0
+                       "--naive-users", "2", "--shard-size", "4", "--staging", pg_database, "--json", str(out)]) == 0
     report = json.loads(out.read_text(encoding="utf-8"))
     assert list(report["modes"]) == ["initial_full", "repeat_full", "delta_none", "delta_churn"]
     for mode in report["modes"].values():
@@ -35,3 +35,8 @@ def test_reference_bench_smoke(tmp_path: Path, pg_database: str) -> None:
     assert report["modes"]["repeat_full"]["threecx"]["writes"] == 0
     assert report["modes"]["delta_none"]["threecx"]["writes"] == 0
     assert report["naive"]["requests"] > 0
+    assert report["mapped_in"] == "processes"
+    for step in report["modes"]["initial_full"]["steps"]:  # several shards, each in a forked process
+        if step["step"].startswith(("extract_contacts", "extract_calendars")):
+            assert int(step["step"].rsplit(" x", 1)[1]) > 1
+            assert step["sql"] > 0  # the workers' statements are counted
