@@ -328,18 +328,17 @@ class Harness:
         workers = max(1, min(self.graph_slots, len(shards) or 1))
         child_sql = 0
         peak_kib = 0
+        _MAPPED = (self, fn, make_client, args, shards)
         if name in os.environ.get("BENCH_PROFILE", "").split(","):  # the shards one after another, profiled
             import cProfile
             import pstats
 
-            _MAPPED = (self, fn, make_client, args, shards)
             profiler = cProfile.Profile()
             results = profiler.runcall(lambda: [_run_shard(i)[0] for i in range(len(shards))])
             pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
         elif self.mapped_in == "processes" and len(shards) > 1:
             import multiprocessing
 
-            _MAPPED = (self, fn, make_client, args, shards)
             pool = multiprocessing.get_context("fork").Pool(workers, initializer=_child_started)
             try:
                 outcomes = pool.map(_run_shard, range(len(shards)), chunksize=1)
@@ -349,8 +348,7 @@ class Harness:
             results = [result for result, _, _ in outcomes]
             child_sql = sum(sql for _, sql, _ in outcomes)
             peak_kib = max((kib for _, _, kib in outcomes), default=0)
-        else:
-            _MAPPED = (self, fn, make_client, args, shards)
+        else:  # threads: their statements are counted by this process's counter already
             with ThreadPoolExecutor(max_workers=workers) as threads:
                 results = [result for result, _, _ in threads.map(_run_shard, range(len(shards)))]
         _MAPPED = None
@@ -372,20 +370,14 @@ def _child_started() -> None:
 
 
 def _run_shard(index: int) -> tuple[Any, int, int]:
-    """One mapped task instance: its result, the SQL statements it sent and this process's peak RSS (KiB)."""
+    """One mapped task instance: its result, the SQL statements it sent and this process's peak RSS
+    (KiB); the last two are what a forked worker reports back to the parent."""
     assert _MAPPED is not None
     h, fn, make_client, args, shards = _MAPPED
     before = h.sql.count
     with make_client() as client:
         result = fn(h.engine, client, h.settings, *args[:2], shards[index], *args[2:])
-    in_child = multiprocessing_child()
-    return result, (h.sql.count - before) if in_child else 0, _status_kib(os.getpid(), "VmHWM") if in_child else 0
-
-
-def multiprocessing_child() -> bool:
-    import multiprocessing
-
-    return multiprocessing.parent_process() is not None
+    return result, h.sql.count - before, _status_kib(os.getpid(), "VmHWM")
 
 
 def run_pipeline(h: Harness, mode: str, label: str) -> dict[str, Any]:

@@ -27,11 +27,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PUBLIC_GRAPH_URL = "https://graph.microsoft.com"
+PUBLIC_AUTHORITY_HOST = "https://login.microsoftonline.com"
 
 RENEW_BEFORE = 300.0
 """Seconds before a token expires at which :meth:`GraphTokenProvider.token` asks MSAL again (MSAL
 itself renews a cached token when fewer than five minutes remain)."""
-PUBLIC_AUTHORITY_HOST = "https://login.microsoftonline.com"
 
 _FALLBACK_WELL_KNOWN_HOSTS = frozenset({
     "login.microsoftonline.com", "login.microsoft.com", "login.windows.net", "sts.windows.net",

@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 
 from m365_3cx.staging.boundary import CONTACT_PROPERTY_COLUMNS
-from m365_3cx.staging.bulk import upsert
+from m365_3cx.staging.bulk import _chunks, upsert
 from m365_3cx.staging.schema import delta_state, phonebook_map, stg_contacts, stg_users, tgt_phonebook
 from m365_3cx.staging.users import MergeCounts
 
@@ -288,11 +288,9 @@ def purge_by_owner(conn: Connection, ids_by_owner: Mapping[str, Iterable[str]]) 
     return count
 
 
-def _owner_pairs(ids_by_owner: Mapping[str, Iterable[str]], size: int = 500) -> Iterator[list[tuple[str, str]]]:
-    """``(owner, contact)`` pairs, each once, in batches of ``size``."""
-    pairs = sorted({(owner, str(cid)) for owner, ids in ids_by_owner.items() for cid in ids})
-    for start in range(0, len(pairs), size):
-        yield pairs[start:start + size]
+def _owner_pairs(ids_by_owner: Mapping[str, Iterable[str]]) -> Iterator[Sequence[tuple[str, str]]]:
+    """``(owner, contact)`` pairs, each once, in batches of :data:`~m365_3cx.staging.bulk.BATCH_SIZE`."""
+    return _chunks(sorted({(owner, str(cid)) for owner, ids in ids_by_owner.items() for cid in ids}))
 
 
 def _folder_clause(folder_id: str | None) -> Any:
